@@ -1,0 +1,89 @@
+"""The ``plmkit`` command line.
+
+Each subcommand is a stage module exposing ``Config`` (a dataclass: its fields are the
+flags and the YAML keys) and ``run(cfg)``. Modules are imported lazily so ``plmkit --help``
+stays fast. User errors (``PlmkitError``) become one line on stderr and exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .config import add_arguments, from_args
+from .errors import PlmkitError
+
+# command -> (stage module, one-line help). Two-word commands are "group sub".
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tokenizer train": ("plmkit.stages.tokenizer", "train a WordPiece or byte-level BPE tokenizer"),
+    "pretrain": ("plmkit.stages.pretrain", "pre-train BERT (MLM, NSP/SOP) or GPT (causal LM) on raw text"),
+    "generate": ("plmkit.stages.generate", "generate text from a decoder model"),
+    "eval-lm": ("plmkit.stages.eval_lm", "perplexity (GPT) or MLM loss/accuracy (BERT) on a text file"),
+    "finetune": ("plmkit.stages.finetune", "fine-tune a model on a task"),
+    "evaluate": ("plmkit.stages.evaluate", "evaluate a fine-tuned model, metrics as JSON"),
+    "predict": ("plmkit.stages.predict", "predict labels for a file, JSONL out"),
+    "merge": ("plmkit.stages.merge", "fold LoRA/adapter weights into the parent model"),
+    "info": ("plmkit.stages.info", "show a checkpoint's architecture, size and lineage"),
+    "export": ("plmkit.stages.export", "export a checkpoint (hf layout)"),
+    "demo": ("plmkit.stages.demo", "run the built-in end-to-end demo"),
+}
+
+
+def _available() -> dict[str, tuple[str, str]]:
+    """Commands whose stage module exists in this build."""
+    out = {}
+    for name, (mod, help_text) in COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = (mod, help_text)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plmkit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"plmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (mod, help_text) in _available().items():
+        words = name.split()
+        if len(words) == 2:
+            if words[0] not in groups:
+                gp = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+            p = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
+        else:
+            p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # First pass finds the command; the second adds that stage's flags.
+    ns, _ = parser.parse_known_args(argv)
+    mod_name = getattr(ns, "_module", None)
+    if mod_name is None:
+        parser.print_help()
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(mod_name)
+    stage_parser = argparse.ArgumentParser(
+        prog=f"plmkit {' '.join(a for a in argv if not a.startswith('-'))[:40]}".strip(),
+        description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
+    add_arguments(stage_parser, module.Config)
+    n_words = 2 if getattr(ns, "subcommand", None) else 1
+    stage_ns = stage_parser.parse_args(argv[n_words:])
+    try:
+        cfg = from_args(module.Config, stage_ns)
+        result = module.run(cfg)
+    except PlmkitError as e:
+        print(f"plmkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("plmkit: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
