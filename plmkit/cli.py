@@ -40,7 +40,9 @@ def _available() -> dict[str, tuple[str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plmkit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="plmkit", description="plmkit: from raw text to a small, fast, measured transformer model.",
+        epilog="Run 'plmkit COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"plmkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -57,21 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _match(argv: list[str]) -> tuple[str, int] | None:
+    """The command named by the first one or two words of argv, and how many words it used."""
+    available = _available()
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in available:
+            return name, n
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    # First pass finds the command; the second adds that stage's flags.
-    ns, _ = parser.parse_known_args(argv)
-    mod_name = getattr(ns, "_module", None)
-    if mod_name is None:
-        parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(mod_name)
-    stage_parser = argparse.ArgumentParser(
-        prog=f"plmkit {' '.join(a for a in argv if not a.startswith('-'))[:40]}".strip(),
-        description=(module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else None)
+    found = _match(argv)
+    if found is None:
+        parser = build_parser()
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0
+        group = [c for c in _available() if c.startswith(argv[0] + " ")]
+        if group and len(argv) == 1:
+            print(f"usage: plmkit {argv[0]} {{{','.join(c.split()[1] for c in group)}}} ...", file=sys.stderr)
+            return 2
+        parser.parse_args(argv)          # prints usage and the unknown command, then exits 2
+        return 2
+    name, n_words = found
+    module = importlib.import_module(COMMANDS[name][0])
+    stage_parser = argparse.ArgumentParser(prog=f"plmkit {name}", description=COMMANDS[name][1])
     add_arguments(stage_parser, module.Config)
-    n_words = 2 if getattr(ns, "subcommand", None) else 1
     stage_ns = stage_parser.parse_args(argv[n_words:])
     try:
         cfg = from_args(module.Config, stage_ns)

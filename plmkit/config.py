@@ -126,6 +126,11 @@ def _check_types(cfg: Any, source: str) -> None:
         value = getattr(cfg, f.name)
         if value is None and optional:
             continue
+        choices = f.metadata.get("choices")
+        bad = [v for v in (value if isinstance(value, list) else [value]) if choices and v not in choices]
+        if bad:
+            raise PlmkitError(f"{source}: option '{f.name}' must be one of {', '.join(map(str, choices))}, "
+                              f"got {bad[0]!r}")
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             setattr(cfg, f.name, float(value))
             continue

@@ -1,0 +1,97 @@
+"""Raw pre-training text -> documents.
+
+A *document* is a list of segments (non-empty, stripped lines). Documents are either
+blank-line-separated blocks (the BERT ``create_pretraining_data`` format; whitespace-only
+lines count as blank) or, with ``doc_per_file``, one per file. Segments are what NSP/SOP
+split documents at, so one sentence or paragraph per line works best.
+
+Files are streamed line by line in binary mode (``iter_segments`` keeps one line in
+memory, ``iter_documents`` one document), and every line is checked as it is read: a
+NUL byte (binary file) or invalid UTF-8 raises ``InputError`` naming ``file:line``.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from ..errors import InputError, PlmkitError
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def _check_file(path: Path) -> None:
+    """The cheap checks that need no reading: exists, is a file, is not empty."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "file is empty")
+    if not os.access(path, os.R_OK):
+        raise InputError(path, "file is not readable")
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` with the line ending removed, validating as we go."""
+    path = Path(path)
+    _check_file(path)
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            if b"\x00" in raw:
+                raise InputError(path, "binary file (NUL byte); expected UTF-8 text", line=n)
+            if n == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(path, f"not valid UTF-8 (byte {e.start} of the line)", line=n) from None
+            yield n, text.rstrip("\r\n")
+
+
+def iter_segments(paths: Iterable[str | Path], doc_per_file: bool = False) -> Iterator[tuple[int, str]]:
+    """Yield ``(document_number, segment)`` in order; numbers count from 0 without gaps.
+
+    Memory is bounded by one line, even for a single huge document (``doc_per_file``).
+    A document never spans two files. Validation is lazy (per line as read); call
+    ``check_text_files`` first to fail before any expensive work.
+    """
+    doc = 0
+    for p in paths:
+        in_doc = has_text = False
+        for _, line in iter_lines(p):
+            seg = line.strip()
+            if seg:
+                yield doc, seg
+                in_doc = has_text = True
+            elif in_doc and not doc_per_file:
+                doc, in_doc = doc + 1, False
+        if not has_text:
+            raise InputError(p, "file contains only blank lines")
+        doc += in_doc
+
+
+def iter_documents(paths: Iterable[str | Path], doc_per_file: bool = False) -> Iterator[list[str]]:
+    """Yield documents (lists of segments) from ``paths`` in order; never an empty one."""
+    for _, group in itertools.groupby(iter_segments(paths, doc_per_file), key=lambda x: x[0]):
+        yield [seg for _, seg in group]
+
+
+def check_text_files(paths: Iterable[str | Path], full: bool = True) -> list[Path]:
+    """Validate the files (exists, non-empty; with ``full`` also UTF-8, no NUL, some text).
+
+    ``full`` costs one streaming read of each file, which is small next to tokenising it.
+    """
+    out = [Path(p) for p in paths]
+    if not out:
+        raise PlmkitError("no corpus files given")
+    for p in out:
+        _check_file(p)
+    for p in out if full else ():
+        has_text = False
+        for _, line in iter_lines(p):  # read to the end: every line is validated
+            has_text = has_text or bool(line.strip())
+        if not has_text:
+            raise InputError(p, "file contains only blank lines")
+    return out

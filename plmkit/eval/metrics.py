@@ -1,0 +1,187 @@
+"""Task metrics: classification, entity-level NER (seqeval-compatible), SQuAD EM/F1.
+
+Pure Python over plain lists, so they are easy to check by hand. Classification and NER
+scores are fractions in [0, 1]; SQuAD scores are percentages (0-100) like the official
+evaluation script.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Hashable, Iterable, Mapping, Sequence
+
+from ..errors import PlmkitError
+
+# ---------------------------------------------------------------------------
+# Classification
+
+
+def _check_pair(y_true: Sequence, y_pred: Sequence) -> None:
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} gold labels but {len(y_pred)} predictions")
+    if not y_true:
+        raise PlmkitError("cannot score an empty evaluation set")
+
+
+def accuracy(y_true: Sequence[Hashable], y_pred: Sequence[Hashable]) -> float:
+    _check_pair(y_true, y_pred)
+    return sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true)
+
+
+def _prf(correct: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
+    """Precision, recall, F1 with 0 for any 0/0 (sklearn's zero_division=0)."""
+    p = correct / n_pred if n_pred else 0.0
+    r = correct / n_true if n_true else 0.0
+    f = 2 * p * r / (p + r) if p + r else 0.0
+    return p, r, f
+
+
+def per_class_prf(y_true: Sequence[Hashable], y_pred: Sequence[Hashable],
+                  labels: Sequence[Hashable] | None = None) -> dict[Hashable, dict[str, float]]:
+    """{label: {precision, recall, f1, support}}; labels default to those seen in either list, sorted."""
+    _check_pair(y_true, y_pred)
+    labels = sorted(set(y_true) | set(y_pred)) if labels is None else labels
+    n_true, n_pred = Counter(y_true), Counter(y_pred)
+    correct = Counter(t for t, p in zip(y_true, y_pred) if t == p)
+    out = {}
+    for lab in labels:
+        p, r, f = _prf(correct[lab], n_pred[lab], n_true[lab])
+        out[lab] = {"precision": p, "recall": r, "f1": f, "support": n_true[lab]}
+    return out
+
+
+def macro_f1(y_true: Sequence[Hashable], y_pred: Sequence[Hashable],
+             labels: Sequence[Hashable] | None = None) -> float:
+    """Unweighted mean of per-class F1 (as sklearn's f1_score(average="macro"))."""
+    scores = per_class_prf(y_true, y_pred, labels)
+    return sum(s["f1"] for s in scores.values()) / len(scores)
+
+
+def confusion_matrix(y_true: Sequence[Hashable], y_pred: Sequence[Hashable],
+                     labels: Sequence[Hashable] | None = None) -> list[list[int]]:
+    """counts[i][j] = examples of true label i predicted as j (labels default: sorted union)."""
+    _check_pair(y_true, y_pred)
+    labels = sorted(set(y_true) | set(y_pred)) if labels is None else labels
+    index = {lab: i for i, lab in enumerate(labels)}
+    counts = [[0] * len(labels) for _ in labels]
+    for t, p in zip(y_true, y_pred):
+        if t in index and p in index:
+            counts[index[t]][index[p]] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------------
+# Entity-level NER, reproducing seqeval's default (conlleval-style, non-strict) chunking.
+# Prefixes B/I/E/S/O are understood, so IOB2, IOB1 and IOBES all work: an I- that follows
+# O or an entity of another type opens a new entity, exactly as conlleval does.
+
+# (previous prefix, current prefix) pairs that close / open a chunk regardless of type.
+_ENDS = {("B", "B"), ("B", "S"), ("B", "O"), ("I", "B"), ("I", "S"), ("I", "O")}
+_STARTS = {("E", "E"), ("E", "I"), ("S", "E"), ("S", "I"), ("O", "E"), ("O", "I")}
+
+
+def _split(tag: str) -> tuple[str, str]:
+    """'B-PER' -> ('B', 'PER'); 'O' -> ('O', '_') (seqeval's convention)."""
+    return tag[:1], tag[1:].split("-", maxsplit=1)[-1] or "_"
+
+
+def get_entities(sentences: Sequence[Sequence[str]]) -> list[tuple[str, int, int]]:
+    """(type, start, end) chunks, inclusive, over the sentences joined with an 'O' between them."""
+    seq = [tag for sent in sentences for tag in (*sent, "O")]
+    chunks = []
+    prev_tag, prev_type, begin = "O", "", 0
+    for i, chunk in enumerate([*seq, "O"]):
+        tag, type_ = _split(chunk)
+        if (prev_tag in ("E", "S") or (prev_tag, tag) in _ENDS
+                or (prev_tag not in ("O", ".") and prev_type != type_)):
+            chunks.append((prev_type, begin, i - 1))
+        if (tag in ("B", "S") or (prev_tag, tag) in _STARTS
+                or (tag not in ("O", ".") and prev_type != type_)):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return chunks
+
+
+def _entity_sets(true_tags: Sequence[Sequence[str]],
+                 pred_tags: Sequence[Sequence[str]]) -> tuple[set, set]:
+    if len(true_tags) != len(pred_tags):
+        raise ValueError(f"{len(true_tags)} gold sentences but {len(pred_tags)} predicted")
+    for i, (t, p) in enumerate(zip(true_tags, pred_tags)):
+        if len(t) != len(p):
+            raise ValueError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
+    return set(get_entities(true_tags)), set(get_entities(pred_tags))
+
+
+def entity_prf(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Micro precision/recall/F1 over exact entity matches (type and span), as seqeval's defaults."""
+    gold, pred = _entity_sets(true_tags, pred_tags)
+    p, r, f = _prf(len(gold & pred), len(pred), len(gold))
+    return {"precision": p, "recall": r, "f1": f}
+
+
+def entity_report(true_tags: Sequence[Sequence[str]],
+                  pred_tags: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
+    """{entity type: {precision, recall, f1, support}} for every type in gold or predictions."""
+    gold, pred = _entity_sets(true_tags, pred_tags)
+    report = {}
+    for type_ in sorted({e[0] for e in gold | pred}):
+        g = {e for e in gold if e[0] == type_}
+        p_ = {e for e in pred if e[0] == type_}
+        p, r, f = _prf(len(g & p_), len(p_), len(g))
+        report[type_] = {"precision": p, "recall": r, "f1": f, "support": len(g)}
+    return report
+
+
+# ---------------------------------------------------------------------------
+# SQuAD v1.1 (the official evaluate-v1.1.py, reproduced)
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """Lowercase, drop punctuation, drop articles a/an/the, collapse whitespace (in that order)."""
+    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", s).split())
+
+
+def squad_exact(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def squad_f1(prediction: str, gold: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    gold_tokens = normalize_answer(gold).split()
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    p, r = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * p * r / (p + r)
+
+
+def squad_em_f1(predictions: Mapping[str, str], examples: Iterable) -> dict[str, float]:
+    """{"exact_match", "f1"} in 0-100: max over each question's gold answers, averaged over questions.
+
+    ``examples``: QAExample-like objects (``id``, ``answers`` [{text, ...}]). A question
+    missing from ``predictions`` scores 0 (as in the official script). A question with no
+    gold answer (SQuAD 2.0 impossible) counts as correct only when the prediction is empty.
+    """
+    em = f1 = 0.0
+    total = 0
+    for ex in examples:
+        total += 1
+        if ex.id not in predictions:
+            continue
+        pred = predictions[ex.id]
+        golds = [a["text"] for a in ex.answers]
+        if not golds:
+            hit = float(normalize_answer(pred) == "")
+            em, f1 = em + hit, f1 + hit
+            continue
+        em += max(squad_exact(pred, g) for g in golds)
+        f1 += max(squad_f1(pred, g) for g in golds)
+    if total == 0:
+        raise PlmkitError("cannot score an empty evaluation set")
+    return {"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}

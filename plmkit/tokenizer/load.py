@@ -1,0 +1,181 @@
+"""Save and load tokenizers in the layout HF ``transformers`` reads.
+
+A saved directory holds ``tokenizer.json`` (the whole pipeline), ``tokenizer_config.json``
+(class, max length, special token names, casing) and ``special_tokens_map.json``, so both
+``PreTrainedTokenizerFast(tokenizer_file=...)`` and ``AutoTokenizer.from_pretrained(dir)`` load it.
+
+``load_tokenizer`` also reads plain HF model directories: one with ``tokenizer.json``, an
+old BERT one with only ``vocab.txt`` (+ optional ``tokenizer_config.json``), or an old GPT-2
+one with ``vocab.json`` + ``merges.txt``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from tokenizers import Tokenizer, models
+
+from ..errors import PlmkitError
+from ..io import atomic_write_text, read_json, write_json
+from .train import BERT_SPECIALS, GPT_EOS, GPT_PAD, bert_pipeline, bert_post_processor, gpt_pipeline
+
+# role -> candidate tokens, first match wins (BERT, GPT-2/plmkit, RoBERTa/sentencepiece styles).
+_ROLE_TOKENS: dict[str, tuple[str, ...]] = {
+    "pad": ("[PAD]", GPT_PAD, "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+    "mask": ("[MASK]", "<mask>"),
+    "bos": (GPT_EOS, "<s>"),
+    "eos": (GPT_EOS, "</s>"),
+}
+
+# model type (tokenizers class name) -> plmkit kind
+_KIND_OF_MODEL = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram", "WordLevel": "wordlevel"}
+
+
+def special_ids(tok: Tokenizer) -> dict[str, int]:
+    """Ids of the special roles this vocabulary has: a subset of pad/unk/cls/sep/mask/bos/eos."""
+    out = {}
+    for role, candidates in _ROLE_TOKENS.items():
+        for token in candidates:
+            i = tok.token_to_id(token)
+            if i is not None:
+                out[role] = i
+                break
+    return out
+
+
+def tokenizer_kind(tok: Tokenizer) -> str:
+    """"wordpiece" or "bpe" (or "unigram"/"wordlevel" for foreign tokenizers)."""
+    name = type(tok.model).__name__
+    return _KIND_OF_MODEL.get(name, name.lower())
+
+
+def _lowercases(tok: Tokenizer) -> bool:
+    """Whether the normaliser lowercases (BertNormalizer, Lowercase, or inside a Sequence)."""
+    def walk(n: dict[str, Any] | None) -> bool:
+        if not n:
+            return False
+        if n["type"] == "Sequence":
+            return any(walk(x) for x in n["normalizers"])
+        return n["type"] == "Lowercase" or bool(n.get("lowercase"))
+    return walk(json.loads(tok.to_str()).get("normalizer"))
+
+
+def _wordpiece_config(tok: Tokenizer) -> dict[str, Any]:
+    lower = _lowercases(tok)
+    return {"tokenizer_class": "BertTokenizer", "do_lower_case": lower, "strip_accents": None,
+            "tokenize_chinese_chars": True, "model_max_length": 512, **BERT_SPECIALS}
+
+
+def _bpe_config(tok: Tokenizer) -> dict[str, Any]:
+    names = {"bos_token": GPT_EOS, "eos_token": GPT_EOS, "unk_token": GPT_EOS}
+    if tok.token_to_id(GPT_PAD) is not None:
+        names["pad_token"] = GPT_PAD
+    # PreTrainedTokenizerFast takes the pipeline from tokenizer.json as is.
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": False,
+            "do_lower_case": _lowercases(tok), "model_max_length": 1024, **names}
+
+
+_CONFIG_OF_KIND: dict[str, Callable[[Tokenizer], dict[str, Any]]] = {
+    "wordpiece": _wordpiece_config, "bpe": _bpe_config}
+
+
+def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
+                   model_max_length: int | None = None) -> list[Path]:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir``.
+
+    ``out_dir`` must exist (callers create it, usually via ``io.atomic_dir``); files in it are
+    replaced atomically. ``kind`` defaults to ``tokenizer_kind(tok)``. Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        raise PlmkitError(f"{out_dir}: not a directory")
+    kind = kind or tokenizer_kind(tok)
+    if kind not in _CONFIG_OF_KIND:
+        raise PlmkitError(f"cannot save a '{kind}' tokenizer (known: {', '.join(_CONFIG_OF_KIND)})")
+    config = _CONFIG_OF_KIND[kind](tok)
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    special_map = {k: v for k, v in config.items() if k.endswith("_token")}
+    paths = [out_dir / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
+    atomic_write_text(paths[0], tok.to_str(pretty=True))
+    write_json(paths[1], config)
+    write_json(paths[2], special_map)
+    return paths
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer from a plmkit or HF directory (or a tokenizer.json file).
+
+    The returned tokenizer has padding and truncation switched off: callers set their own.
+    """
+    path = Path(path)
+    if path.is_file():
+        tok = _from_json(path)
+    elif not path.is_dir():
+        raise PlmkitError(f"{path}: tokenizer directory not found")
+    elif (path / "tokenizer.json").is_file():
+        tok = _from_json(path / "tokenizer.json")
+    elif (path / "vocab.txt").is_file():
+        tok = _from_bert_vocab(path)
+    elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+        tok = _from_gpt2_files(path)
+    else:
+        raise PlmkitError(f"{path}: no tokenizer found (expected tokenizer.json, vocab.txt, "
+                          "or vocab.json + merges.txt)")
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _from_json(file: Path) -> Tokenizer:
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        raise PlmkitError(f"{file}: not a valid tokenizer.json ({e})") from None
+
+
+def _read_vocab_txt(file: Path) -> dict[str, int]:
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise PlmkitError(f"{file}: not valid UTF-8") from None
+    vocab: dict[str, int] = {}
+    for token in lines:
+        vocab.setdefault(token, len(vocab))  # first occurrence wins, like BertTokenizer
+    return vocab
+
+
+def _from_bert_vocab(path: Path) -> Tokenizer:
+    """BERT's vocab.txt: rebuild the BertWordPiece pipeline, casing from tokenizer_config.json."""
+    cfg_file = path / "tokenizer_config.json"
+    cfg = read_json(cfg_file) if cfg_file.is_file() else {}
+    lowercase = bool(cfg.get("do_lower_case", True))
+    vocab = _read_vocab_txt(path / "vocab.txt")
+    unk = cfg.get("unk_token", BERT_SPECIALS["unk_token"])
+    unk = unk["content"] if isinstance(unk, dict) else unk
+    if unk not in vocab:
+        raise PlmkitError(f"{path / 'vocab.txt'}: unknown token {unk!r} not in the vocabulary")
+    tok = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    bert_pipeline(tok, lowercase)
+    strip = cfg.get("strip_accents")
+    if strip is not None:  # explicit setting overrides "strip when lowercasing"
+        tok.normalizer.strip_accents = bool(strip)
+    tok.normalizer.handle_chinese_chars = bool(cfg.get("tokenize_chinese_chars", True))
+    # Specials are never split or normalised ("[CLS]" in text stays one token), as in BertTokenizer.
+    tok.add_special_tokens([t for t in BERT_SPECIALS.values() if t in vocab])
+    bert_post_processor(tok)
+    return tok
+
+
+def _from_gpt2_files(path: Path) -> Tokenizer:
+    try:
+        bpe = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+    except Exception as e:  # tokenizers raises a bare Exception for any parse error
+        raise PlmkitError(f"{path}: cannot read vocab.json/merges.txt ({e})") from None
+    tok = Tokenizer(bpe)
+    gpt_pipeline(tok, lowercase=False)
+    return tok

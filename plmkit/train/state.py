@@ -1,0 +1,185 @@
+"""Train-state checkpoints: save, find, rotate, and restore for exact resume.
+
+Layout of ``out_dir/checkpoints/step-N/`` (each written whole via ``atomic_dir``, so a
+directory named ``step-N`` is always complete; a kill mid-write leaves only a hidden
+``.step-N.tmp-*`` directory, removed on the next resume):
+
+* model weights, written by the caller's ``save_fn`` (default ``model.safetensors``);
+* ``train_state.pt``: optimizer, scheduler, per-rank RNG states, per-rank data-source
+  states, loop counters. Only tensors and plain Python values, so it loads with
+  ``torch.load(weights_only=True)`` (no pickle code execution);
+* ``train_config.json`` (the resolved TrainConfig) and ``fingerprint.json`` (what must
+  match to resume).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from ..errors import PlmkitError
+from ..io import atomic_dir, read_json, write_json
+
+STATE_FILE = "train_state.pt"
+FINGERPRINT_FILE = "fingerprint.json"
+CONFIG_FILE = "train_config.json"
+MODEL_FILE = "model.safetensors"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+SaveFn = Callable[[nn.Module, Path], None]
+LoadFn = Callable[[nn.Module, Path], None]
+
+
+# ---- RNG states as tensors / primitives (weights_only-loadable) ----
+
+def rng_state() -> dict[str, Any]:
+    """Torch (CPU + CUDA), Python and NumPy generator states."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["mt"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (e.g. evaluation) without disturbing the training RNG streams."""
+    saved = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---- model weights ----
+
+def save_safetensors(model: nn.Module, directory: Path) -> None:
+    """Default ``save_fn``: the full state dict as ``model.safetensors`` (tied weights once)."""
+    safetensors.torch.save_model(model, str(directory / MODEL_FILE))
+
+
+def load_safetensors(model: nn.Module, directory: Path) -> None:
+    """Default ``load_fn``: strict load of ``model.safetensors`` onto the model's device."""
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise PlmkitError(f"{directory}: no {MODEL_FILE}; pass a load_fn matching the save_fn")
+    device = next(model.parameters()).device
+    dev = device.index if device.type == "cuda" else "cpu"
+    try:
+        safetensors.torch.load_model(model, str(path), strict=True, device=dev)
+    except RuntimeError as e:
+        raise PlmkitError(f"{path}: weights do not match the model ({e})") from None
+
+
+# ---- checkpoint directories ----
+
+def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Hidden ``.step-*`` dirs are partial writes."""
+    if not ckpt_root.is_dir():
+        return []
+    found = []
+    for d in ckpt_root.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and d.is_dir() and (d / STATE_FILE).is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    found = list_checkpoints(ckpt_root)
+    return found[-1][1] if found else None
+
+
+def remove_partial(ckpt_root: Path) -> None:
+    """Delete leftovers of writes interrupted by a crash or kill."""
+    if ckpt_root.is_dir():
+        for d in ckpt_root.iterdir():
+            if d.name.startswith(".step-") and d.is_dir():
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def rotate(ckpt_root: Path, keep_last: int) -> None:
+    """Keep only the ``keep_last`` newest checkpoints (0 keeps all)."""
+    if keep_last <= 0:
+        return
+    for _, d in list_checkpoints(ckpt_root)[:-keep_last]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def save_checkpoint(directory: Path, *, model: nn.Module, state: dict[str, Any],
+                    config: dict[str, Any], fingerprint: dict[str, Any], save_fn: SaveFn) -> None:
+    """Write one complete checkpoint directory atomically (replacing a same-step one)."""
+    with atomic_dir(directory, overwrite=True) as tmp:
+        save_fn(model, tmp)
+        torch.save(state, tmp / STATE_FILE)
+        write_json(tmp / CONFIG_FILE, config)
+        write_json(tmp / FINGERPRINT_FILE, fingerprint)
+
+
+def load_state(directory: Path) -> dict[str, Any]:
+    path = directory / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise PlmkitError(f"{path}: cannot read train state ({e.__class__.__name__}: {e})") from None
+
+
+# ---- fingerprints ----
+
+def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable lines for every key whose value differs (or exists on one side)."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: checkpoint has {a!r}, now {b!r}")
+    return lines
+
+
+def check_fingerprint(directory: Path, current: dict[str, Any]) -> None:
+    """Refuse to resume when the run's settings differ from those that wrote ``directory``."""
+    saved = read_json(directory / FINGERPRINT_FILE)
+    # JSON turns tuples into lists; compare in JSON form on both sides.
+    current = _jsonable(current)
+    diff = fingerprint_diff(saved, current)
+    if diff:
+        raise PlmkitError(f"cannot resume from {directory}: settings differ from the checkpoint:\n  "
+                          + "\n  ".join(diff)
+                          + "\n(use the original settings, or start a new run in a new directory)")
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
