@@ -24,8 +24,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("plmkit.stages.evaluate", "evaluate a fine-tuned model, metrics as JSON"),
     "predict": ("plmkit.stages.predict", "predict labels for a file, JSONL out"),
     "merge": ("plmkit.stages.merge", "fold LoRA/adapter weights into the parent model"),
+    "distill": ("plmkit.stages.distill", "distil a teacher into a smaller student"),
+    "prune": ("plmkit.stages.prune", "prune heads/FFN neurons (structured) or weights (unstructured)"),
+    "quantize": ("plmkit.stages.quantize", "INT8-quantize a model through ONNX Runtime"),
+    "bench": ("plmkit.stages.bench", "benchmark model variants: size, latency, throughput, metric"),
     "info": ("plmkit.stages.info", "show a checkpoint's architecture, size and lineage"),
-    "export": ("plmkit.stages.export", "export a checkpoint (hf layout)"),
+    "export": ("plmkit.stages.export", "export a checkpoint (hf layout or onnx)"),
     "demo": ("plmkit.stages.demo", "run the built-in end-to-end demo"),
 }
 

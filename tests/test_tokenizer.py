@@ -177,10 +177,10 @@ def _bad_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     return {
         "missing": (tmp / "missing.txt", r"missing\.txt: file not found"),
         "empty": (tmp / "empty.txt", r"empty\.txt: file is empty"),
-        "blank": (tmp / "blank.txt", r"blank\.txt: file is empty"),
-        "binary": (tmp / "binary.bin", r"binary\.bin:3: contains a NUL byte"),
+        "blank": (tmp / "blank.txt", r"blank\.txt: file contains only blank lines"),
+        "binary": (tmp / "binary.bin", r"binary\.bin:3: binary file \(NUL byte"),
         "latin1": (tmp / "latin1.txt", r"latin1\.txt:3: not valid UTF-8 \(byte 0xe9 at column 4"),
-        "dir": (tmp / "adir", r"adir: is a directory"),
+        "dir": (tmp / "adir", r"adir: not a regular file"),
     }
 
 

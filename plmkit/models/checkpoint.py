@@ -27,6 +27,7 @@ from ..errors import PlmkitError
 from ..io import atomic_dir, read_json, write_json
 from . import convert
 from .config import config_from_dict, config_to_dict
+from .heads import HEADS, TASK_FAMILIES
 from .model import PlmModel
 
 WEIGHTS = "model.safetensors"
@@ -88,6 +89,9 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
     """
     path = Path(path)
     raw = read_model_config(path)
+    meta = read_meta(path) if "plmkit" in raw else {}
+    if meta.get("format") == ADAPTER_FORMAT:
+        return _load_adapter(path, raw, meta, task, dtype)
     if "plmkit" in raw:
         cfg = config_from_dict(raw["model"], source=str(path / "config.json"))
         saved_task, saved_head = raw.get("task", "base"), raw.get("head_config", {})
@@ -104,10 +108,61 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
     model = PlmModel(cfg, saved_task if same_task else task, saved_head if same_task else head_config)
     if not same_task:
         state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    if isinstance(meta.get("strategy"), dict) and meta["strategy"].get("structural"):
+        _restore_structure(model, meta["strategy"], path)
     _assign(model, state, path, strict_head=same_task)
     if dtype is not None:
         model.to(dtype)
     return model
+
+
+# An adapter-only checkpoint (plmkit finetune with probe/lora/adapter/bitfit) holds the
+# strategy's own weights and the head in adapter.safetensors; plmkit.json names the parent
+# model and the strategy: {"format": "plmkit-adapter", "parent": <abs path>, "strategy": {...}}.
+ADAPTER_FORMAT = "plmkit-adapter"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+
+
+def _load_adapter(path: Path, raw: dict[str, Any], meta: dict[str, Any], task: str | None,
+                  dtype: torch.dtype | None) -> PlmModel:
+    """Parent model + fresh head of the saved task, strategy re-applied, adapter weights loaded."""
+    from ..adapters import load_adapter_state, restore_strategy
+
+    saved_task = raw.get("task", "base")
+    if task is not None and task != saved_task:
+        raise PlmkitError(f"{path}: adapter checkpoint for task '{saved_task}', not '{task}' "
+                          "(merge it with 'plmkit merge' to use it as a base model)")
+    parent = meta.get("parent")
+    if not isinstance(parent, str) or not Path(parent).is_dir():
+        raise PlmkitError(f"{path}: adapter checkpoint whose parent model {parent!r} is not found "
+                          "(it holds only the adapter weights; restore the parent, or 'plmkit merge' "
+                          "while it exists to get a standalone model)")
+    head_config = raw.get("head_config", {})
+    model = replace_head(load_model(parent, task=saved_task, head_config=head_config), saved_task, head_config)
+    restore_strategy(model, meta.get("strategy"), source=str(path / "plmkit.json"))
+    load_adapter_state(model, _read_safetensors(path / ADAPTER_WEIGHTS), source=str(path / ADAPTER_WEIGHTS))
+    if dtype is not None:
+        model.to(dtype)
+    return model
+
+
+def replace_head(model: PlmModel, task: str, head_config: dict[str, Any]) -> PlmModel:
+    """Give ``model`` a freshly initialised ``task`` head (the backbone, adapters included, is kept)."""
+    if model.family not in TASK_FAMILIES.get(task, ()):
+        raise PlmkitError(f"task '{task}' does not fit a {model.family} model")
+    model.task, model.head_config = task, dict(head_config)
+    model.head = HEADS[task](model.config, model.backbone, model.head_config)
+    return model
+
+
+def _restore_structure(model: PlmModel, strategy: dict[str, Any], path: Path) -> None:
+    """Re-insert the modules a structural strategy added (Houlsby adapters kept by a merge),
+    so the saved names match; the model is then plain again (everything trainable)."""
+    from ..adapters import restore_strategy
+
+    restore_strategy(model, strategy, source=str(path / "plmkit.json"))
+    model.plmkit_strategy = None
+    model.requires_grad_(True)
 
 
 def _assign(model: PlmModel, state: dict[str, torch.Tensor], path: Path, strict_head: bool) -> None:

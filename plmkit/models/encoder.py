@@ -39,8 +39,10 @@ def padding_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | 
 
     Returning None lets SDPA pick its fastest kernel on unpadded batches.
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None:
         return None
+    if not torch.compiler.is_compiling() and bool(attention_mask.all()):
+        return None     # eager only: the check is a data-dependent branch a compiled graph avoids
     mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
     mask.masked_fill_(attention_mask == 0, torch.finfo(dtype).min)
     return mask[:, None, None, :]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from ..config import build, dump_yaml, option, to_dict
 from ..data.corpus import check_text_files
@@ -88,16 +89,14 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
         raise PlmkitError("say how long to train: --steps N, --epochs E or --budget 20m")
     out = Path(cfg.out)
     check_text_files(cfg.corpus)
-    if info.is_main:
-        _prepare_out_dir(out, cfg)
-    D.barrier(info)
-
+    _check_out_dir(out, cfg)
+    # Everything that can fail on bad input happens before --out is touched.
     tok = _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
     model_cfg = preset(cfg.arch, cfg.size, vocab_size=tok.get_vocab_size(with_added_tokens=True),
                        max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024))
-    if cfg.arch == "bert" and _saved_pad(tok) is not None:
-        model_cfg.pad_token_id = _saved_pad(tok)
+    if cfg.arch == "bert" and tok.token_to_id("[PAD]") is not None:
+        model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
     model = PlmModel(model_cfg, task)
     n_params = model.num_parameters()
@@ -110,6 +109,9 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     source = make_batch_source(task, open_shards(shard_dir, "train"), tok, rank=info.rank,
                                world_size=info.world_size, **common)
     eval_fn = _eval_fn(task, shard_dir, tok, cfg, common)
+    if info.is_main:
+        _start_run_dir(out, cfg, tok)
+    D.barrier(info)
     tcfg = build(TrainConfig, dict(
         lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, max_steps=cfg.steps, epochs=cfg.epochs,
         budget=cfg.budget, grad_accum=cfg.grad_accum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
@@ -119,7 +121,7 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
                    "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "mlm_prob": cfg.mlm_prob,
                    "whole_word_mask": cfg.whole_word_mask}
     result = train(model, source, tcfg, out, eval_fn=eval_fn, resume=cfg.resume, fingerprint=fingerprint,
-                   flops_per_token=flops_per_token(model, cfg.seq_len),
+                   flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
                    peak_flops=measure_peak_flops() if info.is_main else None)
     if info.is_main:
         metrics = {"steps": result.steps, "stopped": result.stopped_reason, **result.last_metrics}
@@ -129,23 +131,29 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     return 0
 
 
-def _prepare_out_dir(out: Path, cfg: Config) -> None:
-    """A new run needs an empty --out; --resume needs the same run; --overwrite starts over."""
+def _check_out_dir(out: Path, cfg: Config) -> None:
+    """A new run needs an empty --out (or --overwrite); --resume needs the same run."""
     run_file = out / RUN_FILE
-    if cfg.resume:
-        if not run_file.is_file():
-            if out.exists() and any(out.iterdir()):
-                raise PlmkitError(f"{out}: not a pre-training run directory (no {RUN_FILE}); cannot --resume")
-        else:
-            _check_same_run(run_file, cfg)
-    elif out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise PlmkitError(f"{out}: output directory exists (pass --resume to continue that run or "
-                              "--overwrite to start over)")
-        shutil.rmtree(out)
+    busy = out.exists() and any(out.iterdir())
+    if cfg.resume and run_file.is_file():
+        _check_same_run(run_file, cfg)
+    elif cfg.resume and busy:
+        raise PlmkitError(f"{out}: not a pre-training run directory (no {RUN_FILE}); cannot --resume")
+    elif busy and not cfg.overwrite:
+        raise PlmkitError(f"{out}: output directory exists (pass --resume to continue that run or "
+                          "--overwrite to start over)")
+
+
+def _start_run_dir(out: Path, cfg: Config, tok) -> None:
+    """Create (or keep, when resuming) the run directory with its config and tokenizer."""
+    if not cfg.resume and out.exists():
+        shutil.rmtree(out)                          # --overwrite, checked above
     out.mkdir(parents=True, exist_ok=True)
-    if not run_file.is_file():
-        atomic_write_text(run_file, dump_yaml(cfg))
+    if not (out / "tokenizer" / "tokenizer.json").is_file():
+        with atomic_dir(out / "tokenizer", overwrite=True) as tmp:
+            save_tokenizer(tok, tmp)
+    if not (out / RUN_FILE).is_file():
+        atomic_write_text(out / RUN_FILE, dump_yaml(cfg))
 
 
 # Settings that may change when resuming: how long and how often, not what is trained.
@@ -164,18 +172,18 @@ def _check_same_run(run_file: Path, cfg: Config) -> None:
         raise PlmkitError(f"{run_file}: --resume with a changed configuration ({shown})")
 
 
-def _tokenizer(cfg: Config, out: Path, info: D.DistInfo):
-    """The run's tokenizer: given, or trained once and stored in ``out/tokenizer``."""
+def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
+    """The run's tokenizer: given, stored by the run being resumed, or trained on the corpus."""
     if cfg.tokenizer:
         return load_tokenizer(cfg.tokenizer)
     stored = out / "tokenizer"
-    if info.is_main and not (stored / "tokenizer.json").is_file():
+    if cfg.resume and (stored / "tokenizer.json").is_file():
+        return load_tokenizer(stored)
+    text = None
+    if info.is_main:
         kind = "wordpiece" if cfg.arch == "bert" else "bpe"
-        tok = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size)
-        with atomic_dir(stored, overwrite=True) as tmp:
-            save_tokenizer(tok, tmp, kind=kind)
-    D.barrier(info)
-    return load_tokenizer(stored)
+        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size).to_str()
+    return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 
 def _shards(cfg: Config, tok, task: str, info: D.DistInfo) -> Path:
@@ -184,10 +192,6 @@ def _shards(cfg: Config, tok, task: str, info: D.DistInfo) -> Path:
         build_shards(cfg.corpus, tok, cfg.cache_dir, **kw)
     D.barrier(info)
     return build_shards(cfg.corpus, tok, cfg.cache_dir, **kw)    # a cache hit on every rank
-
-
-def _saved_pad(tok) -> int | None:
-    return tok.token_to_id("[PAD]")
 
 
 def _eval_fn(task: str, shard_dir: Path, tok, cfg: Config, common: dict[str, Any]):
@@ -231,13 +235,20 @@ def evaluate_lm(model: torch.nn.Module, source, max_batches: int | None = None) 
     return metrics
 
 
-def flops_per_token(model: PlmModel, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding parameters) + attention (PaLM's estimate)."""
+def flops_per_token(model: PlmModel, seq_len: int, mlm_prob: float = 0.15) -> float:
+    """Training FLOPs per token actually required by the objective (PaLM-style accounting).
+
+    6 x (non-embedding parameters) for the dense layers, 12 x L x h x d x T for attention,
+    and the vocabulary projection: on every token for CLM, on the ``mlm_prob`` masked
+    tokens only for MLM (plmkit's MLM head projects only those).
+    """
     cfg = model.config
     emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.startswith("backbone.w"))
     dense = model.num_parameters() - emb
     attn = 12 * sum(cfg.heads) * cfg.head_dim * seq_len
-    return 6.0 * dense + attn
+    width = getattr(cfg, "embedding_size", None) or cfg.hidden_size
+    vocab = 6 * width * cfg.vocab_size * (1.0 if model.task == "clm" else mlm_prob)
+    return 6.0 * dense + attn + vocab
 
 
 def _write_final(model: PlmModel, tok, out: Path, cfg: Config, metrics: dict[str, Any]) -> None:

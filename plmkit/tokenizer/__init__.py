@@ -1,7 +1,7 @@
 """Tokenizers: train (WordPiece for BERT, byte-level BPE for GPT), save, load."""
 from __future__ import annotations
 
-from .check import check_text_files
+from ..data.corpus import check_text_files
 from .load import load_tokenizer, save_tokenizer, special_ids, tokenizer_kind
 from .train import KINDS, iter_line_batches, train_tokenizer
 
