@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("plmkit.stages.info", "show a checkpoint's architecture, size and lineage"),
     "export": ("plmkit.stages.export", "export a checkpoint (hf layout or onnx)"),
     "demo": ("plmkit.stages.demo", "run the built-in end-to-end demo"),
+    "serve": ("plmkit.stages.serve", "serve a model over HTTP"),
 }
 
 

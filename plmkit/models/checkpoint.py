@@ -225,14 +225,19 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
 
 def describe(path: str | Path) -> dict[str, Any]:
     """What ``plmkit info`` prints: architecture, sizes, lineage."""
+    from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
+
     path = Path(path)
-    model = load_model(path)
+    onnx = is_onnx_dir(path)
+    model = load_onnx_dir(path) if onnx else load_model(path)
     cfg = model.config
     raw = read_model_config(path)
+    fmt = f"onnx ({model.precision})" if onnx else "plmkit" if "plmkit" in raw else "huggingface"
     return {
-        "path": str(path), "format": "plmkit" if "plmkit" in raw else "huggingface",
+        "path": str(path), "format": fmt,
         "family": cfg.family, "task": model.task, "labels": model.head_config.get("labels"),
-        "parameters": model.num_parameters(), "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
+        "parameters": PlmModel(cfg, model.task, model.head_config).num_parameters() if onnx
+        else model.num_parameters(), "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
         "heads_per_layer": cfg.heads, "ffn_per_layer": cfg.ffn, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_position": cfg.max_position,
         "albert": {"embedding_size": getattr(cfg, "embedding_size", None),

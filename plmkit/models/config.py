@@ -38,12 +38,7 @@ class EncoderConfig:
     use_pooler: bool = True
 
     def __post_init__(self) -> None:
-        if self.head_dim is None:
-            if self.hidden_size % self.num_heads:
-                raise PlmkitError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-            self.head_dim = self.hidden_size // self.num_heads
-        self.heads = _per_layer(self.heads, self.num_heads, self.num_layers, "heads")
-        self.ffn = _per_layer(self.ffn, self.intermediate_size, self.num_layers, "ffn")
+        _resolve_sizes(self)
         if self.share_layers and (len(set(self.heads)) > 1 or len(set(self.ffn)) > 1):
             raise PlmkitError("share_layers needs identical sizes in every layer")
 
@@ -76,16 +71,21 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        if self.head_dim is None:
-            if self.hidden_size % self.num_heads:
-                raise PlmkitError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-            self.head_dim = self.hidden_size // self.num_heads
-        self.heads = _per_layer(self.heads, self.num_heads, self.num_layers, "heads")
-        self.ffn = _per_layer(self.ffn, self.intermediate_size, self.num_layers, "ffn")
+        _resolve_sizes(self)
 
     @property
     def family(self) -> str:
         return "decoder"
+
+
+def _resolve_sizes(cfg: EncoderConfig | DecoderConfig) -> None:
+    """Fill head_dim and the per-layer head / FFN lists from the uniform defaults."""
+    if cfg.head_dim is None:
+        if cfg.hidden_size % cfg.num_heads:
+            raise PlmkitError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
+        cfg.head_dim = cfg.hidden_size // cfg.num_heads
+    cfg.heads = _per_layer(cfg.heads, cfg.num_heads, cfg.num_layers, "heads")
+    cfg.ffn = _per_layer(cfg.ffn, cfg.intermediate_size, cfg.num_layers, "ffn")
 
 
 def _per_layer(values: list[int] | None, default: int, n: int, name: str) -> list[int]:

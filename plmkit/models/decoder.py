@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DecoderConfig
-from .encoder import FeedForward, attend, init_weights, linear
+from .encoder import FeedForward, Projections, attend, init_weights
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]
 
@@ -25,15 +25,8 @@ class DecoderOutput:
     attentions: tuple[Tensor, ...] | None = None
 
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, hidden: int, n_heads: int, head_dim: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
-        inner = n_heads * head_dim
-        self.q = linear(hidden, inner)
-        self.k = linear(hidden, inner)
-        self.v = linear(hidden, inner)
-        self.o = linear(inner, hidden)
+class CausalSelfAttention(Projections):
+    """Causal multi-head attention over the cached and the new positions."""
 
     def forward(self, x: Tensor, pad_mask: Tensor | None, past: tuple[Tensor, Tensor] | None,
                 want_probs: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:

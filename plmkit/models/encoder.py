@@ -74,8 +74,8 @@ def linear(n_in: int, n_out: int) -> nn.Linear:
         return nn.Linear(n_in, n_out)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with ``n_heads`` heads of width ``head_dim`` (n_heads may be 0)."""
+class Projections(nn.Module):
+    """q, k, v: H -> h*d and o: h*d -> H, shared by encoder and decoder attention."""
 
     def __init__(self, hidden: int, n_heads: int, head_dim: int, dropout: float):
         super().__init__()
@@ -85,6 +85,10 @@ class SelfAttention(nn.Module):
         self.k = linear(hidden, inner)
         self.v = linear(hidden, inner)
         self.o = linear(inner, hidden)
+
+
+class SelfAttention(Projections):
+    """Multi-head self-attention with ``n_heads`` heads of width ``head_dim`` (n_heads may be 0)."""
 
     def forward(self, x: Tensor, mask: Tensor | None, want_probs: bool = False) -> tuple[Tensor, Tensor | None]:
         B, T, _ = x.shape

@@ -46,6 +46,14 @@ def _cls_vector(out: Any, batch: dict[str, Tensor]) -> Tensor:
     return h[:, 0]
 
 
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    """A task-head projection with BERT's initialisation: N(0, 0.02) weights, zero bias."""
+    layer = nn.Linear(n_in, n_out)
+    nn.init.normal_(layer.weight, std=0.02)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class MLMHead(nn.Module):
     """transform (dense, act, LN) then a decoder tied to the word embeddings.
 
@@ -131,9 +139,7 @@ class SequenceHead(nn.Module):
     def __init__(self, hidden: int, num_labels: int, dropout: float):
         super().__init__()
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_labels)
-        nn.init.normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = _linear(hidden, num_labels)
 
     def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
         logits = self.classifier(self.drop(_cls_vector(out, batch)))     # [B, C]
@@ -148,9 +154,7 @@ class TokenHead(nn.Module):
     def __init__(self, hidden: int, num_labels: int, dropout: float):
         super().__init__()
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden, num_labels)
-        nn.init.normal_(self.classifier.weight, std=0.02)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = _linear(hidden, num_labels)
 
     def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
         logits = self.classifier(self.drop(out.last_hidden_state))      # [B, T, C]
@@ -166,9 +170,7 @@ class SpanHead(nn.Module):
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.qa_outputs = nn.Linear(hidden, 2)
-        nn.init.normal_(self.qa_outputs.weight, std=0.02)
-        nn.init.zeros_(self.qa_outputs.bias)
+        self.qa_outputs = _linear(hidden, 2)
 
     def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
         start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # [B, T] each

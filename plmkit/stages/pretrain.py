@@ -28,6 +28,7 @@ from ..models.model import PlmModel
 from ..tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from ..train import TrainConfig, measure_peak_flops, train
 from ..train import dist as D
+from ..train.state import load_safetensors
 
 OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop"), "gpt": ("clm",)}
 RUN_FILE = "pretrain.yaml"
@@ -56,6 +57,8 @@ class Config:
     clip_norm: float = option(1.0, help="gradient clipping norm (0: off)")
     precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
     compile: bool = option(False, help="torch.compile the model")
+    fsdp: bool = option(False, help="under torchrun, shard weights, gradients and optimizer state over the "
+                        "ranks (FSDP) instead of replicating them: for models that do not fit one device")
     mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM")
     whole_word_mask: bool = option(False, help="mask whole words (WordPiece)")
     short_seq_prob: float = option(0.1, help="NSP/SOP: probability of a shorter target length")
@@ -116,7 +119,8 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
         lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, max_steps=cfg.steps, epochs=cfg.epochs,
         budget=cfg.budget, grad_accum=cfg.grad_accum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
         precision=cfg.precision, compile=cfg.compile, eval_every=cfg.eval_every, save_every=cfg.save_every,
-        keep_last=cfg.keep_last, log_every=cfg.log_every, seed=cfg.seed, tensorboard=cfg.tensorboard))
+        keep_last=cfg.keep_last, log_every=cfg.log_every, seed=cfg.seed, tensorboard=cfg.tensorboard,
+        fsdp=cfg.fsdp))
     fingerprint = {"model": config_to_dict(model_cfg), "task": task, "shards": shard_dir.name,
                    "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "mlm_prob": cfg.mlm_prob,
                    "whole_word_mask": cfg.whole_word_mask}
@@ -124,6 +128,9 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
                    flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
                    peak_flops=measure_peak_flops() if info.is_main else None)
     if info.is_main:
+        if result.sharded:  # FSDP left `model` sharded; its full weights are in the last checkpoint
+            model = PlmModel(model_cfg, task)
+            load_safetensors(model, result.last_checkpoint)
         metrics = {"steps": result.steps, "stopped": result.stopped_reason, **result.last_metrics}
         _write_final(model, tok, out, cfg, metrics)
         shown = "".join(f", {k} {v:.4g}" for k, v in result.last_metrics.items())

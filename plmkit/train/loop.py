@@ -2,7 +2,8 @@
 
 One optimizer step = ``grad_accum`` micro-batches. Each micro-loss is divided by
 ``grad_accum`` before ``backward`` (so gradients are the mean over micro-batches) and
-DDP averages over ranks, hence 2 ranks x 1 micro-batch == 1 rank x 2 micro-batches.
+DDP (or FSDP, with ``fsdp``) averages over ranks, hence 2 ranks x 1 micro-batch == 1 rank
+x 2 micro-batches.
 
 Per step: forward/backward under bf16 autocast (optional) -> one all-reduce of
 [loss, over-budget flag] -> non-finite check (before the update, so weights stay good)
@@ -12,7 +13,6 @@ position, counters) so an interrupted run continues exactly as if never stopped.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
@@ -30,7 +30,7 @@ from ..io import atomic_dir, write_json
 from . import dist as D
 from . import state as S
 from .logging import MetricsLog, Progress, Window, count_tokens
-from .optim import LayerOf, build_optimizer, build_scheduler
+from .optim import LayerOf, build_optimizer, build_scheduler, optimizer_kernel
 from .source import Batch, BatchSource
 
 
@@ -62,6 +62,9 @@ class TrainConfig:
     layerwise_lr_decay: float | None = option(None, help="scale lr by this factor per layer downwards")
     tensorboard: bool = option(False, help="also write TensorBoard scalars")
     ddp_find_unused: bool = option(False, help="DDP: allow parameters that get no gradient")
+    fsdp: bool = option(False, help="under torchrun, shard weights, gradients and optimizer state "
+                        "over the ranks (FSDP) instead of replicating them (DDP): for models that "
+                        "do not fit one device; checkpoints keep the same format")
 
 
 # Fields that may change between a checkpoint and its resume: they do not affect the
@@ -83,6 +86,7 @@ class TrainResult:
     losses: list[float]  # this run's loss per optimizer step
     last_checkpoint: Path | None
     best_dir: Path | None
+    sharded: bool = False  # FSDP: the model's parameters are shards; full weights in last_checkpoint
 
 
 @dataclass
@@ -146,6 +150,8 @@ def _fingerprint(cfg: TrainConfig, warmup: int, total: int | None, info: D.DistI
     fp: dict[str, Any] = {f"train.{k}": v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
     fp["train.warmup"] = warmup
     fp["train.decay_steps"] = None if cfg.schedule == "constant" else total
+    if not cfg.fsdp:  # absent, not False: checkpoints from before the option still resume
+        del fp["train.fsdp"]
     fp["world_size"] = info.world_size
     fp.update(extra or {})
     return fp
@@ -180,6 +186,7 @@ class _Trainer:
         self.o = opts
         self.device = torch.device(opts["device"]) if opts["device"] else D.default_device(info)
         self.bf16 = _bf16(cfg.precision, self.device)
+        self.sharded = cfg.fsdp and info.enabled
         self.ckpt_root = out_dir / "checkpoints"
         self.save_fn = opts["save_fn"] or S.save_safetensors
         self.c = _Counters()
@@ -202,7 +209,11 @@ class _Trainer:
         if opts["trainable"] is not None:
             for name, p in model.named_parameters():
                 p.requires_grad_(bool(opts["trainable"](name)))
-        model.to(self.device)
+        # FSDP moves each rank's shard to the device; the whole model may not fit there.
+        if self.sharded:
+            D.wrap_fsdp(model, info, self.device, self.bf16)
+        else:
+            model.to(self.device)
         self.opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                    betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, device=self.device,
                                    layer_of=opts["layer_of"], layerwise_lr_decay=cfg.layerwise_lr_decay)
@@ -213,7 +224,8 @@ class _Trainer:
         n_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = opts["flops_per_token"] or 6.0 * n_params
         self.model = torch.compile(model) if cfg.compile else model
-        self.model = D.wrap_ddp(self.model, info, self.device, cfg.ddp_find_unused)
+        if not self.sharded:
+            self.model = D.wrap_ddp(self.model, info, self.device, cfg.ddp_find_unused)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.t_start = time.perf_counter()
         self.window = Window()
@@ -237,11 +249,14 @@ class _Trainer:
         path = Path(path)
         S.check_fingerprint(path, self.fingerprint)
         state = S.load_state(path)
-        (self.o["load_fn"] or S.load_safetensors)(self.raw, path)
-        self.opt.load_state_dict(state["optimizer"])
-        fast = self.device.type == "cuda"
-        for g in self.opt.param_groups:  # the checkpoint may come from another device type
-            g["fused"], g["foreach"] = (True, None) if fast else (None, True)
+        if self.sharded:
+            S.load_sharded(self.raw, self.opt, path, self.info.is_main)
+        else:
+            (self.o["load_fn"] or S.load_safetensors)(self.raw, path)
+            self.opt.load_state_dict(state["optimizer"])
+        kernel = optimizer_kernel(self.raw)
+        for g in self.opt.param_groups:  # the checkpoint may come from another kind of run
+            g["fused"], g["foreach"] = kernel.get("fused"), kernel.get("foreach")
         self.sched.load_state_dict(state["scheduler"])
         S.set_rng_state(state["rng"][self.info.rank])
         self.source.load_state_dict(state["data"][self.info.rank])
@@ -261,9 +276,8 @@ class _Trainer:
             batch = next(batches)
             tokens += count_tokens(batch)
             batch = _to_device(batch, self.device)
-            # Skip the gradient all-reduce on all but the last micro-batch.
-            sync = self.model.no_sync() if info.enabled and i < accum - 1 else contextlib.nullcontext()
-            with sync:
+            # Skip the gradient reduction on all but the last micro-batch.
+            with D.grad_sync(self.model, sync=i == accum - 1):
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                     out = self.model(**batch)
                 loss = out.loss.float() / accum
@@ -277,8 +291,7 @@ class _Trainer:
         if not math.isfinite(loss_val):
             self._nonfinite(loss_val)
         if self.cfg.clip_norm > 0:
-            aux["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm,
-                                                              foreach=True).detach()
+            aux["grad_norm"] = D.clip_grad_norm(self.params, self.cfg.clip_norm).detach()
         lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0]["lr_scale"]
         self.opt.step()
         self.sched.step()
@@ -322,10 +335,13 @@ class _Trainer:
 
     def _evaluate(self) -> None:
         metrics = None
-        if self.info.is_main:
+        if self.info.is_main or self.sharded:  # FSDP: a forward pass needs every rank
             was_training = self.raw.training
             self.raw.eval()
-            with S.preserved_rng(), torch.no_grad():
+            # FSDP with bf16 gathers bf16 weights; autocast keeps norms/softmax/loss in fp32.
+            bf16 = self.sharded and self.bf16
+            with S.preserved_rng(), torch.no_grad(), \
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
                 metrics = {k: float(v) for k, v in self.o["eval_fn"](self.raw).items()}
             self.raw.train(was_training)
         metrics = D.broadcast_object(metrics, self.info)
@@ -345,14 +361,22 @@ class _Trainer:
         better = c.best is None or (value > c.best if self.o["greater_is_better"] else value < c.best)
         if better:
             c.best, c.best_step, c.bad_evals = value, c.step, 0
+            save_fn = self._model_writer()
             if self.info.is_main:
                 with atomic_dir(self.out_dir / "best", overwrite=True) as tmp:
-                    self.save_fn(self.raw, tmp)
+                    save_fn(self.raw, tmp)
                     write_json(tmp / "best.json", {"step": c.step, name: value})
         else:
             c.bad_evals += 1
         if self.cfg.patience and c.bad_evals >= self.cfg.patience:
             self.early_stop = True
+
+    def _model_writer(self) -> S.SaveFn:
+        """The ``save_fn`` rank 0 calls; under FSDP it writes the full weights gathered here
+        (a collective: every rank calls this)."""
+        if not self.sharded:
+            return self.save_fn
+        return S.full_state_writer(S.gather_model(self.raw), S.tied_aliases(self.raw))
 
     def _save(self) -> None:
         """Write ``checkpoints/step-N`` (rank 0), then drop the oldest beyond keep_last."""
@@ -361,12 +385,14 @@ class _Trainer:
         rngs = D.gather_objects(S.rng_state(), self.info)
         datas = D.gather_objects(self.source.state_dict(), self.info)
         path = self.ckpt_root / f"step-{self.c.step}"
+        save_fn = self._model_writer()
+        optim = S.gather_optimizer(self.raw, self.opt) if self.sharded else None
         if self.info.is_main:
-            state = {"step": self.c.step, "optimizer": self.opt.state_dict(),
+            state = {"step": self.c.step, "optimizer": None if self.sharded else self.opt.state_dict(),
                      "scheduler": self.sched.state_dict(), "rng": rngs, "data": datas,
                      "counters": dataclasses.asdict(self.c)}
             S.save_checkpoint(path, model=self.raw, state=state, config=to_dict(self.cfg),
-                              fingerprint=self.fingerprint, save_fn=self.save_fn)
+                              fingerprint=self.fingerprint, save_fn=save_fn, optimizer=optim)
             S.rotate(self.ckpt_root, self.cfg.keep_last)
         D.barrier(self.info)
         self.last_saved, self.last_checkpoint = self.c.step, path
@@ -411,7 +437,7 @@ class _Trainer:
         c = self.c
         best_dir = self.out_dir / "best" if c.best_step is not None else None
         return TrainResult(c.step, reason, dict(c.last_metrics), c.best, c.best_step, self.history,
-                           self.losses, self.last_checkpoint, best_dir)
+                           self.losses, self.last_checkpoint, best_dir, self.sharded)
 
 
 def train(model: nn.Module, source: BatchSource, cfg: TrainConfig, out_dir: str | Path, *,
@@ -433,6 +459,9 @@ def train(model: nn.Module, source: BatchSource, cfg: TrainConfig, out_dir: str 
     task) that must match to resume; resume also refuses changed TrainConfig fields
     except those in ``RESUME_FREE``. ``trainable(name)`` freezes parameters it rejects.
     ``peak_flops`` (per device, see ``measure_peak_flops``) enables MFU reporting.
+    With ``cfg.fsdp`` under torchrun the model is sharded in place (see ``dist.wrap_fsdp``)
+    and stays so: ``result.sharded`` is then True and the final full weights are in
+    ``result.last_checkpoint`` (always written at the end); ``eval_fn`` runs on every rank.
     Raises PlmkitError on a non-finite loss, after keeping the last good checkpoint.
     """
     check_config(cfg)
@@ -440,6 +469,9 @@ def train(model: nn.Module, source: BatchSource, cfg: TrainConfig, out_dir: str 
         raise PlmkitError("a best-checkpoint metric needs an evaluation function")
     if cfg.patience and metric is None:
         raise PlmkitError("early stopping (patience) needs a metric to watch")
+    if cfg.fsdp and (save_fn is not None or load_fn is not None):
+        raise PlmkitError("fsdp writes whole-model checkpoints (model.safetensors); it does not "
+                          "support a custom save_fn/load_fn (e.g. adapter-only checkpoints)")
     info = D.init_distributed()
     opts = dict(eval_fn=eval_fn, metric=metric, greater_is_better=greater_is_better,
                 resume=resume, fingerprint=fingerprint, save_fn=save_fn, load_fn=load_fn,

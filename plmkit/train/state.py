@@ -9,7 +9,10 @@ directory named ``step-N`` is always complete; a kill mid-write leaves only a hi
   states, loop counters. Only tensors and plain Python values, so it loads with
   ``torch.load(weights_only=True)`` (no pickle code execution);
 * ``train_config.json`` (the resolved TrainConfig) and ``fingerprint.json`` (what must
-  match to resume).
+  match to resume);
+* under FSDP, ``optimizer.pt``: the full (unsharded) optimizer state keyed by parameter
+  name, apart from ``train_state.pt`` so that only rank 0 reads it. The weights are the
+  same ``model.safetensors`` as without FSDP.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from ..errors import PlmkitError
 from ..io import atomic_dir, read_json, write_json
 
 STATE_FILE = "train_state.pt"
+OPTIM_FILE = "optimizer.pt"
 FINGERPRINT_FILE = "fingerprint.json"
 CONFIG_FILE = "train_config.json"
 MODEL_FILE = "model.safetensors"
@@ -104,6 +108,75 @@ def load_safetensors(model: nn.Module, directory: Path) -> None:
         raise PlmkitError(f"{path}: weights do not match the model ({e})") from None
 
 
+# ---- FSDP: full (unsharded) state dicts ----
+# Gathering is a collective (every rank calls it); the result lands on rank 0's CPU and the
+# other ranks get {}. Loading reads on rank 0 and broadcasts, each rank keeping its shard.
+
+# torch.distributed.checkpoint is imported only here, on first use: it costs ~0.6 s of start-up
+# for every command otherwise.
+
+def _dcp() -> Any:
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict
+
+
+def _options(kind: str) -> Any:
+    opts = _dcp().StateDictOptions
+    if kind == "gather":
+        return opts(full_state_dict=True, cpu_offload=True)
+    # Parameters that never received a gradient (e.g. an unused pooler) have no AdamW state.
+    return opts(full_state_dict=True, broadcast_from_rank0=True, strict=kind != "scatter_optim")
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """alias name -> kept name for tied parameters, the names ``save_model`` drops/keeps."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return {alias: sorted(names)[0] for names in groups.values() for alias in sorted(names)[1:]}
+
+
+def gather_model(model: nn.Module) -> dict[str, torch.Tensor]:
+    return _dcp().get_model_state_dict(model, options=_options("gather"))
+
+
+def gather_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return _dcp().get_optimizer_state_dict(model, optimizer, options=_options("gather"))
+
+
+def full_state_writer(state: dict[str, torch.Tensor], aliases: dict[str, str]) -> SaveFn:
+    """A ``save_fn`` writing a gathered state dict exactly as :func:`save_safetensors`
+    writes an unsharded model: tied weights once, ``{alias: kept}`` as metadata."""
+    def write(_model: nn.Module, directory: Path) -> None:
+        kept = {k: v.contiguous() for k, v in state.items() if k not in aliases}
+        metadata = {a: k for a, k in aliases.items() if a in state} or None
+        safetensors.torch.save_file(kept, str(directory / MODEL_FILE), metadata=metadata)
+    return write
+
+
+def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer | None, directory: Path,
+                 is_main: bool) -> None:
+    """Load ``model.safetensors`` (and ``optimizer.pt``) into an FSDP model: rank 0 reads,
+    every rank receives its shards. Every rank must call this."""
+    state: dict[str, torch.Tensor] = {}
+    if is_main:
+        path = directory / MODEL_FILE
+        if not path.is_file():
+            raise PlmkitError(f"{directory}: no {MODEL_FILE}")
+        state = safetensors.torch.load_file(str(path))
+        for alias, kept in tied_aliases(model).items():
+            if kept in state:
+                state.setdefault(alias, state[kept])
+    try:
+        _dcp().set_model_state_dict(model, state, options=_options("scatter"))
+    except (RuntimeError, KeyError) as e:
+        raise PlmkitError(f"{directory / MODEL_FILE}: weights do not match the model ({e})") from None
+    if optimizer is not None:
+        optim = _load(directory / OPTIM_FILE) if is_main else {}
+        _dcp().set_optimizer_state_dict(model, optimizer, optim, options=_options("scatter_optim"))
+
+
 # ---- checkpoint directories ----
 
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -140,17 +213,24 @@ def rotate(ckpt_root: Path, keep_last: int) -> None:
 
 
 def save_checkpoint(directory: Path, *, model: nn.Module, state: dict[str, Any],
-                    config: dict[str, Any], fingerprint: dict[str, Any], save_fn: SaveFn) -> None:
-    """Write one complete checkpoint directory atomically (replacing a same-step one)."""
+                    config: dict[str, Any], fingerprint: dict[str, Any], save_fn: SaveFn,
+                    optimizer: dict[str, Any] | None = None) -> None:
+    """Write one complete checkpoint directory atomically (replacing a same-step one).
+    ``optimizer`` (FSDP's gathered optimizer state) goes to its own file."""
     with atomic_dir(directory, overwrite=True) as tmp:
         save_fn(model, tmp)
+        if optimizer is not None:
+            torch.save(optimizer, tmp / OPTIM_FILE)
         torch.save(state, tmp / STATE_FILE)
         write_json(tmp / CONFIG_FILE, config)
         write_json(tmp / FINGERPRINT_FILE, fingerprint)
 
 
 def load_state(directory: Path) -> dict[str, Any]:
-    path = directory / STATE_FILE
+    return _load(directory / STATE_FILE)
+
+
+def _load(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError) as e:

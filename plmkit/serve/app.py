@@ -1,0 +1,359 @@
+"""The HTTP API: a FastAPI app over one ``ServedModel`` and its micro-batcher.
+
+    POST /v1/classify  {"texts": [...], "text_pairs": [...]?}    -> {"predictions": [{label, score, scores}]}
+    POST /v1/ner       {"texts": [...]}                          -> {"predictions": [{entities, tags}]}
+    POST /v1/qa        {"question": "...", "context": "..."}     -> {answer, score, start, end}
+    POST /v1/embed     {"texts": [...], "normalize": false}      -> {"embeddings": [[...]], "dimensions": H}
+    POST /v1/generate  {"prompt": "...", "max_new_tokens": 50, temperature, top_k, top_p, seed}
+    GET  /health, GET /metrics (Prometheus text), GET /openapi.json, GET /docs
+
+Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON, 404 an endpoint the
+model's task cannot answer, 413 a body over --max-body-bytes, 415 a body sent as another
+Content-Type than JSON, 422 wrong types, empty lists or a limit exceeded, 503 the request
+timed out or the server is shutting down.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import __version__
+from ..errors import PlmkitError
+from .backend import ENDPOINTS, Item, ServedModel
+from .batcher import MicroBatcher, ServerClosing
+from .metrics import Metrics
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+
+
+@dataclass
+class Limits:
+    max_batch: int = 32              # items per model call
+    max_wait_ms: float = 5.0         # how long the first item of a batch waits for company
+    max_body_bytes: int = 1 << 20
+    max_texts: int = 64              # texts per request
+    max_chars: int = 10_000          # characters per text (QA: per question and per context)
+    timeout_s: float = 30.0          # per request, queueing included
+
+
+# ---------------------------------------------------------------------------------------
+# Request and response schemas (they make the OpenAPI document). Strict: "1" is not a number,
+# 1 is not a string, unknown fields are an error (a typo should not pass silently).
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+TextList = Annotated[list[str], Field(min_length=1, description="input texts (at least one)")]
+
+
+class ClassifyRequest(_Strict):
+    texts: TextList
+    text_pairs: list[str] | None = Field(None, description="second sentences, one per text, for pair tasks")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class ClassifyResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class NerRequest(_Strict):
+    texts: list[str] = Field(min_length=1, description="texts; split into words at whitespace")
+
+
+class Entity(BaseModel):
+    type: str
+    text: str
+    start: int = Field(description="character offset of the first character")
+    end: int = Field(description="character offset after the last character")
+    score: float
+
+
+class NerPrediction(BaseModel):
+    entities: list[Entity]
+    tags: list[str] = Field(description="one tag per whitespace-separated word")
+
+
+class NerResponse(BaseModel):
+    predictions: list[NerPrediction]
+
+
+class QARequest(_Strict):
+    question: str
+    context: str
+
+
+class QAResponse(BaseModel):
+    answer: str
+    score: float
+    start: int | None = Field(description="character offset of the answer in the context (null: none found)")
+    end: int | None
+
+
+class EmbedRequest(_Strict):
+    texts: TextList
+    normalize: bool = Field(False, description="scale each vector to unit length")
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dimensions: int
+
+
+class GenerateRequest(_Strict):
+    prompt: str
+    max_new_tokens: int = Field(50, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0: greedy")
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+
+class GenerateResponse(BaseModel):
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+# ---------------------------------------------------------------------------------------
+# ASGI middleware: outermost metrics, then the body limit (before any JSON parsing).
+
+class MetricsMiddleware:
+    """Counts requests by endpoint and status and times them."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+        self.known = {f"/v1/{e}" for e in ENDPOINTS} | {"/health", "/metrics", "/openapi.json"}
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in self.known else "other"
+            self.metrics.observe_request(path, status, time.perf_counter() - start)
+
+
+class BodyLimitMiddleware:
+    """413 for a body over ``max_bytes``, declared (Content-Length) or streamed; the body read
+    here is handed on, so the app sees it as usual."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and not declared.isdigit():
+            return await _refuse(send, 400, f"invalid Content-Length header {declared.decode('latin-1')!r}")
+        if declared is not None and int(declared) > self.max_bytes:
+            return await self._too_large(send, declared.decode())
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(send, f"more than {self.max_bytes}")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Callable, got: str) -> None:
+        await _refuse(send, 413, f"request body too large: {got} bytes, the limit is {self.max_bytes} "
+                                 "(--max-body-bytes)")
+
+
+async def _refuse(send: Callable, status: int, detail: str) -> None:
+    """Answer without reading (the rest of) the body; the connection closes afterwards."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------
+
+def _check_texts(texts: list[str], limits: Limits, field: str = "texts") -> None:
+    if len(texts) > limits.max_texts:
+        raise HTTPException(422, f"{field}: {len(texts)} texts, at most {limits.max_texts} per request (--max-texts)")
+    for i, t in enumerate(texts):
+        _check_text(t, limits, f"{field}[{i}]")
+
+
+def _check_text(text: str, limits: Limits, field: str) -> None:
+    if len(text) > limits.max_chars:
+        raise HTTPException(422, f"{field}: {len(text)} characters, at most {limits.max_chars} (--max-chars)")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HTTPException(422, f"{field}: not valid Unicode (an unpaired surrogate \\ud800-\\udfff)") from None
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        ctx = next(e for e in errors if e.get("type") == "json_invalid").get("ctx", {})
+        return 400, f"malformed JSON body: {ctx.get('error', 'cannot be parsed')}"
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return 422, "; ".join(parts)
+
+
+def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metrics | None = None) -> FastAPI:
+    limits = limits or Limits()
+    metrics = metrics or Metrics()
+    batcher = MicroBatcher(served.run, limits.max_batch, limits.max_wait_ms, metrics.observe_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.close()          # in-flight requests are done by now (uvicorn drains them first)
+
+    app = FastAPI(title="plmkit serve", version=__version__, lifespan=lifespan,
+                  description=f"Inference for {served.path.name} ({served.task}, {served.family}).")
+    app.state.served, app.state.limits, app.state.metrics = served, limits, metrics
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if ctype and "json" not in ctype.lower():        # FastAPI leaves such a body unparsed
+            return JSONResponse({"detail": f"the body must be JSON (Content-Type: application/json), "
+                                           f"got Content-Type {ctype!r}"}, status_code=415)
+        status, detail = _validation_message(exc)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    def need(endpoint: str) -> Callable[[], None]:
+        def check() -> None:
+            reason = served.supports(endpoint)
+            if reason is not None:
+                raise HTTPException(404, reason)
+        return check
+
+    async def infer(endpoint: str, prepare: Callable[[], list[Item]]) -> list[dict[str, Any]]:
+        try:
+            items = prepare()
+        except PlmkitError as e:
+            raise HTTPException(422, str(e)) from None
+        work = [(it.key, it.length, it.payload) for it in items]
+        try:
+            return await asyncio.wait_for(batcher.submit(endpoint, work), limits.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"request timed out after {limits.timeout_s:g} s (--timeout-s)",
+                                headers={"Retry-After": "1"}) from None
+        except ServerClosing as e:
+            raise HTTPException(503, str(e)) from None
+
+    _task_routes(app, served, limits, need, infer)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "plmkit": __version__, **served.info(), "limits": asdict(limits)}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)      # added last = outermost
+    return app
+
+
+Infer = Callable[[str, Callable[[], list[Item]]], Awaitable[list[dict[str, Any]]]]
+
+
+def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callable[[str], Callable[[], None]],
+                 infer: Infer) -> None:
+    """The five inference endpoints: check limits, tokenise (prepare_*), await the batcher."""
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(need("classify"))])
+    async def classify(req: ClassifyRequest) -> dict[str, Any]:
+        """Label each text (or text pair) with the model's classes."""
+        _check_texts(req.texts, limits)
+        if req.text_pairs is not None:
+            if len(req.text_pairs) != len(req.texts):
+                raise HTTPException(422, f"text_pairs: {len(req.text_pairs)} given for {len(req.texts)} texts "
+                                         "(one per text)")
+            _check_texts(req.text_pairs, limits, "text_pairs")
+        return {"predictions": await infer("classify", lambda: served.prepare_classify(req.texts, req.text_pairs))}
+
+    @app.post("/v1/ner", response_model=NerResponse, dependencies=[Depends(need("ner"))])
+    async def ner(req: NerRequest) -> dict[str, Any]:
+        """Entities with character offsets; words are the whitespace-separated parts of each text."""
+        _check_texts(req.texts, limits)
+        return {"predictions": await infer("ner", lambda: served.prepare_ner(req.texts))}
+
+    @app.post("/v1/qa", response_model=QAResponse, dependencies=[Depends(need("qa"))])
+    async def qa(req: QARequest) -> dict[str, Any]:
+        """The answer span of the context, with its character offsets."""
+        _check_text(req.question, limits, "question")
+        _check_text(req.context, limits, "context")
+        return (await infer("qa", lambda: served.prepare_qa(req.question, req.context)))[0]
+
+    @app.post("/v1/embed", response_model=EmbedResponse, dependencies=[Depends(need("embed"))])
+    async def embed(req: EmbedRequest) -> dict[str, Any]:
+        """Mean of the last hidden states over each text's real tokens."""
+        _check_texts(req.texts, limits)
+        rows = await infer("embed", lambda: served.prepare_embed(req.texts, req.normalize))
+        return {"embeddings": [r["embedding"] for r in rows], "dimensions": served.config.hidden_size}
+
+    @app.post("/v1/generate", response_model=GenerateResponse, dependencies=[Depends(need("generate"))])
+    async def generate(req: GenerateRequest) -> dict[str, Any]:
+        """Continue the prompt (KV cache; temperature 0 is greedy)."""
+        _check_text(req.prompt, limits, "prompt")
+        return (await infer("generate", lambda: served.prepare_generate(
+            req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed)))[0]
+
+
+# Several uvicorn worker processes import the app by name and build it from the environment.
+ENV_CONFIG = "PLMKIT_SERVE_CONFIG"
+
+
+def app_from_env() -> FastAPI:
+    import torch
+
+    cfg = json.loads(os.environ[ENV_CONFIG])
+    torch.set_num_threads(cfg["threads"])
+    served = ServedModel(cfg["model"], cfg["backend"], cfg["precision"])
+    return create_app(served, Limits(**cfg["limits"]))

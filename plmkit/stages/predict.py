@@ -1,0 +1,38 @@
+"""Predict with a fine-tuned model: one JSON line per input example, labels as names.
+
+classify -> {"text", "label", "score"}; ner -> {"tokens", "tags", "entities"};
+qa -> {"id", "question", "answer"}; generate -> {"prompt", "completion"}.
+Input is the task's training format with the labels optional; the output file is
+written atomically (a reader never sees half of it).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..config import option
+from ..io import atomic_write_text
+from ..tasks import TASKS, Infer, TaskData, load_finetuned
+
+
+@dataclass
+class Config:
+    model: str = option(help="fine-tuned checkpoint (full or adapter-only)")
+    input: str = option(help="data file to predict on (labels not needed)")
+    output: str = option(help="JSONL file to write")
+    task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
+    batch_size: int = option(64, help="examples per batch")
+    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
+    max_new_tokens: int = option(32, help="generate: completion length limit")
+
+
+def run(cfg: Config) -> int:
+    model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    examples = task.read(cfg.input, prep, require_labels=False)
+    features = task.encode(tok, examples, model.head_config, prep)
+    data = TaskData(examples, features, tok, model.head_config,
+                    Infer(cfg.batch_size, cfg.precision, cfg.max_new_tokens, progress="predict"))
+    rows = task.predict(model, data)
+    atomic_write_text(cfg.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} predictions to {cfg.output}")
+    return 0

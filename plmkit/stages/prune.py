@@ -1,0 +1,266 @@
+"""Prune a fine-tuned model: remove heads / FFN neurons (structured) or zero weights (unstructured).
+
+Reads top to bottom: check the request -> model, tokenizer and task data (all bad input fails
+here, before anything is written) -> metric before -> structured: importance on the task data,
+the lowest-ranked heads and neurons cut out of the weight matrices -> unstructured: magnitude
+masks (at once, or on a cubic schedule during recovery) -> a short recovery fine-tune with the
+shared training loop -> masks folded into the weights -> metric after -> the checkpoint,
+written atomically, with the pruning report in plmkit.json.
+
+The recovery run's working files live in a hidden sibling ``.OUT.prune`` that is removed at
+the end. Distillation from the unpruned model during recovery is not offered yet.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from ..compress import prune as P
+from ..config import build, option, to_dict
+from ..data.features import collate, length_bucketed_batches
+from ..errors import PlmkitError
+from ..io import check_out_dir
+from ..models.checkpoint import load_model, load_tokenizer, save_checkpoint
+from ..models.model import PlmModel
+from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
+from ..tasks.common import pad_id
+from ..train import IndexedBatches, TrainConfig, train
+from ..train.loop import total_steps
+
+
+@dataclass
+class Config:
+    model: str = option(help="fine-tuned checkpoint to prune")
+    out: str = option(help="output checkpoint directory")
+    task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
+    train: str | None = option(None, help="task training data: importance scores and the recovery fine-tune")
+    eval: str | None = option(None, help="labelled data: metric before pruning, after it, and after recovery")
+    heads: float = option(0.0, help="fraction of attention heads to remove")
+    ffn: float = option(0.0, help="fraction of FFN neurons to remove")
+    remove_heads: list[int] | None = option(None, help="heads to remove in each layer (one count per layer)")
+    remove_ffn: list[int] | None = option(None, help="FFN neurons to remove in each layer (one count per layer)")
+    per_layer: bool = option(False, help="remove the fraction in every layer, instead of ranking across layers")
+    min_heads: int = option(1, help="heads every layer keeps (0 allowed: the attention then adds only its bias)")
+    min_ffn: int = option(1, help="FFN neurons every layer keeps")
+    importance: str = option("gradient", help="how heads/neurons are ranked: gradient (Michel et al. 2019, "
+                             "Taylor for neurons; needs --train) or weight magnitude",
+                             choices=["gradient", "magnitude"])
+    importance_batches: int = option(100, help="batches of --train used for gradient importance (0: all)")
+    sparsity: float = option(0.0, help="unstructured: fraction of the transformer layers' Linear weights to zero")
+    method: str = option("magnitude", help="unstructured criterion", choices=["magnitude"])
+    scope: str = option("global", help="unstructured: one ranking over all matrices, or each matrix alike",
+                        choices=["global", "layer"])
+    gradual_steps: int = option(0, help="unstructured: reach --sparsity in N steps of Zhu & Gupta's cubic "
+                                "schedule during recovery (0: at once)")
+    include_head: bool = option(False, help="unstructured: also prune the pooler and task head")
+    recover_epochs: float = option(1.0, help="recovery fine-tune after pruning, in passes over --train (0: none)")
+    recover_steps: int | None = option(None, help="cap the recovery fine-tune at this many steps")
+    batch_size: int = option(32, help="examples per batch")
+    eval_batch_size: int = option(64, help="examples per batch when evaluating")
+    lr: float = option(3e-5, help="recovery peak learning rate")
+    warmup_ratio: float = option(0.1, help="recovery warmup as a fraction of the steps")
+    weight_decay: float = option(0.01, help="recovery AdamW weight decay")
+    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
+    log_every: int = option(10, help="log training metrics every N steps")
+    seed: int = option(0, help="random seed")
+    overwrite: bool = option(False, help="replace an existing --out")
+
+
+@dataclass
+class _Data:
+    task: TaskSpec | None
+    tok: Tokenizer
+    train: list[dict[str, Any]] | None      # encoded training features
+    eval: TaskData | None
+
+
+def run(cfg: Config) -> int:
+    _check_request(cfg)
+    out = check_out_dir(Path(cfg.out), cfg.overwrite)
+    model, data = _load(cfg)
+    structured = _structured_plan(cfg, model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    report: dict[str, Any] = {"params_before": model.num_parameters()}
+    scores: dict[str, dict[str, float]] = {}
+    if data.eval is not None:
+        scores["before"] = _score(model, data)
+
+    if structured is not None:
+        report["structured"] = _prune_structured(model, cfg, structured, data)
+    linears = P.prunable_linears(model, cfg.include_head) if cfg.sparsity else {}
+    schedule = _schedule(cfg, data) if linears else []
+    if linears:
+        P.attach_masks(linears)
+        P.update_masks(linears, schedule[0][1], cfg.scope)
+    if data.eval is not None:
+        scores["pruned"] = _score(model, data)
+
+    recovery = _recover(model, linears, schedule, cfg, data, out) if _recovers(cfg) else None
+    if linears:
+        P.update_masks(linears, cfg.sparsity, cfg.scope)    # the exact final sparsity
+        P.fold_masks(linears)
+        report["unstructured"] = {"method": cfg.method, "scope": cfg.scope, "target": cfg.sparsity,
+                                  "schedule": [[s, round(v, 6)] for s, v in schedule],
+                                  "include_head": cfg.include_head, **P.sparsity_report(model, linears)}
+    if data.eval is not None and recovery is not None:
+        scores["recovered"] = _score(model, data)
+
+    model.cpu()
+    report.update(params_after=model.num_parameters(), nonzero_params_after=P.nonzero_parameters(model),
+                  recovery=recovery)
+    if scores:
+        report["metric"] = {"name": data.task.metric, **scores}
+    meta = {"stage": "prune", "parent": str(Path(cfg.model).resolve()), "config": to_dict(cfg),
+            "pruning": report, "metrics": {"eval": scores[list(scores)[-1]]} if scores else {}}
+    save_checkpoint(model, out, data.tok, meta, overwrite=cfg.overwrite)
+    _print_summary(report, scores, out)
+    return 0
+
+
+def _recovers(cfg: Config) -> bool:
+    return cfg.recover_epochs > 0 or bool(cfg.recover_steps)
+
+
+def _check_request(cfg: Config) -> None:
+    """Settings that are wrong whatever the model: fail before reading anything."""
+    structured = bool(cfg.heads or cfg.ffn or cfg.remove_heads or cfg.remove_ffn)
+    if not structured and not cfg.sparsity:
+        raise PlmkitError("nothing to prune: give --heads/--ffn (fractions), --remove-heads/--remove-ffn "
+                          "(counts per layer) or --sparsity")
+    if (cfg.heads and cfg.remove_heads) or (cfg.ffn and cfg.remove_ffn):
+        raise PlmkitError("give a fraction (--heads/--ffn) or per-layer counts (--remove-heads/--remove-ffn), "
+                          "not both")
+    if not 0.0 <= cfg.sparsity < 1.0:
+        raise PlmkitError(f"--sparsity is the fraction of weights to zero and must be in [0, 1), got {cfg.sparsity}")
+    if cfg.recover_epochs < 0 or (cfg.recover_steps is not None and cfg.recover_steps < 0):
+        raise PlmkitError("--recover-epochs and --recover-steps must be >= 0")
+    if cfg.gradual_steps < 0 or cfg.importance_batches < 0:
+        raise PlmkitError("--gradual-steps and --importance-batches must be >= 0")
+    if cfg.gradual_steps and not (cfg.sparsity and _recovers(cfg)):
+        raise PlmkitError("--gradual-steps prunes during the recovery fine-tune: it needs --sparsity and "
+                          "--recover-epochs/--recover-steps > 0")
+    if cfg.train is None and structured and cfg.importance == "gradient":
+        raise PlmkitError("--heads/--ffn rank heads and neurons by their gradient on task data: give --train FILE "
+                          "(or --importance magnitude)")
+    if cfg.train is None and _recovers(cfg):
+        raise PlmkitError("the recovery fine-tune needs task data: give --train FILE (or --recover-epochs 0)")
+
+
+def _load(cfg: Config) -> tuple[PlmModel, _Data]:
+    """The model, its tokenizer and the encoded task data (labels checked against the model's)."""
+    if cfg.train is None and cfg.eval is None and cfg.task is None:   # data-free magnitude pruning
+        model = load_model(cfg.model)
+        P.check_prunable(model, structured=False)
+        return model, _Data(None, load_tokenizer(cfg.model), None, None)
+    model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    P.check_prunable(model, structured=False)
+    labels = model.head_config.get("labels")
+    train_feats = None
+    if cfg.train is not None:
+        train_feats = task.encode(tok, task.read(cfg.train, prep, labels=labels), model.head_config, prep)
+        if not train_feats:
+            raise PlmkitError(f"{cfg.train}: no training examples")
+    eval_data = None
+    if cfg.eval is not None:
+        examples = task.read(cfg.eval, prep, labels=labels)
+        eval_data = TaskData(examples, task.encode(tok, examples, model.head_config, prep), tok,
+                             model.head_config, Infer(cfg.eval_batch_size, cfg.precision))
+    return model, _Data(task, tok, train_feats, eval_data)
+
+
+def _structured_plan(cfg: Config, model: PlmModel) -> dict[str, P.Removal] | None:
+    """Validated removal counts for heads and neurons (None: no structured pruning asked)."""
+    if not (cfg.heads or cfg.ffn or cfg.remove_heads or cfg.remove_ffn):
+        return None
+    P.check_prunable(model, structured=True)
+    c = model.config
+    plan = {"heads": P.plan_removal(list(c.heads), "heads", cfg.heads, cfg.remove_heads, cfg.per_layer,
+                                    cfg.min_heads),
+            "ffn": P.plan_removal(list(c.ffn), "ffn", cfg.ffn, cfg.remove_ffn, cfg.per_layer, cfg.min_ffn)}
+    for what, removal in plan.items():
+        if removal.count() < removal.asked:
+            print(f"note: {removal.asked} {what} asked, {removal.count()} removed so that every layer keeps "
+                  f"--min-{what} {getattr(cfg, 'min_' + what)}")
+    return plan
+
+
+def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], data: _Data) -> dict[str, Any]:
+    """Score, select and physically remove heads and FFN neurons; returns the report part."""
+    heads_before, ffn_before = list(model.config.heads), list(model.config.ffn)
+    if cfg.importance == "gradient":
+        imp = P.head_importance_gradient(model, _batches(data, cfg), cfg.importance_batches)
+    else:
+        imp = P.magnitude_importance(model)
+    keep_heads = P.select_keep(imp.heads, plan["heads"], cfg.min_heads)
+    keep_ffn = P.select_keep(imp.ffn, plan["ffn"], cfg.min_ffn)
+    P.prune_heads(model, keep_heads)
+    P.prune_ffn(model, keep_ffn)
+    removed = [sorted(set(range(n)) - set(k.tolist())) for n, k in zip(heads_before, keep_heads)]
+    return {"importance": cfg.importance, "per_layer": cfg.per_layer,
+            "heads_before": heads_before, "heads_kept": list(model.config.heads), "heads_removed": removed,
+            "ffn_before": ffn_before, "ffn_kept": list(model.config.ffn),
+            "head_importance": [[round(float(v), 6) for v in s] for s in imp.heads]}
+
+
+def _batches(data: _Data, cfg: Config) -> IndexedBatches:
+    """Length-bucketed, dynamically padded task batches (as plmkit finetune builds them)."""
+    feats = data.train
+    buckets = length_bucketed_batches([len(f["input_ids"]) for f in feats], cfg.batch_size, seed=cfg.seed)
+    pad = pad_id(data.tok)
+    return IndexedBatches(len(feats), lambda idx: collate([feats[i] for i in idx], pad),
+                          cfg.batch_size, seed=cfg.seed, batches=buckets)
+
+
+def _train_config(cfg: Config) -> TrainConfig:
+    return build(TrainConfig, dict(
+        lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        epochs=cfg.recover_epochs or None, max_steps=cfg.recover_steps or None, precision=cfg.precision,
+        eval_every=0, save_every=0, keep_last=1, log_every=cfg.log_every, seed=cfg.seed), source="prune")
+
+
+def _schedule(cfg: Config, data: _Data) -> list[tuple[int, float]]:
+    """(optimizer step, sparsity) pruning events: one at step 0, or the cubic schedule."""
+    if not cfg.gradual_steps:
+        return [(0, cfg.sparsity)]
+    steps, _ = total_steps(_train_config(cfg), _batches(data, cfg))
+    return P.cubic_schedule(cfg.sparsity, cfg.gradual_steps, steps or 1)
+
+
+def _recover(model: PlmModel, linears: dict[str, torch.nn.Linear], schedule: list[tuple[int, float]],
+             cfg: Config, data: _Data, out: Path) -> dict[str, Any]:
+    """Fine-tune the pruned model on --train with the shared loop; masks stay applied throughout."""
+    work = out.with_name(f".{out.name}.prune")
+    shutil.rmtree(work, ignore_errors=True)
+    trained = P.GradualPruning(model, linears, schedule, cfg.scope) if cfg.gradual_steps else model
+    print(f"recovery fine-tune on {len(data.train)} features")
+    try:
+        result = train(trained, _batches(data, cfg), _train_config(cfg), work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    model.eval()
+    return {"steps": result.steps, "stopped": result.stopped_reason,
+            "train_loss": result.losses[-1] if result.losses else None}
+
+
+def _score(model: PlmModel, data: _Data) -> dict[str, float]:
+    model.eval()
+    return {k: float(v) for k, v in data.task.evaluate(model, data.eval).items()}
+
+
+def _print_summary(report: dict[str, Any], scores: dict[str, dict[str, float]], out: Path) -> None:
+    parts = [f"parameters {report['params_before']:,} -> {report['params_after']:,}"]
+    if "structured" in report:
+        s = report["structured"]
+        parts.append(f"heads {s['heads_before']} -> {s['heads_kept']}, ffn {s['ffn_before']} -> {s['ffn_kept']}")
+    if "unstructured" in report:
+        parts.append(f"sparsity {report['unstructured']['overall']:.1%} of the pruned matrices")
+    if scores:
+        name = report["metric"]["name"]
+        parts.append(", ".join(f"{k} {name} {v.get(name, float('nan')):.4g}" for k, v in scores.items()))
+    print("; ".join(parts) + f"; model in {out}")

@@ -1,0 +1,194 @@
+"""INT8-quantize a model through ONNX Runtime; accuracy before and after goes into plmkit.json.
+
+Input: a plmkit (or HF) checkpoint, exported to fp32 ONNX first (internally), or an fp32 ONNX
+directory from ``plmkit export --format onnx``. dynamic needs no data; static calibrates
+activation ranges on ``--calibration`` (the task's labelled training format, encoded with the
+checkpoint's tokenizer and preprocessing settings; plain text lines for a model without a
+fine-tuning task). Accuracy of fp32 and int8 is measured on ``--eval`` (default: the
+calibration file) with the task's own ``evaluate``. Everything is checked before the output
+directory is created, and it is written atomically.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import build, option, to_dict
+from ..data.features import configured
+from ..data.readers import read_lines
+from ..errors import PlmkitError
+from ..io import atomic_dir, read_json, write_json
+from ..models.checkpoint import load_model
+from ..models.config import config_from_dict, config_to_dict
+from ..tasks import TASK_OF_HEAD, TASKS, Infer, Prep, TaskData, TaskSpec
+from ..tasks.common import pad_id
+from ..tokenizer import load_tokenizer, save_tokenizer
+
+# Tasks whose evaluate runs on an ONNX graph (generate needs the loss and a KV cache).
+ONNX_EVAL_TASKS = ("classify", "ner", "qa")
+
+
+@dataclass
+class Config:
+    model: str = option(help="fine-tuned checkpoint, or an fp32 ONNX directory (plmkit export --format onnx)")
+    out: str = option(help="output directory (an ONNX directory: model.onnx, config, tokenizer)")
+    method: str = option("dynamic", help="dynamic: weights only, activations at run time; "
+                         "static: activation ranges from calibration data", choices=["dynamic", "static"])
+    calibration: str | None = option(None, help="static: labelled data file of the model's task "
+                                     "(plain text lines for a model without a task)")
+    calibration_size: int = option(256, help="static: calibration examples used (the first N)")
+    eval: str | None = option(None, help="labelled file for accuracy before/after (default: the calibration file)")
+    per_channel: bool = option(True, help="one weight scale per output channel")
+    reduce_range: bool = option(False, help="7-bit weights (avoids saturation on AVX2 CPUs without VNNI)")
+    activation_type: str = option("quint8", help="static: activation type", choices=["quint8", "qint8"])
+    calibrate_method: str = option("minmax", help="static: range estimate",
+                                   choices=["minmax", "percentile", "entropy"])
+    task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
+    batch_size: int = option(32, help="examples per calibration / evaluation batch")
+    opset: int = option(17, help="ONNX opset when a checkpoint is exported first")
+    overwrite: bool = option(False, help="replace an existing output directory")
+
+
+@dataclass
+class Source:
+    path: Path
+    config_json: dict[str, Any]         # plmkit config.json: task, head_config, model
+    model: Any = None                   # PlmModel when the source is a checkpoint
+    onnx_file: Path | None = None       # fp32 model.onnx when the source is an ONNX directory
+
+
+def open_source(path: str) -> Source:
+    from ..compress.onnx_model import ONNX_FILE, is_onnx_dir
+
+    src = Path(path)
+    if is_onnx_dir(src):
+        meta = read_json(src / "plmkit.json")
+        if meta.get("precision") != "fp32":
+            raise PlmkitError(f"{src}: already quantized (precision {meta.get('precision')}); "
+                              f"quantize the fp32 model it came from ({meta.get('parent')})")
+        return Source(src, read_json(src / "config.json"), onnx_file=src / ONNX_FILE)
+    model = load_model(src)
+    cfg = {"plmkit": __version__, "task": model.task, "head_config": model.head_config,
+           "model": config_to_dict(model.config)}
+    return Source(src, cfg, model=model)
+
+
+def task_of(source: Source, name: str | None) -> tuple[TaskSpec | None, Prep]:
+    """The fine-tuning task (None for a pre-trained / bare model) and its preprocessing settings."""
+    head_config = source.config_json.get("head_config", {})
+    saved = head_config.get("finetune_task")
+    name = name or saved or TASK_OF_HEAD.get(source.config_json.get("task", "base"))
+    prep = build(Prep, head_config.get("preprocess", {}), source=f"{source.path}: head_config.preprocess")
+    # Never feed more tokens than the position table holds (a checkpoint without preprocess settings).
+    prep.max_length = min(prep.max_length, int(source.config_json["model"].get("max_position", prep.max_length)))
+    if name is None:
+        return None, prep
+    if saved is not None and saved != name:
+        raise PlmkitError(f"{source.path}: the model was fine-tuned for '{saved}', not '{name}'")
+    task = TASKS[name]
+    if task.head != source.config_json.get("task"):
+        raise PlmkitError(f"{source.path}: a '{source.config_json.get('task')}' model cannot do task '{name}'")
+    return task, prep
+
+
+def read_task_data(task: TaskSpec | None, prep: Prep, tok: Any, head_config: dict[str, Any], path: str,
+                   what: str, limit: int | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Examples and features of ``path``; a file of the wrong task fails here with the reader's error."""
+    if not Path(path).is_file():
+        raise PlmkitError(f"{path}: {what} file not found")
+    if task is None:    # no task: plain text lines, for activation ranges only
+        lines = [ln for ln in read_lines(path) if ln.strip()][:limit]
+        encodings = configured(tok, prep.max_length).encode_batch(lines)
+        return lines, [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
+                       for e in encodings]
+    try:
+        examples = task.read(path, prep, labels=head_config.get("labels"))
+    except PlmkitError as e:
+        raise PlmkitError(f"{what} data does not fit the model's task '{task.name}' "
+                          f"(expected {task.help}): {e}") from None
+    examples = examples[:limit]
+    return examples, task.encode(tok, examples, head_config, prep)
+
+
+def evaluate_file(onnx_file: Path, source: Source, task: TaskSpec, data: TaskData) -> dict[str, float]:
+    from ..compress.onnx_model import OnnxModel
+
+    cj = source.config_json
+    model = OnnxModel(onnx_file, config_from_dict(cj["model"]), cj.get("task", "base"), cj.get("head_config", {}))
+    return task.evaluate(model, data)
+
+
+def run(cfg: Config) -> int:
+    from ..compress.onnx_export import write_onnx_dir
+    from ..compress.onnx_model import ONNX_FILE
+    from ..compress.quantize import HISTOGRAM_METHODS, FeatureReader, QuantOptions, quantize_file
+
+    if cfg.method == "static" and not cfg.calibration:
+        raise PlmkitError("--method static needs --calibration FILE (data of the model's task)")
+    source = open_source(cfg.model)
+    task, prep = task_of(source, cfg.task)
+    head_config = source.config_json.get("head_config", {})
+    eval_file = cfg.eval or cfg.calibration
+    tok = load_tokenizer(source.path) if cfg.calibration or eval_file else None
+    calib = None
+    if cfg.calibration:
+        calib = read_task_data(task, prep, tok, head_config, cfg.calibration, "calibration", cfg.calibration_size)[1]
+    evaluation = None
+    if eval_file and task is not None and task.name in ONNX_EVAL_TASKS:
+        examples, features = read_task_data(task, prep, tok, head_config, eval_file, "evaluation")
+        evaluation = TaskData(examples, features, tok, head_config, Infer(cfg.batch_size, "fp32"))
+    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method)
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp, tempfile.TemporaryDirectory(prefix=".plmkit-quant-") as w:
+        work = Path(w)
+        if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
+            write_onnx_dir(source.model, work, None, {"parent": str(source.path.resolve())}, cfg.opset)
+            fp32 = work / ONNX_FILE
+        else:
+            fp32 = source.onnx_file
+        inputs = _graph_inputs(fp32)
+        reader = (FeatureReader(calib, inputs, pad_id(tok), cfg.batch_size,
+                                fixed_shape=cfg.calibrate_method in HISTOGRAM_METHODS) if calib else None)
+        t0 = time.perf_counter()
+        quantize_file(fp32, tmp / ONNX_FILE, cfg.method, work, reader, options)
+        seconds = time.perf_counter() - t0
+        metrics = ({"fp32": evaluate_file(fp32, source, task, evaluation),
+                    "int8": evaluate_file(tmp / ONNX_FILE, source, task, evaluation)}
+                   if evaluation is not None and task is not None else {})
+        write_json(tmp / "config.json", source.config_json)
+        if tok is not None or _has_tokenizer(source.path):
+            save_tokenizer(tok or load_tokenizer(source.path), tmp,
+                           model_max_length=source.config_json["model"].get("max_position"))
+        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": "onnx",
+                "precision": "int8", "stage": "quantize", "parent": str(source.path.resolve()),
+                "inputs": inputs, "outputs": _graph_outputs(tmp / ONNX_FILE),
+                "quantization": {"method": cfg.method, "weights": "qint8", **to_dict(options),
+                                 "format": "QDQ" if cfg.method == "static" else "QOperator",
+                                 "calibration_examples": len(calib or []), "seconds": round(seconds, 2)},
+                "size_bytes": {"fp32": fp32.stat().st_size, "int8": (tmp / ONNX_FILE).stat().st_size},
+                "metrics": metrics, "config": to_dict(cfg)}
+        write_json(tmp / "plmkit.json", meta)
+    print(json.dumps({"out": cfg.out, "method": cfg.method, "size_bytes": meta["size_bytes"], "metrics": metrics}))
+    return 0
+
+
+def _graph_inputs(file: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
+
+
+def _graph_outputs(file: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(file), load_external_data=False).graph.output]
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))

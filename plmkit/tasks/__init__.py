@@ -1,0 +1,82 @@
+"""Fine-tuning tasks: one module per task, all speaking the ``TaskSpec`` protocol.
+
+    task = TASKS["classify"]
+    train = task.read("train.tsv", prep)                       # reader examples
+    head_config = task.head_config(train, prep)                # label names, ...
+    feats = task.encode(tok, train, head_config, prep)         # unpadded token features
+    task.evaluate(model, TaskData(...)) -> {"accuracy": ..., "f1": ...}
+    task.predict(model, TaskData(...))  -> [{"text": ..., "label": "positive", ...}, ...]
+
+The stages (finetune / evaluate / predict) are written once against this protocol.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..config import build
+from ..errors import PlmkitError
+from . import classify, generate, ner, qa
+from .common import Infer, Prep, TaskData
+
+
+class TaskSpec(Protocol):
+    name: str                 # CLI name: classify | ner | qa | generate
+    head: str                 # model head: classify | token | span | clm
+    metric: str               # the evaluation value that selects the best checkpoint
+    greater_is_better: bool
+    help: str                 # accepted file formats, for --help and errors
+
+    def read(self, path: str, prep: Prep, labels: list[str] | None = None,
+             require_labels: bool = True) -> list[Any]: ...
+
+    def head_config(self, examples: list[Any], prep: Prep) -> dict[str, Any]: ...
+
+    def encode(self, tok: Tokenizer, examples: list[Any], head_config: dict[str, Any],
+               prep: Prep) -> list[dict[str, Any]]: ...
+
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]: ...
+
+    def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]: ...
+
+
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK)}
+
+# model head -> the task it serves, for checkpoints that do not record their task (HF ones)
+TASK_OF_HEAD = {t.head: t.name for t in TASKS.values()}
+
+
+def load_finetuned(path: str, task_name: str | None = None) -> tuple[nn.Module, TaskSpec, Prep, Tokenizer]:
+    """A fine-tuned model in eval mode, its task, its preprocessing settings and tokenizer.
+
+    The task and settings come from the checkpoint's head_config; ``task_name`` may name
+    the task for checkpoints that do not record it (a Hugging Face BertForTokenClassification).
+    """
+    from ..models.checkpoint import load_model, load_tokenizer
+
+    model = load_model(path)
+    saved = model.head_config.get("finetune_task")
+    name = task_name or saved or TASK_OF_HEAD.get(model.task)
+    if name is None:
+        raise PlmkitError(f"{path}: a '{model.task}' model has no task head; fine-tune it first "
+                          f"(plmkit finetune), or pass --task ({', '.join(TASKS)})")
+    if name not in TASKS:
+        raise PlmkitError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    task = TASKS[name]
+    if saved is not None and saved != name:
+        raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
+    if model.task != task.head:
+        if task.head == "clm" and model.family == "decoder":
+            model = load_model(path, task="clm")      # a bare GPT-2: its LM head is tied, nothing new
+        else:
+            raise PlmkitError(f"{path}: a '{model.task}' model cannot do task '{name}' "
+                              f"(it needs a '{task.head}' head; fine-tune it first)")
+    if task.head in ("classify", "token") and not model.head_config.get("labels"):
+        raise PlmkitError(f"{path}: the checkpoint has no label names (head_config.labels)")
+    prep = build(Prep, model.head_config.get("preprocess", {}), source=f"{path}: head_config.preprocess")
+    return model.eval(), task, prep, load_tokenizer(path)
+
+
+__all__ = ["TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned"]

@@ -1,0 +1,73 @@
+"""Sequence classification: single sentences or sentence pairs, TSV / CSV / JSONL.
+
+Labels are names ("positive", "0"); ids are positions in the sorted label list of the
+training data, stored in the checkpoint so predictions come out as names again.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from ..data.features import encode_classification
+from ..data.readers import TextExample, build_label_map, read_classification
+from ..errors import PlmkitError
+from ..eval.metrics import accuracy, macro_f1
+from .common import Prep, TaskData, forward_batches
+
+
+class ClassifyTask:
+    name = "classify"
+    head = "classify"
+    metric = "accuracy"
+    greater_is_better = True
+    help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"
+
+    def read(self, path: str, prep: Prep, labels: list[str] | None = None,
+             require_labels: bool = True) -> list[TextExample]:
+        return read_classification(path, text_column=prep.text_column, text_pair_column=prep.text_pair_column,
+                                   label_column=prep.label_column, header=prep.header,
+                                   require_labels=require_labels, labels=labels)
+
+    def head_config(self, examples: list[TextExample], prep: Prep) -> dict[str, Any]:
+        labels = build_label_map(examples)
+        if len(labels) < 2:
+            raise PlmkitError(f"classification needs at least 2 labels in the training data, found {labels}")
+        return {"num_labels": len(labels), "labels": labels}
+
+    def encode(self, tok: Tokenizer, examples: list[TextExample], head_config: dict[str, Any],
+               prep: Prep) -> list[dict[str, Any]]:
+        has_labels = any(ex.label is not None for ex in examples)
+        return encode_classification(tok, examples, head_config["labels"] if has_labels else None,
+                                     prep.max_length)
+
+    def _probs(self, model: nn.Module, data: TaskData) -> torch.Tensor:
+        """[N, C] class probabilities in example order."""
+        probs = torch.empty(len(data.features), int(data.head_config["num_labels"]))
+        for idx, out in forward_batches(model, data):
+            probs[idx] = out.logits.float().softmax(-1).cpu()
+        return probs
+
+    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+        labels = data.head_config["labels"]
+        pred = [labels[i] for i in self._probs(model, data).argmax(-1).tolist()]
+        gold = [ex.label for ex in data.examples]
+        return {"accuracy": accuracy(gold, pred), "f1": macro_f1(gold, pred)}
+
+    def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
+        labels = data.head_config["labels"]
+        probs = self._probs(model, data)
+        score, best = probs.max(-1)
+        rows = []
+        for ex, i, p in zip(data.examples, best.tolist(), score.tolist()):
+            row: dict[str, Any] = {"text": ex.text}
+            if ex.text_pair is not None:
+                row["text_pair"] = ex.text_pair
+            row.update(label=labels[i], score=round(p, 6))
+            rows.append(row)
+        return rows
+
+
+TASK = ClassifyTask()

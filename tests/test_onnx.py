@@ -1,0 +1,176 @@
+"""ONNX export (fp32 parity with PyTorch, every head, pruned models) and INT8 quantization."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra 'onnx')")
+
+from plmkit import cli  # noqa: E402
+from plmkit.compress.onnx_export import example_batch, export_onnx_dir  # noqa: E402
+from plmkit.compress.onnx_model import OnnxModel, is_onnx_dir, load_onnx_dir  # noqa: E402
+from plmkit.data.features import collate  # noqa: E402
+from plmkit.data.synthetic import write_sentiment  # noqa: E402
+from plmkit.models.checkpoint import save_checkpoint  # noqa: E402
+from plmkit.models.model import PlmModel  # noqa: E402
+from plmkit.tasks import TASKS, Infer, Prep, TaskData  # noqa: E402
+from plmkit.tokenizer import train_tokenizer  # noqa: E402
+
+HC = {"num_labels": 3, "labels": ["a", "b", "c"]}
+# (task, family): every head kind (decoder base/classify export the same way; checked by hand).
+HEADS = [("classify", "encoder"), ("token", "encoder"), ("span", "encoder"), ("base", "encoder"),
+         ("mlm+nsp", "encoder"), ("clm", "decoder")]
+
+
+def _compare(model: PlmModel, onnx: OnnxModel, batch: int = 4, length: int = 11) -> float:
+    """Max |ONNX - PyTorch| over every exported output on a padded batch (rows 0..B-2 full, last padded)."""
+    feeds = example_batch(model, batch, length, padded=True, seed=7)
+    with torch.no_grad():
+        ref = model(**feeds)
+    got = onnx(**feeds)
+    worst = 0.0
+    for name in onnx.output_names:
+        a, b = getattr(got, name), getattr(ref, name)
+        assert a.shape == b.shape, name
+        keep = b.abs() < 1e30                       # span logits at padding: float32 min on both sides
+        assert torch.equal(a[~keep], b[~keep]), name
+        worst = max(worst, float((a - b)[keep].abs().max()))
+    return worst
+
+
+@pytest.mark.parametrize("task,family", HEADS)
+def test_fp32_export_matches_pytorch_on_padded_batch(tmp_path, tiny_encoder_cfg, tiny_decoder_cfg, task, family):
+    torch.manual_seed(0)
+    model = PlmModel(tiny_encoder_cfg if family == "encoder" else tiny_decoder_cfg, task, HC).eval()
+    export_onnx_dir(model, tmp_path / "onnx", None, {"parent": "test"})
+    onnx = load_onnx_dir(tmp_path / "onnx", threads=1)
+    assert onnx.task == task and onnx.head_config == HC and onnx.config == model.config
+    assert _compare(model, onnx) < 1e-4
+    # Unpadded (the encoder's no-mask path in PyTorch) and another shape: the axes are dynamic.
+    feeds = example_batch(model, 1, 5, padded=False, seed=3)
+    with torch.no_grad():
+        ref = model(**feeds)
+    name = onnx.output_names[0]
+    assert torch.allclose(getattr(onnx(**feeds), name), getattr(ref, name), atol=1e-4)
+
+
+def test_pruned_model_with_uneven_layers_and_an_empty_one_exports(tmp_path, tiny_encoder_cfg):
+    cfg = dataclasses.replace(tiny_encoder_cfg, num_layers=3, heads=[3, 0, 1], ffn=[40, 0, 12])
+    torch.manual_seed(0)
+    model = PlmModel(cfg, "classify", HC).eval()
+    export_onnx_dir(model, tmp_path / "onnx", None, {"parent": "test"})
+    assert _compare(model, load_onnx_dir(tmp_path / "onnx", threads=1)) < 1e-4
+
+
+# ---------------------------------------------------------------- a briefly trained classifier
+
+
+@pytest.fixture(scope="module")
+def clf(tmp_path_factory) -> dict[str, Path]:
+    """Tiny BERT trained for a few steps on synthetic sentiment, so logits are not near-ties."""
+    d = tmp_path_factory.mktemp("clf")
+    train, dev = write_sentiment(d / "train.tsv", 300, seed=1), write_sentiment(d / "dev.tsv", 200, seed=2)
+    tok = train_tokenizer([train], kind="wordpiece", vocab_size=150, show_progress=False)
+    prep = Prep(max_length=32)
+    task = TASKS["classify"]
+    examples = task.read(str(train), prep)
+    hc = {**task.head_config(examples, prep), "finetune_task": "classify", "preprocess": {"max_length": 32}}
+    feats = task.encode(tok, examples, hc, prep)
+    cfg = dataclasses.replace(_tiny_cfg(), vocab_size=tok.get_vocab_size())
+    torch.manual_seed(0)
+    model = PlmModel(cfg, "classify", hc)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # a 32-wide model: one thread is faster on a busy machine
+    for _ in range(60):
+        idx = torch.randint(0, len(feats), (32,), generator=g).tolist()
+        loss = model(**collate([feats[i] for i in idx], 0)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    ck = save_checkpoint(model.eval(), d / "ck", tokenizer=tok, meta={"stage": "test"})
+    return {"ck": ck, "train": train, "dev": dev, "dir": d}
+
+
+def _tiny_cfg():
+    from plmkit.models.config import EncoderConfig
+
+    return EncoderConfig(vocab_size=150, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                         max_position=64, hidden_dropout=0.0, attention_dropout=0.0)
+
+
+def _predictions(model_dir: Path, data_file: Path) -> torch.Tensor:
+    """Class probabilities of an ONNX directory, through the classify task's own code."""
+    from plmkit.models.checkpoint import load_tokenizer
+
+    onnx = load_onnx_dir(model_dir, threads=1)
+    task, prep = TASKS["classify"], Prep(max_length=32)
+    tok = load_tokenizer(model_dir)
+    examples = task.read(str(data_file), prep, labels=onnx.head_config["labels"])
+    data = TaskData(examples, task.encode(tok, examples, onnx.head_config, prep), tok, onnx.head_config,
+                    Infer(batch_size=32, precision="fp32"))
+    return task._probs(onnx, data)
+
+
+def test_export_cli_then_dynamic_and_static_int8_agree_with_fp32(clf, tmp_path, capsys):
+    out = tmp_path / "fp32"
+    assert cli.main(["export", "--model", str(clf["ck"]), "--format", "onnx", "--out", str(out)]) == 0
+    meta = json.loads((out / "plmkit.json").read_text())
+    assert is_onnx_dir(out) and meta["format"] == "onnx" and meta["precision"] == "fp32"
+    assert meta["parent"] == str(clf["ck"].resolve()) and (out / "tokenizer.json").is_file()
+    assert json.loads((out / "config.json").read_text())["head_config"]["finetune_task"] == "classify"
+
+    fp32 = _predictions(out, clf["dev"])
+    assert fp32.max(-1).values.mean() > 0.6          # trained: the classes are not near-ties
+    runs = {"dyn": ["--model", str(out), "--method", "dynamic", "--eval", str(clf["dev"])],
+            "static": ["--model", str(clf["ck"]), "--method", "static", "--calibration", str(clf["train"]),
+                       "--calibration-size", "64", "--eval", str(clf["dev"])]}
+    for name, args in runs.items():
+        assert cli.main(["quantize", *args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
+        meta = json.loads((tmp_path / name / "plmkit.json").read_text())
+        assert meta["precision"] == "int8" and meta["format"] == "onnx"
+        assert set(meta["metrics"]) == {"fp32", "int8"} and "accuracy" in meta["metrics"]["int8"]
+        int8 = _predictions(tmp_path / name, clf["dev"])
+        agree = (int8.argmax(-1) == fp32.argmax(-1)).float().mean()
+        assert agree >= 0.99, (name, float(agree))
+        assert abs(meta["metrics"]["int8"]["accuracy"] - meta["metrics"]["fp32"]["accuracy"]) <= 0.02
+    # The fp32 metric in plmkit.json is the PyTorch model's own: ONNX runs the task code unchanged.
+    from plmkit.models.checkpoint import load_model, load_tokenizer
+
+    task, prep, tok = TASKS["classify"], Prep(max_length=32), load_tokenizer(clf["ck"])
+    model = load_model(clf["ck"]).eval()
+    examples = task.read(str(clf["dev"]), prep, labels=model.head_config["labels"])
+    data = TaskData(examples, task.encode(tok, examples, model.head_config, prep), tok, model.head_config,
+                    Infer(batch_size=32, precision="fp32"))
+    assert task.evaluate(model, data)["accuracy"] == meta["metrics"]["fp32"]["accuracy"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("plmkit: error:"), err
+    return err[0]
+
+
+def test_quantize_refuses_an_int8_model_and_bad_calibration_data(clf, tmp_path, capsys):
+    int8 = tmp_path / "int8"
+    assert cli.main(["quantize", "--model", str(clf["ck"]), "--out", str(int8)]) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert cli.main(["quantize", "--model", str(int8), "--out", str(again)]) == 1
+    assert "already quantized" in _one_line_error(capsys) and not again.exists()
+
+    conll = tmp_path / "ner.txt"
+    conll.write_text("EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n")
+    bad = tmp_path / "bad"
+    args = ["quantize", "--model", str(clf["ck"]), "--method", "static", "--out", str(bad)]
+    assert cli.main([*args, "--calibration", str(conll)]) == 1
+    assert "does not fit the model's task 'classify'" in _one_line_error(capsys)
+    assert cli.main(args) == 1
+    assert "--calibration" in _one_line_error(capsys)
+    assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
