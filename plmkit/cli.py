@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("plmkit.stages.bench", "benchmark model variants: size, latency, throughput, metric"),
     "info": ("plmkit.stages.info", "show a checkpoint's architecture, size and lineage"),
     "export": ("plmkit.stages.export", "export a checkpoint (hf layout or onnx)"),
+    "run": ("plmkit.stages.recipe", "run a recipe: stages from corpus to compressed model, skipping unchanged ones"),
+    "report": ("plmkit.stages.report", "write a self-contained HTML report of a run"),
+    "embed": ("plmkit.stages.embed", "token and sentence vectors to .npy + JSONL"),
+    "similarity": ("plmkit.stages.similarity", "contextual cosine similarity of one word across sentences"),
+    "landscape": ("plmkit.stages.landscape", "loss surface around a model along random directions"),
     "demo": ("plmkit.stages.demo", "run the built-in end-to-end demo"),
     "serve": ("plmkit.stages.serve", "serve a model over HTTP"),
 }
