@@ -2,8 +2,14 @@
 
 The demo must run offline and ship nothing with a licence question, so it generates its
 own text: a pre-training corpus of multi-sentence documents (blank-line separated) and a
-labelled sentiment set whose label depends on words in context ("not good" is negative),
-so that a pre-trained encoder has something real to transfer.
+labelled sentiment set whose label depends on words in context ("not good" is negative).
+
+What pre-training can transfer here: each story keeps one mood and its opinions pair two
+words of the same polarity ("wonderful and really superb"), so masked-LM learns which
+adjectives go together. The labelled sets can be split by vocabulary: ``words="seen"`` uses
+only the first half of each polarity's adjectives, ``words="unseen"`` only the second half.
+A classifier trained on "seen" and scored on "unseen" has to know, from unlabelled text alone,
+that "superb" is positive: a pre-trained encoder can, one trained from scratch cannot.
 """
 from __future__ import annotations
 
@@ -32,15 +38,27 @@ FILLERS = ["and we talked about it for hours", "which surprised everyone", "as t
            "although it was late", "because the tickets were cheap"]
 
 
-def _opinion(rng: random.Random, positive: bool) -> str:
-    """One sentence whose sentiment is `positive`; negation flips a word of the other polarity."""
+WORD_SETS = ("all", "seen", "unseen")
+
+
+def _words(polarity: list[str], words: str) -> list[str]:
+    half = len(polarity) // 2
+    return {"all": polarity, "seen": polarity[:half], "unseen": polarity[half:]}[words]
+
+
+def _opinion(rng: random.Random, positive: bool, words: str = "all", pair: bool = False) -> str:
+    """One sentence whose sentiment is `positive`; negation flips a word of the other polarity.
+    With `pair`, two adjectives of the same polarity (the co-occurrence MLM can learn from)."""
     noun = rng.choice(NOUNS + SUBJECTS)
     if rng.random() < 0.3:  # "not dull" is positive: the label depends on context, not one word
-        word = rng.choice(NEGATIVE if positive else POSITIVE)
+        word = rng.choice(_words(NEGATIVE if positive else POSITIVE, words))
         return f"{noun} was not {word} at all"
-    word = rng.choice(POSITIVE if positive else NEGATIVE)
+    pool = _words(POSITIVE if positive else NEGATIVE, words)
     adverb = rng.choice(["", "really ", "truly ", "rather ", "quite "])
-    return f"{noun} was {adverb}{word}"
+    if pair:
+        first, second = rng.sample(pool, 2)
+        return f"{noun} was {adverb}{first} and {rng.choice(['really ', 'truly ', ''])}{second}"
+    return f"{noun} was {adverb}{rng.choice(pool)}"
 
 
 def _neutral(rng: random.Random) -> str:
@@ -48,21 +66,25 @@ def _neutral(rng: random.Random) -> str:
             f"{rng.choice(TIMES)} {rng.choice(FILLERS)}")
 
 
-def review(rng: random.Random, positive: bool) -> str:
+def review(rng: random.Random, positive: bool, words: str = "all") -> str:
     parts = [_neutral(rng)] if rng.random() < 0.5 else []
-    parts += [_opinion(rng, positive) for _ in range(rng.randint(1, 2))]
+    parts += [_opinion(rng, positive, words) for _ in range(rng.randint(1, 2))]
     rng.shuffle(parts)
     return " , ".join(parts) + " ."
 
 
+CUES = {True: ["we loved it", "it made us happy", "we would go again", "everyone smiled"],
+        False: ["we hated it", "it made us sad", "we would never go again", "everyone left early"]}
+
+
 def document(rng: random.Random) -> list[str]:
-    """A story of 3-8 sentences: neutral narration with opinions of one mood."""
+    """A story of 3-8 sentences: neutral narration with opinions of one mood, and a cue of that
+    mood ("we loved it") that never occurs in the labelled sets."""
     mood = rng.random() < 0.5
-    sentences = []
-    for _ in range(rng.randint(3, 8)):
-        s = _neutral(rng) if rng.random() < 0.6 else _opinion(rng, mood)
-        sentences.append(s[0].upper() + s[1:] + ".")
-    return sentences
+    sentences = [f"{rng.choice(CUES[mood])} , " + _opinion(rng, mood, pair=rng.random() < 0.5)]
+    for _ in range(rng.randint(2, 7)):
+        sentences.append(_neutral(rng) if rng.random() < 0.3 else _opinion(rng, mood, pair=rng.random() < 0.8))
+    return [s[0].upper() + s[1:] + "." for s in sentences]
 
 
 def write_corpus(path: Path, n_docs: int, seed: int = 0) -> Path:
@@ -72,12 +94,12 @@ def write_corpus(path: Path, n_docs: int, seed: int = 0) -> Path:
     return path
 
 
-def write_sentiment(path: Path, n: int, seed: int = 1) -> Path:
-    """TSV with a header, GLUE style: sentence<TAB>label (1 = positive)."""
+def write_sentiment(path: Path, n: int, seed: int = 1, words: str = "all") -> Path:
+    """TSV with a header, GLUE style: sentence<TAB>label (1 = positive); `words` as in WORD_SETS."""
     rng = random.Random(seed)
     rows = ["sentence\tlabel"]
     for _ in range(n):
         positive = rng.random() < 0.5
-        rows.append(f"{review(rng, positive)}\t{int(positive)}")
+        rows.append(f"{review(rng, positive, words)}\t{int(positive)}")
     atomic_write_text(path, "\n".join(rows) + "\n")
     return path

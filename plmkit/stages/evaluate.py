@@ -1,6 +1,7 @@
 """Evaluate a fine-tuned model on a labelled file; the metrics are one JSON object on the
 last line of stdout (classify: accuracy, macro F1; ner: entity precision/recall/F1;
-qa: SQuAD exact match and F1; generate: completion loss and exact match).
+qa: SQuAD exact match and F1; generate: completion loss and exact match; classify adds
+labels + confusion_matrix, ner per_entity scores).
 
 The task, label names and preprocessing settings (max_length, doc_stride, columns) come
 from the checkpoint, so the model directory and a data file are all it needs.
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
-from ..tasks import TASKS, Infer, TaskData, load_finetuned
+from ..tasks import TASKS, Infer, TaskData, evaluate_detailed, load_finetuned
 
 
 @dataclass
@@ -30,6 +31,6 @@ def run(cfg: Config) -> int:
     features = task.encode(tok, examples, model.head_config, prep)
     data = TaskData(examples, features, tok, model.head_config,
                     Infer(cfg.batch_size, cfg.precision, cfg.max_new_tokens, progress="evaluate"))
-    metrics = task.evaluate(model, data)
+    metrics = evaluate_detailed(task, model, data)
     print(json.dumps({"task": task.name, "examples": len(examples), **metrics}))
     return 0

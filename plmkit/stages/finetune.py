@@ -38,7 +38,7 @@ from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
 from ..models.checkpoint import ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, replace_head, write_checkpoint_files
 from ..models.config import config_to_dict
 from ..models.model import PlmModel
-from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec
+from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer, save_tokenizer
 from ..train import IndexedBatches, TrainConfig, train
@@ -141,6 +141,11 @@ def run(cfg: Config) -> int:
     if result.best_dir is not None:
         load_trainable(model, result.best_dir)
     metrics = _final_metrics(result, work, task, seconds)
+    if eval_data is not None:   # confusion matrix / per-entity scores of the kept weights, for reports
+        model.eval()
+        details = {k: v for k, v in evaluate_detailed(task, model, eval_data).items() if not isinstance(v, float)}
+        if details:
+            metrics["eval_details"] = details
     _write_output(model, info, tok, out, cfg, metrics, work)
     shutil.rmtree(work, ignore_errors=True)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in metrics.get("eval", {}).items())

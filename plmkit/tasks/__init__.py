@@ -44,6 +44,17 @@ class TaskSpec(Protocol):
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK)}
 
+# Tasks whose evaluate() accepts detailed=True (confusion matrix, per-entity scores).
+DETAILED_TASKS = {"classify", "ner"}
+
+
+def evaluate_detailed(task: TaskSpec, model: nn.Module, data: TaskData) -> dict[str, Any]:
+    """The task's metrics plus, where the task has them, non-scalar details for reports."""
+    if task.name in DETAILED_TASKS:
+        return task.evaluate(model, data, detailed=True)  # type: ignore[call-arg]
+    return task.evaluate(model, data)
+
+
 # model head -> the task it serves, for checkpoints that do not record their task (HF ones)
 TASK_OF_HEAD = {t.head: t.name for t in TASKS.values()}
 
@@ -54,9 +65,11 @@ def load_finetuned(path: str, task_name: str | None = None) -> tuple[nn.Module, 
     The task and settings come from the checkpoint's head_config; ``task_name`` may name
     the task for checkpoints that do not record it (a Hugging Face BertForTokenClassification).
     """
+    from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
     from ..models.checkpoint import load_model, load_tokenizer
 
-    model = load_model(path)
+    # An ONNX directory (export / quantize) runs the same task code on ONNX Runtime.
+    model = load_onnx_dir(path) if is_onnx_dir(path) else load_model(path)
     saved = model.head_config.get("finetune_task")
     name = task_name or saved or TASK_OF_HEAD.get(model.task)
     if name is None:

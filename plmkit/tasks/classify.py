@@ -14,7 +14,7 @@ from torch import nn
 from ..data.features import encode_classification
 from ..data.readers import TextExample, build_label_map, read_classification
 from ..errors import PlmkitError
-from ..eval.metrics import accuracy, macro_f1
+from ..eval.metrics import accuracy, confusion_matrix, macro_f1
 from .common import Prep, TaskData, forward_batches
 
 
@@ -50,11 +50,18 @@ class ClassifyTask:
             probs[idx] = out.logits.float().softmax(-1).cpu()
         return probs
 
-    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data: TaskData, detailed: bool = False) -> dict[str, Any]:
+        """Accuracy and macro F1; ``detailed`` adds ``labels`` and ``confusion_matrix`` (rows: gold).
+
+        The training loop wants scalars only, so the matrix is opt-in.
+        """
         labels = data.head_config["labels"]
         pred = [labels[i] for i in self._probs(model, data).argmax(-1).tolist()]
         gold = [ex.label for ex in data.examples]
-        return {"accuracy": accuracy(gold, pred), "f1": macro_f1(gold, pred)}
+        metrics: dict[str, Any] = {"accuracy": accuracy(gold, pred), "f1": macro_f1(gold, pred)}
+        if detailed:
+            metrics.update(labels=list(labels), confusion_matrix=confusion_matrix(gold, pred, labels))
+        return metrics
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
         labels = data.head_config["labels"]

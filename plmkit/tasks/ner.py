@@ -13,7 +13,7 @@ from torch import nn
 from ..data.features import encode_ner, word_predictions
 from ..data.readers import TokenExample, build_label_map, read_ner
 from ..errors import InputError
-from ..eval.metrics import entity_prf, get_entities
+from ..eval.metrics import entity_prf, entity_report, get_entities
 from .common import Prep, TaskData, forward_batches
 
 
@@ -54,8 +54,16 @@ class NerTask:
                 tags[i] = word_predictions(word_ids, row[:len(word_ids)], len(data.examples[i].tokens), labels)
         return tags
 
-    def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
-        return entity_prf([ex.tags for ex in data.examples], self._tags(model, data))
+    def evaluate(self, model: nn.Module, data: TaskData, detailed: bool = False) -> dict[str, Any]:
+        """Entity-level P/R/F1; ``detailed`` adds ``per_entity`` {type: {precision, recall, f1, support}}.
+
+        The training loop wants scalars only, so the per-type report is opt-in.
+        """
+        gold, pred = [ex.tags for ex in data.examples], self._tags(model, data)
+        metrics: dict[str, Any] = entity_prf(gold, pred)
+        if detailed:
+            metrics["per_entity"] = entity_report(gold, pred)
+        return metrics
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
         rows = []

@@ -1,0 +1,120 @@
+"""Benchmark model variants on one labelled file: one row per variant, plus a transformers baseline.
+
+    plmkit bench --models runs/sst2 runs/sst2-int8 runs/student-int8 --data held.tsv
+
+Each row: parameters, weights on disk, latency p50/p95 at the smallest batch size (1),
+throughput at the largest (32) on the real sentences of FILE, peak RSS of the process that
+measured it, and the task metric on FILE (as ``plmkit evaluate`` computes it). The baseline
+row runs ``transformers.AutoModelFor...`` in fp32 with eager attention on an HF export of the
+original model; every row's ``speedup`` is its throughput over the baseline's. How batches
+are formed and timed is described in ``plmkit/eval/bench.py``. The table is printed and the
+rows are written as JSON (atomically).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import option, to_dict
+from ..errors import PlmkitError
+from ..eval import bench
+from ..io import write_json
+
+
+@dataclass
+class Config:
+    models: list[str] = option(help="model directories: plmkit or HF checkpoints, ONNX / INT8 directories "
+                               "(plmkit export --format onnx, plmkit quantize)")
+    data: str = option(help="labelled file in the models' task format (the metric and the timed batches)")
+    batch_sizes: list[int] = option([1, 32], help="batch sizes to time: latency at the smallest, "
+                                    "throughput at the largest")
+    baseline: str | None = option(None, help="checkpoint run as the transformers fp32 eager row (default: the "
+                                  "first PyTorch checkpoint of --models, else the one the first model came from)")
+    hf_baseline: bool = option(True, help="add the transformers fp32 eager baseline row")
+    out: str | None = option(None, help="JSON file for the results (default: bench.json)")
+    max_examples: int | None = option(None, help="use only the first N examples of --data")
+    latency_examples: int = option(200, help="batch size 1: examples timed (the first N)")
+    repeats: int = option(3, help="timed passes per batch size (medians)")
+    warmup: int = option(3, help="untimed batches before timing")
+    threads: int | None = option(None, help="intra-op threads for every row (default: all cores)")
+    precision: str = option("bf16", help="PyTorch rows: plmkit's inference precision, as in evaluate",
+                            choices=["bf16", "fp32"])
+
+
+def _check(cfg: Config) -> None:
+    if not cfg.models:
+        raise PlmkitError("--models: give at least one model directory")
+    if any(b < 1 for b in cfg.batch_sizes):
+        raise PlmkitError(f"--batch-sizes: every batch size must be >= 1, got {cfg.batch_sizes}")
+    for name in ("repeats", "latency_examples"):
+        if getattr(cfg, name) < 1:
+            raise PlmkitError(f"--{name.replace('_', '-')} must be >= 1")
+    if cfg.warmup < 0 or (cfg.max_examples is not None and cfg.max_examples < 1):
+        raise PlmkitError("--warmup must be >= 0 and --max-examples >= 1")
+
+
+def _variants(cfg: Config) -> list[bench.Variant]:
+    """Every row to measure, checked: one task for all, data of that task, the baseline first."""
+    variants = [bench.make_variant(m, cfg.precision) for m in cfg.models]
+    tasks = {v.task for v in variants}
+    if len(tasks) > 1:
+        raise PlmkitError("--models: all models must do the same task, got "
+                          + ", ".join(f"{v.path} ({v.task})" for v in variants))
+    bench.unique_names(variants)
+    if not cfg.hf_baseline:
+        return variants
+    if importlib.util.find_spec("transformers") is None:
+        print("transformers is not installed: no baseline row (pip install 'plmkit[hf]'); "
+              "speedups are relative to the first row")
+        return variants
+    source = bench.baseline_source(variants, cfg.baseline)
+    if source is None:
+        print("no PyTorch checkpoint among --models or their parents: no baseline row (pass --baseline DIR)")
+        return variants
+    base = bench.Variant(f"transformers-fp32-eager ({source.name})", str(source), "transformers", "fp32",
+                         variants[0].task, str(source), baseline=True)
+    if bench.task_of_dir(source)[1] != base.task:
+        raise PlmkitError(f"{source}: the baseline does task '{bench.task_of_dir(source)[1]}', "
+                          f"the models do '{base.task}'")
+    return [base, *variants]
+
+
+def run(cfg: Config) -> int:
+    _check(cfg)
+    variants = _variants(cfg)
+    n = bench.check_data(variants[-1], cfg.data, cfg.max_examples)
+    threads = cfg.threads or os.cpu_count() or 1
+    settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
+                              cfg.latency_examples, cfg.max_examples, threads, cfg.precision)
+    machine = bench.machine_info(threads)
+    print(f"benchmarking {len(variants)} variants on {n} examples of {cfg.data} "
+          f"(batch sizes {settings.batch_sizes}, {threads} threads, {cfg.repeats} timed passes)")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=".plmkit-bench-") as w:
+        work = Path(w)
+        for i, v in enumerate(variants, 1):
+            if v.kind == "transformers":         # the HF layout of the original model, made once
+                v.path = str(bench.hf_export(Path(v.features_from), work))
+            t0 = time.perf_counter()
+            row = bench.measure(v, settings, work)
+            if v.kind == "transformers":
+                row["path"] = v.features_from     # the export is temporary: name what it came from
+            rows.append(row)
+            print(f"[{i}/{len(variants)}] {v.name}: {row['kind']} {row['precision']}, "
+                  f"p50 {row['latency_p50_ms']:.2f} ms, {row['throughput']:.1f} ex/s, "
+                  f"{row['metric']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    reference = bench.add_speedups(rows)
+    machine["load_avg_after"] = list(os.getloadavg())
+    task = variants[-1].task
+    result = {"data": cfg.data, "task": task, "metric_name": bench.metric_name(task),
+              "batch_sizes": settings.batch_sizes, "examples": n, "machine": machine,
+              "speedup_reference": reference, "config": to_dict(cfg), "rows": rows}
+    out = cfg.out or "bench.json"
+    write_json(out, result)
+    print(bench.format_table(rows, result["metric_name"], max(settings.batch_sizes)))
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,148 @@
+"""plmkit bench: rows for every variant + the transformers baseline, speedups, the metric equal to
+plmkit evaluate's, and one-line errors for bad input."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra 'onnx')")
+
+from plmkit import cli  # noqa: E402
+from plmkit.data.features import collate  # noqa: E402
+from plmkit.data.synthetic import write_sentiment  # noqa: E402
+from plmkit.errors import PlmkitError  # noqa: E402
+from plmkit.models.checkpoint import save_checkpoint  # noqa: E402
+from plmkit.models.config import EncoderConfig  # noqa: E402
+from plmkit.models.model import PlmModel  # noqa: E402
+from plmkit.stages import bench as stage  # noqa: E402
+from plmkit.tasks import TASKS, Prep  # noqa: E402
+from plmkit.tokenizer import train_tokenizer  # noqa: E402
+
+ROW_KEYS = {"name", "path", "kind", "precision", "params", "size_mb", "latency_p50_ms", "latency_p95_ms",
+            "throughput", "peak_rss_mb", "metric", "baseline", "speedup"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny seeded BERT classifier trained a few steps, its fp32 ONNX export and a dynamic INT8."""
+    d = tmp_path_factory.mktemp("bench")
+    train, dev = write_sentiment(d / "train.tsv", 200, seed=1), write_sentiment(d / "dev.tsv", 48, seed=2)
+    tok = train_tokenizer([train], kind="wordpiece", vocab_size=150, show_progress=False)
+    task, prep = TASKS["classify"], Prep(max_length=32)
+    examples = task.read(str(train), prep)
+    hc = {**task.head_config(examples, prep), "finetune_task": "classify", "preprocess": {"max_length": 32}}
+    feats = task.encode(tok, examples, hc, prep)
+    cfg = EncoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=4,
+                        intermediate_size=64, max_position=64, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = PlmModel(cfg, "classify", hc)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = torch.randint(0, len(feats), (32,), generator=g).tolist()
+        loss = model(**collate([feats[i] for i in idx], 0)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    ck = save_checkpoint(model.eval(), d / "ck", tokenizer=tok, meta={"stage": "test"})
+    assert cli.main(["export", "--model", str(ck), "--format", "onnx", "--out", str(d / "onnx")]) == 0
+    assert cli.main(["quantize", "--model", str(d / "onnx"), "--out", str(d / "int8")]) == 0
+    return {"ck": ck, "onnx": d / "onnx", "int8": d / "int8", "train": train, "dev": dev, "dir": d}
+
+
+def _cfg(m: dict[str, Path], **kw) -> stage.Config:
+    base = {"models": [str(m["ck"]), str(m["int8"])], "data": str(m["dev"]),
+            "batch_sizes": [1, 8], "repeats": 1, "warmup": 1, "latency_examples": 8, "threads": 1,
+            "out": str(m["dir"] / "bench.json")}
+    return stage.Config(**{**base, **kw})
+
+
+def _evaluate(capsys, model: Path, data: Path) -> dict:
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data)]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bench_rows_baseline_and_metric_equal_to_evaluate(models, capsys):
+    pytest.importorskip("transformers", reason="transformers not installed (extra 'hf')")
+    assert cli.main(["bench", "--models", str(models["ck"]), str(models["int8"]), "--data", str(models["dev"]),
+                     "--batch-sizes", "1", "8", "--repeats", "1", "--warmup", "1", "--latency-examples", "8",
+                     "--threads", "1", "--out", str(models["dir"] / "bench.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "transformers-fp32-eager" in printed and "speedup" in printed     # progress lines + table
+    result = json.loads((models["dir"] / "bench.json").read_text())
+    assert result["task"] == "classify" and result["metric_name"] == "accuracy"
+    assert result["batch_sizes"] == [1, 8] and result["data"] == str(models["dev"])
+    assert "load_avg_before" in result["machine"] and "load_avg_after" in result["machine"]
+    rows = result["rows"]
+    assert [(r["kind"], r["precision"], r["baseline"]) for r in rows] == [
+        ("transformers", "fp32", True), ("torch", "bf16", False), ("onnx", "int8", False)]
+    for r in rows:
+        assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
+        assert r["throughput"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0
+        assert r["size_mb"] > 0 and r["peak_rss_mb"] > 50 and r["examples"] == 48
+    assert rows[0]["speedup"] == 1.0
+    assert rows[1]["speedup"] == pytest.approx(rows[1]["throughput"] / rows[0]["throughput"], rel=1e-2)
+    # Same parameters in the HF layout and plmkit's.
+    assert rows[0]["params"] == rows[1]["params"] == rows[2]["params"]
+    # The metric is plmkit evaluate's, for the checkpoint and for the INT8 directory alike.
+    assert rows[1]["metric"] == _evaluate(capsys, models["ck"], models["dev"])["accuracy"]
+    assert rows[2]["metric"] == _evaluate(capsys, models["int8"], models["dev"])["accuracy"]
+    # transformers in fp32 on the same token ids: the same predictions as plmkit in fp32.
+    fp32 = json.loads(_run_evaluate_fp32(capsys, models["ck"], models["dev"]))
+    assert rows[0]["metric"] == fp32["accuracy"]
+
+
+def _run_evaluate_fp32(capsys, model: Path, data: Path) -> str:
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data), "--precision", "fp32"]) == 0
+    return capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_bench_without_baseline_uses_the_first_row(models, capsys):
+    stage.run(_cfg(models, models=[str(models["onnx"]), str(models["int8"])], hf_baseline=False,
+                   batch_sizes=[4], max_examples=16))
+    result = json.loads((models["dir"] / "bench.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["onnx", "int8"]
+    assert result["rows"][0]["speedup"] == 1.0 and result["speedup_reference"] == "onnx"
+    assert result["rows"][0]["precision"] == "fp32" and result["rows"][0]["examples"] == 16
+
+
+def test_baseline_defaults_to_the_checkpoint_an_onnx_model_came_from(models):
+    from plmkit.eval import bench
+
+    variants = [bench.make_variant(str(models["int8"]), "bf16")]
+    # int8 -> onnx (fp32 export) -> ck: the nearest PyTorch checkpoint up the lineage.
+    assert bench.baseline_source(variants, None) == models["ck"].resolve()
+
+
+def test_bad_input_is_one_clear_line(models, tmp_path, capsys):
+    missing = tmp_path / "nope"
+    with pytest.raises(PlmkitError, match=f"{missing}: model directory not found"):
+        stage.run(_cfg(models, models=[str(missing)]))
+    conll = tmp_path / "ner.txt"
+    conll.write_text("EU B-ORG\nrejects O\nGerman B-MISC\n\nPeter B-PER\nBlackburn I-PER\n")
+    with pytest.raises(PlmkitError, match="does not fit the models' task 'classify'") as e:
+        stage.run(_cfg(models, data=str(conll)))
+    assert "\n" not in str(e.value) and str(conll) in str(e.value)
+    with pytest.raises(PlmkitError, match="data file not found"):
+        stage.run(_cfg(models, data=str(tmp_path / "none.tsv")))
+    with pytest.raises(PlmkitError, match="batch size"):
+        stage.run(_cfg(models, batch_sizes=[0]))
+    capsys.readouterr()
+    assert cli.main(["bench", "--models", str(missing), "--data", str(models["dev"])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model directory not found" in err[0]
+
+
+def test_models_of_different_tasks_are_refused(models, tmp_path):
+    cfg = dataclasses.replace(EncoderConfig(vocab_size=150, hidden_size=32, num_layers=1, num_heads=4,
+                                            intermediate_size=64, max_position=64))
+    ner = save_checkpoint(PlmModel(cfg, "token", {"num_labels": 3, "labels": ["B-X", "I-X", "O"],
+                                                  "finetune_task": "ner"}), tmp_path / "ner")
+    with pytest.raises(PlmkitError, match="same task"):
+        stage.run(_cfg(models, models=[str(models["ck"]), str(ner)]))

@@ -1,0 +1,46 @@
+"""plmkit demo: the shipped recipe end to end on real (tiny) stages, then a re-run that skips all."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from plmkit.cli import main
+from plmkit.stages.demo import without_stage
+from plmkit.stages.recipe import STAMP
+
+TINY = ["--pretrain-steps", "20", "--finetune-epochs", "0.5", "--n-docs", "300", "--n-train", "256",
+        "--n-eval", "96"]
+
+
+def test_without_stage_drops_the_stage_and_references():
+    recipe = {"stages": [{"name": "quantize", "stage": "quantize", "config": {}},
+                         {"name": "bench", "stage": "bench",
+                          "config": {"models": ["${run}/prune", "${run}/quantize"], "data": "x"}}]}
+    assert without_stage(recipe, "quantize")["stages"] == [
+        {"name": "bench", "stage": "bench", "config": {"models": ["${run}/prune"], "data": "x"}}]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_then_skips(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "model variants on the held-out generated sentences:" in text
+    assert "pre-trained" in text and "from scratch" in text
+    assert f"report: {out.resolve() / 'report' / 'report.html'}" in text
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    names = {r["name"] for r in bench["rows"]}
+    assert {"finetune", "finetune_scratch", "distill", "prune"} <= names
+    if importlib.util.find_spec("onnxruntime"):
+        assert "quantize" in names
+    html = (out / "report" / "report.html").read_text(encoding="utf-8")
+    for part in ("Pre-trained vs from scratch", "finetune: confusion matrix", "Attention heads per layer",
+                 'data-chart="scatter"'):
+        assert part in html
+    assert all((out / s / STAMP).is_file() for s in ("data", "tokenizer", "pretrain", "finetune", "report"))
+
+    assert main(["demo", "--out", str(out), *TINY]) == 0       # nothing changed: every stage skipped
+    text = capsys.readouterr().out
+    assert "0 stage(s) ran" in text and "model variants" in text
