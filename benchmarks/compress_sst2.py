@@ -8,10 +8,12 @@ Every step is a plmkit CLI command run as its own process; its output lands in
 bench_out/<task>/ (git-ignored) and is reused when the script runs again (--fresh redoes all).
 Teacher: all-MiniLM-L6-v2 fine-tuned on the task. Variants: its fp32 ONNX export and
 dynamic INT8; a 3-layer student distilled from it (teacher layers 0,2,4, cached teacher
-logits, one epoch); the student with half its heads and FFN neurons removed (gradient
-importance on 30 batches, then a recovery fine-tune of 200 steps); that pruned student in
-INT8. ``plmkit bench`` then measures every variant and the transformers fp32 eager baseline
-(the teacher exported to HF) in one run, on data no step trained on:
+logits; one epoch for SST-2, three for NER); the student with half its heads and three
+quarters (NER: half) of its FFN neurons removed (gradient importance on 30 batches, then a
+recovery fine-tune of 200 (NER: 300) steps); that pruned student in INT8 (attention fused
+first, see compress/quantize.py). ``plmkit bench`` then measures every variant and the
+transformers fp32 eager baseline (the teacher exported to HF) in one run, on data no step
+trained on:
 
   SST-2: train on sentences 0-20,000 of train.tsv, measure on sentences 60,000-62,000.
   NER:   train on the first 5,000 sentences of CoNLL-2003 train, measure on the first 1,000
@@ -37,9 +39,11 @@ OUT = REPO / "bench_out"
 
 TASKS = {
     "classify": {"train_n": 20_000, "held": (60_000, 62_000), "max_length": 64, "epochs": 1,
-                 "lr": 5e-5, "distill_epochs": 1, "distill_lr": 1e-4, "recover_steps": 200},
+                 "lr": 5e-5, "distill_epochs": 1, "distill_lr": 1e-4, "recover_steps": 200,
+                 "heads": 0.5, "ffn": 0.75},
     "ner": {"train_n": 5_000, "held_n": 1_000, "max_length": 128, "epochs": 2,
-            "lr": 1e-4, "distill_epochs": 1, "distill_lr": 2e-4, "recover_steps": 150},
+            "lr": 1e-4, "distill_epochs": 3, "distill_lr": 2e-4, "recover_steps": 300,
+            "heads": 0.5, "ffn": 0.5},
 }
 
 
@@ -105,8 +109,8 @@ def pipeline(task: str, work: Path, train: Path, held: Path, p: dict, threads: i
                                       "--student-layers", "0,2,4", "--cache-teacher", "--epochs",
                                       str(p["distill_epochs"]), "--lr", str(p["distill_lr"]), "--temperature", "2",
                                       "--alpha", "0.5", "--out", str(student), *common], log)
-    step("prune student", pruned, ["prune", "--model", str(student), "--train", str(train), "--heads", "0.5",
-                                   "--ffn", "0.5", "--importance-batches", "30", "--recover-steps",
+    step("prune student", pruned, ["prune", "--model", str(student), "--train", str(train), "--heads", str(p["heads"]),
+                                   "--ffn", str(p["ffn"]), "--importance-batches", "30", "--recover-steps",
                                    str(p["recover_steps"]), "--lr", "5e-5", "--out", str(pruned),
                                    *common], log)
     step("quantize pruned student", work / "student-pruned-int8",

@@ -66,6 +66,37 @@ def test_pruned_model_with_uneven_layers_and_an_empty_one_exports(tmp_path, tiny
     assert _compare(model, load_onnx_dir(tmp_path / "onnx", threads=1)) < 1e-4
 
 
+
+def test_dynamic_int8_fuses_attention_also_in_uneven_pruned_layers(tmp_path, tiny_encoder_cfg):
+    """Each layer with heads becomes one QAttention (ORT's fused kernel); the empty layer stays
+    unfused; the INT8 graph still follows PyTorch (same argmax on nearly every row)."""
+    import collections
+
+    import onnx
+
+    from plmkit.compress.quantize import QuantOptions, quantize_file
+
+    cfg = dataclasses.replace(tiny_encoder_cfg, num_layers=3, heads=[3, 0, 1], ffn=[40, 0, 12])
+    torch.manual_seed(0)
+    model = PlmModel(cfg, "classify", HC).eval()
+    export_onnx_dir(model, tmp_path / "fp32", None, {"parent": "test"})
+    (tmp_path / "int8").mkdir()
+    for name in ("config.json", "plmkit.json"):
+        (tmp_path / "int8" / name).write_bytes((tmp_path / "fp32" / name).read_bytes())
+    quantize_file(tmp_path / "fp32" / "model.onnx", tmp_path / "int8" / "model.onnx", "dynamic", tmp_path,
+                  options=QuantOptions(fuse=True))
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node)
+    assert ops["QAttention"] == 2 and ops["Softmax"] == 0, ops
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, cfg.vocab_size, (64, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::2, 7:] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        want = model(**feeds).logits.argmax(-1)
+    got = load_onnx_dir(tmp_path / "int8", threads=1)(**feeds).logits.argmax(-1)
+    assert (got == want).float().mean() >= 0.95
+
 # ---------------------------------------------------------------- a briefly trained classifier
 
 

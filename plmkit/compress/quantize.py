@@ -12,6 +12,11 @@ min) and Softmax stay in float, since one INT8 range cannot hold both -3.4e38 an
 scores. Embedding tables stay fp32 too: a lookup costs no arithmetic.
 Before quantizing, ORT's ``quant_pre_process`` (symbolic shape inference + graph
 optimisation) runs, as ORT recommends, so more MatMuls are seen with known shapes.
+Dynamic quantization of an encoder then fuses the graph with ORT's BERT optimizer (one
+``Attention`` node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on
+CPU, see ``SLOW_FUSIONS``) and quantizes the fused attention too (``QAttention``: the Q/K/V projections in one INT8 GEMM). This needs the attention
+pattern the encoder emits under export (see ``attend`` in models/encoder.py); a layer whose
+pattern does not match (a layer pruned to zero heads) simply stays unfused.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from ..errors import PlmkitError
 from .onnx_model import ort_errors
 
 QUANT_OPS = ["MatMul", "Gemm"]
+FUSED_QUANT_OPS = QUANT_OPS + ["Attention"]
 # Histogram methods need every calibration batch in one shape (see FeatureReader).
 HISTOGRAM_METHODS = ("percentile", "entropy")
 CALIBRATE_METHODS: dict[str, CalibrationMethod] = {
@@ -100,12 +106,43 @@ class QuantOptions:
     reduce_range: bool = False           # 7-bit weights: avoids U8S8 saturation on AVX2 CPUs without VNNI
     activation_type: str = "quint8"      # static only
     calibrate_method: str = "minmax"     # static only
+    fuse: bool = True                    # dynamic, encoders only: ORT's BERT fusions first
+
+
+def is_encoder_graph(file: Path) -> bool:
+    """plmkit's encoder graphs (and only they) take ``token_type_ids``."""
+    return any(i.name == "token_type_ids" for i in onnx.load(str(file), load_external_data=False).graph.input)
+
+
+def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
+    """ORT's BERT graph fusions (head count and width read per layer from the graph, so pruned
+    layers of different sizes fuse too). Returns the count of each fused operator."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    from .onnx_model import SLOW_FUSIONS
+
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False   # see SLOW_FUSIONS
+    options.enable_bias_gelu = "BiasGeluFusion" not in SLOW_FUSIONS
+    model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                           optimization_options=options)
+    model.save_model_to_file(str(dst))
+    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
 
 
 def quantize_dynamic_file(src: Path, dst: Path, reader: FeatureReader | None, o: QuantOptions) -> None:
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=QUANT_OPS, per_channel=o.per_channel,
+    ops = QUANT_OPS
+    if o.fuse and is_encoder_graph(src):
+        fused = src.with_name("model.fused.onnx")
+        fuse_encoder(src, fused)
+        src, ops = fused, FUSED_QUANT_OPS
+    # Fused (com.microsoft) nodes have no ONNX type inference: outputs default to float.
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=o.per_channel,
                      reduce_range=o.reduce_range, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=_empty_weight_nodes(src))
+                     nodes_to_exclude=_empty_weight_nodes(src),
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
 def quantize_static_file(src: Path, dst: Path, reader: FeatureReader | None, o: QuantOptions) -> None:

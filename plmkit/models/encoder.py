@@ -43,15 +43,16 @@ def padding_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | 
         return None
     if not torch.compiler.is_compiling() and bool(attention_mask.all()):
         return None     # eager only: the check is a data-dependent branch a compiled graph avoids
-    mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
-    mask.masked_fill_(attention_mask == 0, torch.finfo(dtype).min)
-    return mask[:, None, None, :]
+    # (1 - m) * min, written as BERT writes it: ONNX Runtime's attention fusion looks for this form.
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float,
            is_causal: bool = False, want_probs: bool = False) -> tuple[Tensor, Tensor | None]:
     """q, k, v: [B, h, T, d] -> context [B, h, T, d] (and probabilities [B, h, T, T] on request)."""
-    if not want_probs:
+    # The ONNX exporter gets the explicit form: it is the pattern ONNX Runtime fuses into one
+    # Attention kernel (the exporter's own SDPA decomposition is not recognised).
+    if not want_probs and not torch.onnx.is_in_onnx_export():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=is_causal), None
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))

@@ -27,7 +27,7 @@ from . import recipe as recipe_runner
 @dataclass
 class Config:
     out: str = option("demo_run", help="run directory for everything the demo writes")
-    pretrain_steps: int = option(300, help="pre-training steps for the tiny BERT")
+    pretrain_steps: int = option(2000, help="pre-training steps for the tiny BERT")
     finetune_epochs: float = option(2.0, help="fine-tuning epochs")
     n_docs: int = option(3000, help="generated pre-training documents")
     n_train: int = option(2000, help="generated labelled training sentences")

@@ -48,6 +48,8 @@ class Config:
     activation_type: str = option("quint8", help="static: activation type", choices=["quint8", "qint8"])
     calibrate_method: str = option("minmax", help="static: range estimate",
                                    choices=["minmax", "percentile", "entropy"])
+    fuse: bool = option(True, help="dynamic, encoders: fuse attention / LayerNorm / GELU (ONNX Runtime's BERT "
+                        "optimizer) and quantize the fused attention")
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
     batch_size: int = option(32, help="examples per calibration / evaluation batch")
     opset: int = option(17, help="ONNX opset when a checkpoint is exported first")
@@ -142,7 +144,7 @@ def run(cfg: Config) -> int:
     if eval_file and task is not None and task.name in ONNX_EVAL_TASKS:
         examples, features = read_task_data(task, prep, tok, head_config, eval_file, "evaluation")
         evaluation = TaskData(examples, features, tok, head_config, Infer(cfg.batch_size, "fp32"))
-    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method)
+    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse)
     with atomic_dir(cfg.out, cfg.overwrite) as tmp, tempfile.TemporaryDirectory(prefix=".plmkit-quant-") as w:
         work = Path(w)
         if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
