@@ -14,9 +14,10 @@ Before quantizing, ORT's ``quant_pre_process`` (symbolic shape inference + graph
 optimisation) runs, as ORT recommends, so more MatMuls are seen with known shapes.
 Dynamic quantization of an encoder then fuses the graph with ORT's BERT optimizer (one
 ``Attention`` node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on
-CPU, see ``SLOW_FUSIONS``) and quantizes the fused attention too (``QAttention``: the Q/K/V projections in one INT8 GEMM). This needs the attention
-pattern the encoder emits under export (see ``attend`` in models/encoder.py); a layer whose
-pattern does not match (a layer pruned to zero heads) simply stays unfused.
+CPU, see ``SLOW_FUSIONS``) and quantizes the fused attention too (``QAttention``: the Q/K/V
+projections in one INT8 GEMM). This needs the attention pattern the encoder emits under export
+(see ``attend`` in models/encoder.py); a layer whose pattern does not match (a layer pruned to
+zero heads) simply stays unfused.
 """
 from __future__ import annotations
 
@@ -117,15 +118,13 @@ def is_encoder_graph(file: Path) -> bool:
 def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
     """ORT's BERT graph fusions (head count and width read per layer from the graph, so pruned
     layers of different sizes fuse too). Returns the count of each fused operator."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from onnxruntime.transformers.fusion_options import FusionOptions
-
-    from .onnx_model import SLOW_FUSIONS
-
     options = FusionOptions("bert")
-    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False   # see SLOW_FUSIONS
-    options.enable_bias_gelu = "BiasGeluFusion" not in SLOW_FUSIONS
+    # The offline twins of the session-time fusions in onnx_model.SLOW_FUSIONS: left out likewise.
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
+    options.enable_bias_gelu = False
     model = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
                            optimization_options=options)
     model.save_model_to_file(str(dst))

@@ -48,7 +48,7 @@ class Config:
     activation_type: str = option("quint8", help="static: activation type", choices=["quint8", "qint8"])
     calibrate_method: str = option("minmax", help="static: range estimate",
                                    choices=["minmax", "percentile", "entropy"])
-    fuse: bool = option(True, help="dynamic, encoders: fuse attention / LayerNorm / GELU (ONNX Runtime's BERT "
+    fuse: bool = option(True, help="dynamic, encoders: fuse attention and GELU (ONNX Runtime's BERT "
                         "optimizer) and quantize the fused attention")
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
     batch_size: int = option(32, help="examples per calibration / evaluation batch")

@@ -1,9 +1,10 @@
 """Recipe stage ``synthetic``: the demo's generated data (plmkit/data/synthetic.py) in one directory:
 ``corpus.txt`` (blank-line separated documents), ``train.tsv`` and ``eval.tsv`` (sentence, label).
 
-By default the labelled sets split the sentiment vocabulary: training sentences use half of
-the adjectives, evaluation sentences the other half, which only the unlabelled corpus holds.
-So the evaluation measures what pre-training transferred (see plmkit/data/synthetic.py).
+By default both labelled sets use every sentiment adjective. ``train_words: seen`` and
+``eval_words: unseen`` split the vocabulary instead (half the adjectives for training, the other
+half, which only the unlabelled corpus holds, for evaluation), so the evaluation measures only
+what pre-training transferred (see plmkit/data/synthetic.py).
 """
 from __future__ import annotations
 
