@@ -135,6 +135,34 @@ def test_albert_factorised_and_shared(tiny_encoder_cfg):
     assert model.num_parameters() < unshared.num_parameters()
 
 
+def test_pre_ln_encoder_block_and_final_norm(tiny_encoder_cfg):
+    from plmkit.models.convert import check_hf_expressible
+
+    cfg = dataclasses.replace(tiny_encoder_cfg, pre_ln=True, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = PlmModel(cfg, "base").eval()
+    with torch.no_grad():   # BERT's 0.02 init makes every sub-layer ~0: post- and pre-LN would agree
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    ids, mask = batch()
+    out = model(ids, mask, output_hidden_states=True)
+    # Recompute by hand: x + Attn(LN(x)), then x + FFN(LN(x)), then the final LayerNorm.
+    x = out.hidden_states[0]
+    add = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    for layer in model.backbone.layers:
+        x = x + layer.attn(layer.attn_norm(x), add)[0]
+        x = x + layer.ffn(layer.ffn_norm(x))
+    expected = model.backbone.final_norm(x)
+    assert torch.allclose(out.last_hidden_state, expected, atol=1e-5)
+    assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    # Post-LN differs on the same weights; the HF BERT layout cannot hold a pre-LN model.
+    post = PlmModel(dataclasses.replace(cfg, pre_ln=False), "base").eval()
+    post.load_state_dict({k: v for k, v in model.state_dict().items() if "final_norm" not in k})
+    assert not torch.allclose(post(ids, mask).last_hidden_state, expected, atol=1e-3)
+    with pytest.raises(PlmkitError, match="pre-LN"):
+        check_hf_expressible(cfg, "mlm")
+
+
 def test_wrong_family_for_task(tiny_decoder_cfg):
     with pytest.raises(PlmkitError, match="needs a encoder"):
         PlmModel(tiny_decoder_cfg, "mlm")
@@ -175,3 +203,23 @@ def test_clm_loss_is_shifted(tiny_decoder_cfg):
     out = model(ids, labels=labels)
     expected = F.cross_entropy(out.logits[:, 2:-1].reshape(-1, 120), ids[:, 3:].reshape(-1))
     assert torch.allclose(out.loss, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_rate_scale_gradient_and_seeding(p):
+    from plmkit.models.dropout import Dropout
+
+    drop = Dropout(p)
+    # Nonzero inputs (so y == 0 means dropped); an odd element count, not a multiple of 4.
+    x = (torch.rand(256, 64, 65) + 0.5).requires_grad_()
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))
+    torch.manual_seed(3)
+    assert torch.equal(drop(x) != 0, kept)                  # the seeded generator reproduces the mask
+    assert not torch.equal(drop(x) != 0, kept)              # and the next call draws a new one
+    assert torch.equal(drop.eval()(x), x)

@@ -66,6 +66,28 @@ def test_pruned_model_with_uneven_layers_and_an_empty_one_exports(tmp_path, tiny
     assert _compare(model, load_onnx_dir(tmp_path / "onnx", threads=1)) < 1e-4
 
 
+def test_pre_ln_encoder_exports_and_quantizes(tmp_path, tiny_encoder_cfg):
+    """ORT's BERT fusions expect post-LN; on a pre-LN graph the INT8 model must still follow PyTorch."""
+    from plmkit.compress.quantize import QuantOptions, quantize_file
+
+    torch.manual_seed(0)
+    model = PlmModel(dataclasses.replace(tiny_encoder_cfg, pre_ln=True), "classify", HC).eval()
+    with torch.no_grad():       # spread the logits so an argmax comparison means something
+        model.head.classifier.weight.normal_(0.0, 1.0)
+    export_onnx_dir(model, tmp_path / "fp32", None, {"parent": "test"})
+    assert _compare(model, load_onnx_dir(tmp_path / "fp32", threads=1)) < 1e-4
+    (tmp_path / "int8").mkdir()
+    for name in ("config.json", "plmkit.json"):
+        (tmp_path / "int8" / name).write_bytes((tmp_path / "fp32" / name).read_bytes())
+    quantize_file(tmp_path / "fp32" / "model.onnx", tmp_path / "int8" / "model.onnx", "dynamic", tmp_path,
+                  options=QuantOptions(fuse=True))
+    feeds = example_batch(model, 64, 12, padded=True, seed=5)
+    with torch.no_grad():
+        want = model(**feeds).logits
+    got = load_onnx_dir(tmp_path / "int8", threads=1)(**feeds).logits
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
+    assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
+
 
 def test_dynamic_int8_fuses_attention_also_in_uneven_pruned_layers(tmp_path, tiny_encoder_cfg):
     """Each layer with heads becomes one QAttention (ORT's fused kernel); the empty layer stays

@@ -114,6 +114,21 @@ def _err(capsys) -> str:
     return err[0]
 
 
+def test_pre_ln_and_dropout_options_reach_the_saved_model(tmp_path, corpus, wordpiece, capsys):
+    assert main(_args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece), "--steps", "30",
+                      "--lr", "2e-3", "--pre-ln", "--dropout", "0", "--eval-batches", "0")) == 0
+    model = load_model(tmp_path / "run")
+    assert model.config.pre_ln and model.config.hidden_dropout == model.config.attention_dropout == 0.0
+    assert model.backbone.final_norm is not None
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 1.0
+    capsys.readouterr()
+    assert main(_args(corpus, tmp_path / "gpt", tmp_path / "cache", "--arch", "gpt", "--pre-ln", "--steps", "2")) == 1
+    assert "--pre-ln is a BERT option" in _err(capsys)
+    assert main(_args(corpus, tmp_path / "r", tmp_path / "cache", "--dropout", "1.5", "--steps", "2")) == 1
+    assert "--dropout must be in [0, 1)" in _err(capsys)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, corpus, wordpiece, capsys):
     small = tmp_path / "small.txt"
     small.write_text("one short line.\n\nanother one.\n")

@@ -16,7 +16,7 @@ from ..errors import PlmkitError
 
 @dataclass
 class EncoderConfig:
-    """BERT family (post-LN), with optional ALBERT factorised embeddings and layer sharing."""
+    """BERT family (post-LN, or pre-LN on request), with optional ALBERT factorised embeddings and layer sharing."""
 
     vocab_size: int = 30522
     hidden_size: int = 768
@@ -36,6 +36,8 @@ class EncoderConfig:
     activation: str = "gelu"
     pad_token_id: int = 0
     use_pooler: bool = True
+    pre_ln: bool = False                      # LN before each sub-layer + a final LN: trains from scratch at
+                                              # higher learning rates; not expressible in the HF BERT layout
 
     def __post_init__(self) -> None:
         _resolve_sizes(self)

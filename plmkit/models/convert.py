@@ -170,6 +170,9 @@ def check_hf_expressible(cfg: EncoderConfig | DecoderConfig, task: str) -> None:
                           "cannot express; export it with --format onnx")
     if isinstance(cfg, EncoderConfig) and (cfg.share_layers or cfg.embedding_size):
         raise PlmkitError("ALBERT-style sharing/factorised embeddings cannot be exported to the HF BERT layout")
+    if isinstance(cfg, EncoderConfig) and cfg.pre_ln:
+        raise PlmkitError("a pre-LN encoder cannot be exported to the HF BERT layout (it is post-LN); "
+                          "export it with --format onnx")
     archs = BERT_ARCHS if isinstance(cfg, EncoderConfig) else GPT2_ARCHS
     if task not in archs.values():
         raise PlmkitError(f"task '{task}' has no HF {'BERT' if isinstance(cfg, EncoderConfig) else 'GPT-2'} "

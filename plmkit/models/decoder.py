@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import DecoderConfig
+from .dropout import Dropout
 from .encoder import FeedForward, Projections, attend, init_weights
 
 KVCache = tuple[tuple[Tensor, Tensor], ...]
@@ -64,7 +65,7 @@ class DecoderLayer(nn.Module):
         self.attn = CausalSelfAttention(H, n_heads, cfg.head_dim, cfg.attention_dropout)
         self.ln_2 = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(H, width, cfg.activation)
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None, past: tuple[Tensor, Tensor] | None,
                 want_probs: bool = False) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
@@ -80,7 +81,7 @@ class Decoder(nn.Module):
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.wpe = nn.Embedding(cfg.max_position, cfg.hidden_size)
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
         self.layers = nn.ModuleList(DecoderLayer(cfg, cfg.heads[i], cfg.ffn[i]) for i in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.apply(init_weights)

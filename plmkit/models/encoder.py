@@ -1,10 +1,11 @@
-"""A BERT-family encoder (post-LN), readable in one sitting.
+"""A BERT-family encoder (post-LN as BERT, or pre-LN), readable in one sitting.
 
 Shapes: B batch, T tokens, H hidden, E embedding width (E == H unless ALBERT-factorised),
 h heads in a layer, d head width, F FFN width in a layer. Per-layer h and F come from the
 config, so a pruned model is physically smaller. Attention runs through
-``F.scaled_dot_product_attention``; the explicit softmax path is used only when a caller asks
-for attention probabilities (distillation, analysis).
+``F.scaled_dot_product_attention``; the explicit softmax path is used when a caller asks for
+attention probabilities (distillation, analysis), under ONNX export, and for attention dropout
+on CPU (with plmkit's cheaper dropout mask, models/dropout.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderConfig
+from .dropout import Dropout
+from .dropout import dropout as drop
 
 ACTIVATIONS = {
     "gelu": F.gelu,                                             # exact erf GELU, as BERT
@@ -51,8 +54,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float,
            is_causal: bool = False, want_probs: bool = False) -> tuple[Tensor, Tensor | None]:
     """q, k, v: [B, h, T, d] -> context [B, h, T, d] (and probabilities [B, h, T, T] on request)."""
     # The ONNX exporter gets the explicit form: it is the pattern ONNX Runtime fuses into one
-    # Attention kernel (the exporter's own SDPA decomposition is not recognised).
-    if not want_probs and not torch.onnx.is_in_onnx_export():
+    # Attention kernel (the exporter's own SDPA decomposition is not recognised). With dropout on
+    # CPU, SDPA would take its own explicit path anyway, with the slow per-element Bernoulli.
+    cpu_dropout = dropout > 0 and q.device.type == "cpu"
+    if not want_probs and not cpu_dropout and not torch.onnx.is_in_onnx_export():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=is_causal), None
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
@@ -63,7 +68,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float,
     if mask is not None:
         scores = scores + mask
     probs = scores.softmax(dim=-1)
-    return F.dropout(probs, dropout, training=dropout > 0) @ v, probs
+    return drop(probs, dropout, training=dropout > 0) @ v, probs
 
 
 def linear(n_in: int, n_out: int) -> nn.Linear:
@@ -113,7 +118,12 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+    """Post-LN block (BERT): x = LN(x + Attn(x)); x = LN(x + FFN(x)).
+
+    Pre-LN block (``cfg.pre_ln``): x = x + Attn(LN(x)); x = x + FFN(LN(x)). The residual path
+    carries an un-normalised signal, so gradients reach early layers undamped: from random
+    weights it tolerates ~2x the learning rate and leaves the MLM unigram plateau sooner.
+    """
 
     def __init__(self, cfg: EncoderConfig, n_heads: int, ffn_width: int):
         super().__init__()
@@ -122,9 +132,14 @@ class EncoderLayer(nn.Module):
         self.attn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
         self.ffn = FeedForward(H, ffn_width, cfg.activation)
         self.ffn_norm = nn.LayerNorm(H, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
+        self.pre_ln = cfg.pre_ln
 
     def forward(self, x: Tensor, mask: Tensor | None, want_probs: bool = False) -> tuple[Tensor, Tensor | None]:
+        if self.pre_ln:
+            a, probs = self.attn(self.attn_norm(x), mask, want_probs)
+            x = x + self.drop(a)
+            return x + self.drop(self.ffn(self.ffn_norm(x))), probs
         a, probs = self.attn(x, mask, want_probs)
         x = self.attn_norm(x + self.drop(a))
         x = self.ffn_norm(x + self.drop(self.ffn(x)))
@@ -142,7 +157,7 @@ class Embeddings(nn.Module):
         self.segment = nn.Embedding(cfg.type_vocab_size, E)
         self.norm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
         self.proj = nn.Linear(E, cfg.hidden_size) if E != cfg.hidden_size else None
-        self.drop = nn.Dropout(cfg.hidden_dropout)
+        self.drop = Dropout(cfg.hidden_dropout)
         self.register_buffer("position_ids", torch.arange(cfg.max_position), persistent=False)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
@@ -163,6 +178,8 @@ class Encoder(nn.Module):
         self.embeddings = Embeddings(cfg)
         n_modules = 1 if cfg.share_layers else cfg.num_layers  # ALBERT: one set of weights, reused
         self.layers = nn.ModuleList(EncoderLayer(cfg, cfg.heads[i], cfg.ffn[i]) for i in range(n_modules))
+        # Pre-LN leaves the last block's output un-normalised; the final LN gives heads BERT's scale.
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if cfg.pre_ln else None
         self.pooler = Pooler(cfg.hidden_size) if cfg.use_pooler else None
         self.apply(init_weights)
 
@@ -182,6 +199,10 @@ class Encoder(nn.Module):
                 hidden.append(x)
             if attns is not None:
                 attns.append(probs)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+            if hidden is not None:
+                hidden[-1] = x                                      # as GPT-2: the last entry is normalised
         pooled = self.pooler(x) if self.pooler is not None else None
         return EncoderOutput(x, pooled, tuple(hidden) if hidden else None, tuple(attns) if attns else None)
 

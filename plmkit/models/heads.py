@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import DecoderConfig, EncoderConfig
 from .decoder import DecoderOutput
+from .dropout import Dropout
 from .encoder import ACTIVATIONS
 
 IGNORE = -100
@@ -138,7 +139,7 @@ class SequenceHead(nn.Module):
 
     def __init__(self, hidden: int, num_labels: int, dropout: float):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.classifier = _linear(hidden, num_labels)
 
     def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
@@ -153,7 +154,7 @@ class TokenHead(nn.Module):
 
     def __init__(self, hidden: int, num_labels: int, dropout: float):
         super().__init__()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.classifier = _linear(hidden, num_labels)
 
     def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:

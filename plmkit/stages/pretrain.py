@@ -42,6 +42,10 @@ class Config:
     size: str = option("mini", help="size preset", choices=list(BERT_PRESETS))
     objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (bert) or clm (gpt); default mlm+nsp / clm",
                                    choices=["mlm", "mlm+nsp", "mlm+sop", "clm"])
+    pre_ln: bool = option(False, help="bert: LayerNorm before each sub-layer (GPT's layout): tolerates higher "
+                          "learning rates from scratch, but the model cannot be exported to the HF BERT layout")
+    dropout: float | None = option(None, help="hidden and attention dropout of the new model (default: the "
+                                   "preset's 0.1); fine-tuning inherits it")
     tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus")
     vocab_size: int = option(16000, help="vocabulary size when training the tokenizer")
     seq_len: int = option(128, help="tokens per sequence")
@@ -88,6 +92,10 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     task = cfg.objective or OBJECTIVES[cfg.arch][0]
     if task not in OBJECTIVES[cfg.arch]:
         raise PlmkitError(f"objective '{task}' does not fit arch '{cfg.arch}' (choose {', '.join(OBJECTIVES[cfg.arch])})")
+    if cfg.pre_ln and cfg.arch != "bert":
+        raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
+    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
+        raise PlmkitError(f"--dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.steps is None and cfg.epochs is None and cfg.budget is None:
         raise PlmkitError("say how long to train: --steps N, --epochs E or --budget 20m")
     out = Path(cfg.out)
@@ -97,7 +105,10 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     tok = _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
     model_cfg = preset(cfg.arch, cfg.size, vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                       max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024))
+                       max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024),
+                       **({"pre_ln": True} if cfg.pre_ln else {}),
+                       **({} if cfg.dropout is None else {"hidden_dropout": cfg.dropout,
+                                                          "attention_dropout": cfg.dropout}))
     if cfg.arch == "bert" and tok.token_to_id("[PAD]") is not None:
         model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
