@@ -128,7 +128,8 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
     options.enable_bias_gelu = False
     # A pruned layer's q/k/v are narrower than the hidden size; the attention fusion handles that
     # (outputs are checked against torch in the tests) but logs a warning per layer. Keep it quiet.
-    fusion_log = logging.getLogger("onnxruntime.transformers.fusion_attention")
+    # ORT puts onnxruntime/transformers on sys.path, so the module (and its logger) is "fusion_attention".
+    fusion_log = logging.getLogger("fusion_attention")
     level = fusion_log.level
     fusion_log.setLevel(logging.ERROR)
     try:
