@@ -36,8 +36,8 @@ class EncoderConfig:
     activation: str = "gelu"
     pad_token_id: int = 0
     use_pooler: bool = True
-    pre_ln: bool = False                      # LN before each sub-layer + a final LN: trains from scratch at
-                                              # higher learning rates; not expressible in the HF BERT layout
+    pre_ln: bool = False                      # LN before each sub-layer + a final LN (GPT-2's layout);
+                                              # not expressible in the HF BERT layout
 
     def __post_init__(self) -> None:
         _resolve_sizes(self)

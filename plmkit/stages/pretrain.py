@@ -42,8 +42,8 @@ class Config:
     size: str = option("mini", help="size preset", choices=list(BERT_PRESETS))
     objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (bert) or clm (gpt); default mlm+nsp / clm",
                                    choices=["mlm", "mlm+nsp", "mlm+sop", "clm"])
-    pre_ln: bool = option(False, help="bert: LayerNorm before each sub-layer (GPT's layout): tolerates higher "
-                          "learning rates from scratch, but the model cannot be exported to the HF BERT layout")
+    pre_ln: bool = option(False, help="bert: LayerNorm before each sub-layer (GPT-2's layout, the usual choice "
+                          "for high learning rates); the model cannot be exported to the HF BERT layout")
     dropout: float | None = option(None, help="hidden and attention dropout of the new model (default: the "
                                    "preset's 0.1); fine-tuning inherits it")
     tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus")
