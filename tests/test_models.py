@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from plmkit.errors import PlmkitError
 from plmkit.models.config import EncoderConfig, preset
+from plmkit.models.encoder import padding_mask
 from plmkit.models.model import PlmModel
 
 
@@ -148,7 +149,7 @@ def test_pre_ln_encoder_block_and_final_norm(tiny_encoder_cfg):
     out = model(ids, mask, output_hidden_states=True)
     # Recompute by hand: x + Attn(LN(x)), then x + FFN(LN(x)), then the final LayerNorm.
     x = out.hidden_states[0]
-    add = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    add = padding_mask(mask, torch.float32)
     for layer in model.backbone.layers:
         x = x + layer.attn(layer.attn_norm(x), add)[0]
         x = x + layer.ffn(layer.ffn_norm(x))

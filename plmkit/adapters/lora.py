@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import PlmkitError
+from ..models.dropout import Dropout
 
 # Short target names -> module path inside a transformer layer (the naming contract).
 TARGETS: dict[str, str] = {
@@ -36,7 +37,7 @@ class LoraLinear(nn.Module):
         w = base_layer.weight
         self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype)
         self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         # Same init as the LoRA reference code / PEFT: A ~ kaiming-uniform, B = 0 (so B A = 0).
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)

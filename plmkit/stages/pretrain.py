@@ -104,11 +104,11 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     # Everything that can fail on bad input happens before --out is touched.
     tok = _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
+    overrides: dict[str, Any] = {"pre_ln": True} if cfg.pre_ln else {}   # bert only (checked above)
+    if cfg.dropout is not None:
+        overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     model_cfg = preset(cfg.arch, cfg.size, vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                       max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024),
-                       **({"pre_ln": True} if cfg.pre_ln else {}),
-                       **({} if cfg.dropout is None else {"hidden_dropout": cfg.dropout,
-                                                          "attention_dropout": cfg.dropout}))
+                       max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024), **overrides)
     if cfg.arch == "bert" and tok.token_to_id("[PAD]") is not None:
         model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
