@@ -172,7 +172,7 @@ def test_standin_trainable_names(spec: str) -> None:
 def _rule(spec: str):
     """Expected-trainable rule for the real models (tied head weights appear under the backbone)."""
     head = lambda n: n.startswith("head.")  # noqa: E731
-    emb = ("backbone.embeddings.", "backbone.wte.", "backbone.wpe.")
+    emb = ("backbone.embeddings.",)
     return {
         "full": lambda n: True,
         "probe": head,
@@ -209,7 +209,7 @@ def test_tied_head_stays_out_of_peft() -> None:
     """GPT-2's lm_head is the embedding matrix: LoRA must not train or save it; probe has nothing."""
     model = make("gpt-clm")
     apply_strategy(model, "lora", SETTINGS)
-    assert not model.backbone.wte.weight.requires_grad
+    assert not model.backbone.embeddings.word.weight.requires_grad
     assert all(".lora_" in n for n in adapter_state_dict(model))
     with pytest.raises(PlmkitError, match="no parameter to train"):
         apply_strategy(make("gpt-clm"), "probe", SETTINGS)

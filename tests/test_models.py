@@ -9,7 +9,6 @@ import torch.nn.functional as F
 
 from plmkit.errors import PlmkitError
 from plmkit.models.config import EncoderConfig, preset
-from plmkit.models.encoder import padding_mask
 from plmkit.models.model import PlmModel
 
 
@@ -137,7 +136,8 @@ def test_albert_factorised_and_shared(tiny_encoder_cfg):
 
 
 def test_pre_ln_encoder_block_and_final_norm(tiny_encoder_cfg):
-    from plmkit.models.convert import check_hf_expressible
+    from plmkit.models.hf import check_expressible
+    from plmkit.models.layers import Context
 
     cfg = dataclasses.replace(tiny_encoder_cfg, pre_ln=True, hidden_dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
@@ -149,9 +149,9 @@ def test_pre_ln_encoder_block_and_final_norm(tiny_encoder_cfg):
     out = model(ids, mask, output_hidden_states=True)
     # Recompute by hand: x + Attn(LN(x)), then x + FFN(LN(x)), then the final LayerNorm.
     x = out.hidden_states[0]
-    add = padding_mask(mask, torch.float32)
+    ctx = Context(cfg, mask, torch.arange(ids.size(1))[None], ids.size(1), ids.size(1), torch.float32, False)
     for layer in model.backbone.layers:
-        x = x + layer.attn(layer.attn_norm(x), add)[0]
+        x = x + layer.attn(layer.attn_norm(x), ctx, None)[0]
         x = x + layer.ffn(layer.ffn_norm(x))
     expected = model.backbone.final_norm(x)
     assert torch.allclose(out.last_hidden_state, expected, atol=1e-5)
@@ -161,11 +161,11 @@ def test_pre_ln_encoder_block_and_final_norm(tiny_encoder_cfg):
     post.load_state_dict({k: v for k, v in model.state_dict().items() if "final_norm" not in k})
     assert not torch.allclose(post(ids, mask).last_hidden_state, expected, atol=1e-3)
     with pytest.raises(PlmkitError, match="pre-LN"):
-        check_hf_expressible(cfg, "mlm")
+        check_expressible(cfg, "mlm")
 
 
 def test_wrong_family_for_task(tiny_decoder_cfg):
-    with pytest.raises(PlmkitError, match="needs a encoder"):
+    with pytest.raises(PlmkitError, match="needs an encoder"):
         PlmModel(tiny_decoder_cfg, "mlm")
     with pytest.raises(PlmkitError, match="not divisible"):
         EncoderConfig(hidden_size=30, num_heads=4)

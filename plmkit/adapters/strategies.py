@@ -90,8 +90,8 @@ def _probe(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
     return Plan(_is_head)
 
 
-# Embedding modules of the two backbones: BERT's ``embeddings`` block, GPT-2's ``wte``/``wpe``.
-EMBEDDINGS = ("backbone.embeddings.", "backbone.wte.", "backbone.wpe.")
+# The embedding block of every backbone (word, positions, segments, norm, projection).
+EMBEDDINGS = ("backbone.embeddings.",)
 
 
 def _freeze(model: nn.Module, n: int | None, cfg: AdapterSettings) -> Plan:

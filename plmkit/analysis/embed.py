@@ -112,14 +112,9 @@ def resolve_layer(model: PlmModel, layer: int) -> int:
 def layer_states(model: PlmModel, batch: dict[str, Tensor]) -> tuple[Tensor, ...]:
     """L+1 x [B, T, H]: the embedding output then every block's output, from the backbone only
     (a task or MLM head would only cost time here)."""
-    bb = model.backbone
-    if model.family == "encoder":
-        out = bb(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
-                 output_hidden_states=True)
-        return out.hidden_states
-    out = bb(batch["input_ids"], batch.get("attention_mask"), output_hidden_states=True)
-    # The decoder records the last block before its final LayerNorm; use the normalised one.
-    return out.hidden_states[:-1] + (out.last_hidden_state,)
+    out = model.backbone(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                         output_hidden_states=True)
+    return out.hidden_states
 
 
 def forward_layers(model: PlmModel, features: Sequence[dict[str, Any]], pad: int, layers: Sequence[int], *,
@@ -148,12 +143,12 @@ def forward_layers(model: PlmModel, features: Sequence[dict[str, Any]], pad: int
         bar.close()
 
 
-def pool(tokens: Tensor, pooling: str, family: str) -> Tensor:
+def pool(tokens: Tensor, pooling: str, causal: bool) -> Tensor:
     """[T, H] token vectors of one text -> [H] sentence vector."""
     if pooling == "mean":
         return tokens.mean(0)
     if pooling == "cls":
-        return tokens[0] if family == "encoder" else tokens[-1]
+        return tokens[-1] if causal else tokens[0]      # a decoder's last token has seen the whole text
     raise PlmkitError(f"unknown pooling {pooling!r} (choose {', '.join(POOLINGS)})")
 
 
@@ -180,7 +175,7 @@ def embed_texts(model: PlmModel, tok: Tokenizer, texts: Sequence[str], *, poolin
     tokens: list[Tensor] = [torch.empty(0, H)] * len(encoded)
     for i, states in forward_layers(model, [e.feature() for e in encoded], pad_id(tok), [layer],
                                     batch_size=batch_size, progress=progress):
-        sentences[i] = pool(states[0], pooling, model.family)
+        sentences[i] = pool(states[0], pooling, model.config.causal)
         if keep_tokens:
             tokens[i] = states[0].clone()     # a view would keep the whole batch tensor alive
     if not keep_tokens:

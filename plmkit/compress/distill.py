@@ -198,9 +198,14 @@ def _teacher_defaults(teacher: PlmModel) -> dict[str, Any]:
     return {k: getattr(c, k) for k in keys if hasattr(c, k)}
 
 
+# A fresh preset student is BERT-shaped for an encoder teacher (whatever its family: a ModernBERT
+# teacher gets a BERT-style student) and GPT-2-shaped for a decoder.
+PRESET_ARCH = {False: "bert", True: "gpt"}
+
+
 def student_from_preset(teacher: PlmModel, size: str) -> PlmModel:
-    arch = "bert" if teacher.family == "encoder" else "gpt"
-    return PlmModel(preset(arch, size, **_teacher_defaults(teacher)), teacher.task, teacher.head_config)
+    return PlmModel(preset(PRESET_ARCH[teacher.config.causal], size, **_teacher_defaults(teacher)),
+                    teacher.task, teacher.head_config)
 
 
 def student_from_config(teacher: PlmModel, path: str) -> PlmModel:

@@ -62,8 +62,7 @@ class _Graph(nn.Module):
 
 
 def input_names(model: PlmModel) -> list[str]:
-    names = ["input_ids", "attention_mask"]
-    return names + ["token_type_ids"] if model.family == "encoder" else names
+    return model.config.input_names
 
 
 def example_batch(model: PlmModel, batch: int, length: int, padded: bool, seed: int = 0) -> dict[str, Tensor]:
@@ -75,7 +74,7 @@ def example_batch(model: PlmModel, batch: int, length: int, padded: bool, seed: 
     if padded:
         mask[-1, max(1, T // 2):] = 0
     feeds = {"input_ids": ids, "attention_mask": mask}
-    if model.family == "encoder":
+    if "token_type_ids" in model.config.input_names:
         types = torch.zeros_like(ids)
         types[:, T // 2:] = 1 if model.config.type_vocab_size > 1 else 0
         feeds["token_type_ids"] = types * mask

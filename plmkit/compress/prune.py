@@ -5,8 +5,13 @@ ranked by importance, the least important are removed, and the per-layer ``heads
 ``ffn`` lists of the config are updated, so ``PlmModel(config)`` builds exactly the new
 shape and ``load_model`` loads it:
 
-    head j of a layer (width d) owns rows j*d..(j+1)*d of q, k, v and the same columns of o;
-    FFN neuron j owns row j of fc1 and column j of fc2.
+    heads go in whole key/value groups: group j of a layer (G query heads sharing one key/value
+    head, G = 1 without grouped-query attention) owns rows j*G*d..(j+1)*G*d of q and the same
+    columns of o, and rows j*d..(j+1)*d of k and v;
+    FFN neuron j owns row j of fc1 (rows j and F + j of a gated FFN's fused fc1) and column j of fc2.
+
+Head importance is scored per query head and summed over each group; "heads" in counts,
+fractions and reports are query heads, removed a group at a time.
 
 Importance (``head_importance_gradient``) follows Michel et al. 2019, "Are Sixteen Heads
 Really Better than One?": a mask variable ξ_h (all ones) multiplies each head's context
@@ -36,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..errors import PlmkitError
-from ..models.encoder import linear
+from ..models.layers import linear
 from ..models.model import PlmModel
 
 # ---------------------------------------------------------------- structure access
@@ -92,7 +97,7 @@ def head_importance_gradient(model: PlmModel, batches: Iterable[dict[str, Tensor
     device = next(model.parameters()).device
     d = model.config.head_dim
     heads = [torch.ones(b.attn.n_heads, device=device, requires_grad=True) for b in blocks(model)]
-    ffns = [torch.ones(b.ffn.fc1.out_features, device=device, requires_grad=True) for b in blocks(model)]
+    ffns = [torch.ones(b.ffn.fc2.in_features, device=device, requires_grad=True) for b in blocks(model)]
     hooks = [b.attn.o.register_forward_pre_hook(_mask_hook(m, d)) for b, m in zip(blocks(model), heads)]
     hooks += [b.ffn.fc2.register_forward_pre_hook(_mask_hook(m, 1)) for b, m in zip(blocks(model), ffns)]
     was_training = model.training
@@ -125,7 +130,18 @@ def head_importance_gradient(model: PlmModel, batches: Iterable[dict[str, Tensor
     head_imp, ffn_imp = [t.detach() for t in head_imp], [t.detach() for t in ffn_imp]
     if normalize:
         head_imp, ffn_imp = _normalize_per_layer(head_imp), _normalize_per_layer(ffn_imp)
-    return Importance(head_imp, ffn_imp)
+    return Importance(_group_sums(model, head_imp), ffn_imp)
+
+
+def group_size(block: nn.Module) -> int:
+    """Query heads per key/value head in a layer (1 without grouped-query attention)."""
+    a = block.attn
+    return a.n_heads // a.n_kv if a.n_kv else 1
+
+
+def _group_sums(model: PlmModel, per_head: list[Tensor]) -> list[Tensor]:
+    """Per-query-head scores [h] -> per-group scores [g]: a group is kept or removed whole."""
+    return [s.view(b.attn.n_kv, -1).sum(1) if b.attn.n_kv else s[:0] for s, b in zip(per_head, blocks(model))]
 
 
 @torch.no_grad()
@@ -134,11 +150,15 @@ def magnitude_importance(model: PlmModel) -> Importance:
     d, H = model.config.head_dim, model.config.hidden_size
     heads, ffns = [], []
     for b in blocks(model):
-        a, h = b.attn, b.attn.n_heads
-        rows = sum(w.weight.float().view(h, d, H).pow(2).sum((1, 2)) for w in (a.q, a.k, a.v))
-        cols = a.o.weight.float().view(H, h, d).pow(2).sum((0, 2))
-        heads.append((rows + cols).sqrt())
-        ffns.append((b.ffn.fc1.weight.float().pow(2).sum(1) + b.ffn.fc2.weight.float().pow(2).sum(0)).sqrt())
+        a, g = b.attn, b.attn.n_kv
+        per_group = lambda w, n: w.float().reshape(g, n, -1).pow(2).sum((1, 2))  # noqa: E731
+        G = group_size(b)
+        total = (per_group(a.q.weight, G * d) + per_group(a.k.weight, d) + per_group(a.v.weight, d)
+                 + per_group(a.o.weight.t(), G * d)) if g else a.q.weight.new_zeros(0)
+        heads.append(total.sqrt())
+        width = b.ffn.fc2.in_features
+        fc1 = b.ffn.fc1.weight.float().pow(2).sum(1).view(-1, width).sum(0)   # gated: rows j and F + j
+        ffns.append((fc1 + b.ffn.fc2.weight.float().pow(2).sum(0)).sqrt())
     return Importance(heads, ffns)
 
 
@@ -215,35 +235,64 @@ def select_keep(scores: list[Tensor], removal: Removal, min_keep: int) -> list[T
 def _sliced(lin: nn.Linear, idx: Tensor, dim: int) -> nn.Linear:
     """A new Linear holding only rows (dim 0: outputs) or columns (dim 1: inputs) ``idx``."""
     w = lin.weight.index_select(dim, idx.to(lin.weight.device))
-    new = linear(w.shape[1], w.shape[0]).to(device=w.device, dtype=w.dtype)
+    new = linear(w.shape[1], w.shape[0], bias=lin.bias is not None).to(device=w.device, dtype=w.dtype)
     new.weight.copy_(w)
     if lin.bias is not None:
         new.bias.copy_(lin.bias.index_select(0, idx.to(lin.bias.device)) if dim == 0 else lin.bias)
     return new
 
 
+def _rows(units: Tensor, width: int) -> Tensor:
+    """Row indices [len(units) * width] of the units (each ``width`` rows wide)."""
+    return (units[:, None] * width + torch.arange(width)).reshape(-1)
+
+
 def prune_heads(model: PlmModel, keep: list[Tensor]) -> None:
-    """Keep only heads ``keep[i]`` in layer i: q/k/v lose rows, o loses columns; config.heads follows."""
+    """Keep only key/value groups ``keep[i]`` in layer i: q/k/v lose rows, o loses columns;
+    config.heads and config.kv_heads follow."""
     d = model.config.head_dim
     for b, kept in zip(blocks(model), keep):
-        a = b.attn
-        if len(kept) == a.n_heads:
+        a, G = b.attn, group_size(b)
+        if len(kept) == a.n_kv:
             continue
-        rows = (kept[:, None] * d + torch.arange(d)).reshape(-1)          # [h_kept * d]
-        a.q, a.k, a.v = (_sliced(m, rows, 0) for m in (a.q, a.k, a.v))
-        a.o = _sliced(a.o, rows, 1)
-        a.n_heads = len(kept)
+        q_rows, kv_rows = _rows(kept, G * d), _rows(kept, d)
+        a.q, a.o = _sliced(a.q, q_rows, 0), _sliced(a.o, q_rows, 1)
+        a.k, a.v = _sliced(a.k, kv_rows, 0), _sliced(a.v, kv_rows, 0)
+        a.n_heads, a.n_kv = len(kept) * G, len(kept)
     _set_sizes(model, heads=[b.attn.n_heads for b in blocks(model)])
 
 
 def prune_ffn(model: PlmModel, keep: list[Tensor]) -> None:
-    """Keep only neurons ``keep[i]`` in layer i: fc1 loses rows, fc2 columns; config.ffn follows."""
+    """Keep only neurons ``keep[i]`` in layer i: fc1 loses rows (a gated FFN's both halves),
+    fc2 columns; config.ffn follows."""
     for b, kept in zip(blocks(model), keep):
         f = b.ffn
-        if len(kept) == f.fc1.out_features:
+        width = f.fc2.in_features
+        if len(kept) == width:
             continue
-        f.fc1, f.fc2 = _sliced(f.fc1, kept, 0), _sliced(f.fc2, kept, 1)
-    _set_sizes(model, ffn=[b.ffn.fc1.out_features for b in blocks(model)])
+        halves = f.fc1.out_features // width if width else 1            # 2 for a gated FFN
+        rows = torch.cat([kept + j * width for j in range(halves)])
+        f.fc1, f.fc2 = _sliced(f.fc1, rows, 0), _sliced(f.fc2, kept, 1)
+    _set_sizes(model, ffn=[b.ffn.fc2.in_features for b in blocks(model)])
+
+
+def head_units(model: PlmModel) -> list[int]:
+    """Removable head units per layer: key/value groups (= heads without grouped-query attention)."""
+    return [b.attn.n_kv for b in blocks(model)]
+
+
+def heads_to_units(model: PlmModel, counts: list[int] | None) -> list[int] | None:
+    """Per-layer query-head counts -> group counts; a count must be a whole number of groups."""
+    if counts is None:
+        return None
+    sizes = [group_size(b) for b in blocks(model)]
+    if len(counts) == len(sizes):
+        for i, (c, G) in enumerate(zip(counts, sizes)):
+            if c % G:
+                raise PlmkitError(f"--remove-heads: layer {i} shares each key/value head among {G} query heads; "
+                                  f"remove a multiple of {G}, not {c}")
+        return [c // G for c, G in zip(counts, sizes)]
+    return counts     # a count mismatch is reported by plan_removal
 
 
 def _set_sizes(model: PlmModel, **sizes: list[int]) -> None:

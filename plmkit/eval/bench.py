@@ -70,7 +70,7 @@ class Settings:
 def task_of_dir(path: Path) -> tuple[str, str]:
     """(kind, task name) of a model directory, from its config files alone (nothing loaded)."""
     from ..compress.onnx_model import is_onnx_dir
-    from ..models import convert
+    from ..models import hf
     from ..models.checkpoint import read_model_config
     from ..tasks import TASK_OF_HEAD
 
@@ -83,7 +83,7 @@ def task_of_dir(path: Path) -> tuple[str, str]:
     if "plmkit" in raw:
         head, saved = raw.get("task", "base"), raw.get("head_config", {}).get("finetune_task")
     else:
-        _, head = convert.hf_family(raw, str(path / "config.json"))
+        _, head = hf.family_of(raw, str(path / "config.json"))
         saved = None
     task = saved or TASK_OF_HEAD.get(head)
     if task not in ("classify", "ner", "qa"):
@@ -350,7 +350,7 @@ def encoding(path: str, task_name: str) -> tuple[Any, Any, Any, dict[str, Any]]:
     The same values ``load_finetuned`` gives ``plmkit evaluate``, so the features are the same.
     """
     from ..config import build
-    from ..models import convert
+    from ..models import hf
     from ..models.checkpoint import load_tokenizer, read_model_config
     from ..tasks import TASKS, Prep
 
@@ -358,7 +358,7 @@ def encoding(path: str, task_name: str) -> tuple[Any, Any, Any, dict[str, Any]]:
     if "plmkit" in raw:
         head_config = raw.get("head_config", {})
     else:
-        labels = convert.labels_from_hf(raw)
+        labels = hf.labels_from_hf(raw)
         head_config = {"num_labels": len(labels), "labels": labels} if labels else {}
     prep = build(Prep, head_config.get("preprocess", {}), source=f"{path}: head_config.preprocess")
     return TASKS[task_name], prep, load_tokenizer(path), head_config

@@ -1,4 +1,4 @@
-"""Checkpoint directories: save, load, and read HF directories through ``convert``.
+"""Checkpoint directories: save, load, and read HF directories through ``models/hf``.
 
 A plmkit checkpoint is a directory:
   config.json        {"plmkit": version, "task", "head_config", "model": {...}}
@@ -25,9 +25,9 @@ from tokenizers import Tokenizer
 from .. import __version__
 from ..errors import PlmkitError
 from ..io import atomic_dir, read_json, write_json
-from . import convert
+from . import hf
 from .config import config_from_dict, config_to_dict
-from .heads import HEADS, TASK_FAMILIES
+from .heads import HEADS, check_head
 from .model import PlmModel
 
 WEIGHTS = "model.safetensors"
@@ -97,13 +97,10 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
         saved_task, saved_head = raw.get("task", "base"), raw.get("head_config", {})
         state = _load_weights(path)
     else:
-        cfg = convert.config_from_hf(raw, str(path / "config.json"))
-        family, saved_task = convert.hf_family(raw, str(path / "config.json"))
-        labels = convert.labels_from_hf(raw)
-        saved_head = {"num_labels": len(labels), "labels": labels} if labels else {}
-        state = convert.state_from_hf(_load_weights(path), family, saved_task)
-        if family == "encoder":  # HF BERT checkpoints may be saved without the pooler
-            cfg.use_pooler = any(k.startswith("backbone.pooler.") for k in state)
+        cfg, saved_task, saved_head = hf.read_config(raw, str(path / "config.json"))
+        state = hf.state_from_hf(_load_weights(path), cfg, saved_task)
+        # HF checkpoints may be saved without the pooler (BertForMaskedLM): then there is none
+        cfg.use_pooler = cfg.use_pooler and any(k.startswith("backbone.pooler.") for k in state)
     same_task = task is None or task == saved_task
     model = PlmModel(cfg, saved_task if same_task else task, saved_head if same_task else head_config)
     if not same_task:
@@ -148,8 +145,7 @@ def _load_adapter(path: Path, raw: dict[str, Any], meta: dict[str, Any], task: s
 
 def replace_head(model: PlmModel, task: str, head_config: dict[str, Any]) -> PlmModel:
     """Give ``model`` a freshly initialised ``task`` head (the backbone, adapters included, is kept)."""
-    if model.family not in TASK_FAMILIES.get(task, ()):
-        raise PlmkitError(f"task '{task}' does not fit a {model.family} model")
+    check_head(task, model.config)
     model.task, model.head_config = task, dict(head_config)
     model.head = HEADS[task](model.config, model.backbone, model.head_config)
     return model
@@ -253,9 +249,9 @@ def export_hf(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer | None,
 
     from ..tokenizer import save_tokenizer
 
-    hf_cfg = convert.config_to_hf(model.config, model.task, model.head_config.get("labels"))
+    hf_cfg = hf.config_to_hf(model.config, model.task, model.head_config.get("labels"))
     state = {k: v for k, v in model.state_dict().items() if k not in _tied_names(model)}
-    hf_state = convert.state_to_hf(state, model.config, model.task)
+    hf_state = hf.state_to_hf(state, model.config, model.task)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})

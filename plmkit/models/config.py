@@ -1,104 +1,211 @@
-"""Model configs and size presets.
+"""Model configs: one typed record of architecture choices, and size presets.
 
-One dataclass per family. Per-layer head counts and FFN widths are explicit lists so a
-pruned model is a real, smaller model: layer i has ``heads[i]`` heads of ``head_dim`` each
-and an FFN of width ``ffn[i]``. ``config.json`` in a checkpoint is ``asdict`` of these
-plus a ``family`` key.
+A model family is data, not code: ``ModelConfig`` holds every choice the backbone is built
+from (positions, normalisation, FFN, attention pattern, biases, embedding projection, heads),
+and ``models/layers.py`` picks the small module for each choice from a registry. BERT,
+RoBERTa, ALBERT, ModernBERT, GPT-2 and Llama are different values of the same fields.
+``EncoderConfig`` and ``DecoderConfig`` only change the defaults (BERT's and GPT-2's), so a
+config written as ``EncoderConfig(hidden_size=256, ...)`` reads as it always did.
+
+Per-layer head counts and FFN widths are explicit lists so a pruned model is a real, smaller
+model: layer i has ``heads[i]`` query heads of ``head_dim`` each, sharing ``kv_heads[i]``
+key/value heads (grouped-query attention; equal to heads[i] for plain multi-head attention),
+and an FFN of width ``ffn[i]``. ``config.json`` in a checkpoint is ``asdict`` of the config
+plus a ``family`` key ("encoder" or "decoder", from ``causal``).
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import PlmkitError
 
+# The choices each field may take (the registries in layers.py are keyed by the same names).
+POSITIONS = ("learned", "learned_offset", "rotary", "none")
+NORMS = ("layernorm", "rmsnorm")
+FFN_KINDS = ("plain", "gated")
+ACTIVATION_NAMES = ("gelu", "gelu_new", "relu", "silu", "tanh")
+POOLINGS = ("cls", "mean")
+ROPE_KINDS = ("default", "linear", "llama3")
+
 
 @dataclass
-class EncoderConfig:
-    """BERT family (post-LN, or pre-LN on request), with optional ALBERT factorised embeddings and layer sharing."""
+class ModelConfig:
+    """Every architecture choice of a plmkit backbone and its heads (defaults: BERT-base)."""
 
+    # --- sizes
     vocab_size: int = 30522
     hidden_size: int = 768
     num_layers: int = 12
-    num_heads: int = 12                       # default heads per layer
-    intermediate_size: int = 3072             # default FFN width per layer
+    num_heads: int = 12                       # default query heads per layer
+    num_kv_heads: int | None = None           # default key/value heads per layer (None: = num_heads)
+    intermediate_size: int | None = 3072      # default FFN width per layer (None: 4 x hidden)
     head_dim: int | None = None               # None -> hidden_size // num_heads
-    heads: list[int] | None = None            # per-layer heads (after pruning)
+    heads: list[int] | None = None            # per-layer query heads (after pruning: whole key/value groups)
     ffn: list[int] | None = None              # per-layer FFN width (after pruning)
-    max_position: int = 512
-    type_vocab_size: int = 2
-    embedding_size: int | None = None         # ALBERT: E < H factorised embeddings
+    max_position: int = 512                   # the longest input, in tokens
+    # --- attention pattern
+    causal: bool = False                      # decoder: each token sees only itself and earlier ones
+    local_window: int | None = None           # local layers see |i - j| <= local_window // 2 (ModernBERT: 128)
+    global_every: int = 1                     # with local_window: layer i is global when i % global_every == 0
+    attn_bias: bool = True                    # biases of the q/k/v projections
+    attn_out_bias: bool = True                # bias of the output projection
+    qk_norm: bool = False                     # RMSNorm on each query/key head before rotary (Qwen3)
+    # --- positions
+    positions: str = "learned"                # learned | learned_offset (RoBERTa) | rotary | none
+    position_offset: int = 0                  # learned_offset: the first real position's index (RoBERTa: pad + 1)
+    rope_theta: float = 10000.0
+    rope_theta_local: float | None = None     # rotary base of the local layers (ModernBERT: 10,000)
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "linear"|"llama3", "factor": ...}
+    # --- embeddings
+    type_vocab_size: int = 2                  # segment (token type) embeddings; 0: none
+    task_type_vocab_size: int = 0             # ERNIE's task-type embeddings; 0: none
+    embedding_size: int | None = None         # E < H: factorised embeddings projected E -> H (ALBERT, ELECTRA)
+    embedding_norm: bool = True               # a norm over the summed embeddings (BERT); GPT-2/Llama: none
     share_layers: bool = False                # ALBERT: one layer's weights reused num_layers times
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
+    # --- blocks
+    norm: str = "layernorm"                   # layernorm | rmsnorm
+    norm_bias: bool = True                    # LayerNorm with a bias (ModernBERT: without)
     layer_norm_eps: float = 1e-12
+    pre_ln: bool = False                      # norm before each sub-layer + a final norm (GPT-2, ModernBERT, Llama)
+    first_attn_norm: bool = True              # pre-LN: ModernBERT leaves layer 0's attention input unnormalised
+    ffn_kind: str = "plain"                   # plain: fc2(act(fc1 x)); gated: fc2(act(a) * g), [a; g] = fc1 x
+    ffn_bias: bool = True
     activation: str = "gelu"
-    pad_token_id: int = 0
-    use_pooler: bool = True
-    pre_ln: bool = False                      # LN before each sub-layer + a final LN (GPT-2's layout);
-                                              # not expressible in the HF BERT layout
-
-    def __post_init__(self) -> None:
-        _resolve_sizes(self)
-        if self.share_layers and (len(set(self.heads)) > 1 or len(set(self.ffn)) > 1):
-            raise PlmkitError("share_layers needs identical sizes in every layer")
-
-    @property
-    def family(self) -> str:
-        return "encoder"
-
-
-@dataclass
-class DecoderConfig:
-    """GPT-2 family (pre-LN), tied input/output embeddings, learned positions."""
-
-    vocab_size: int = 50257
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    intermediate_size: int | None = None      # None -> 4 * hidden_size
-    head_dim: int | None = None
-    heads: list[int] | None = None
-    ffn: list[int] | None = None
-    max_position: int = 1024
     hidden_dropout: float = 0.1
     attention_dropout: float = 0.1
-    layer_norm_eps: float = 1e-5
-    activation: str = "gelu_new"
-    bos_token_id: int = 50256
-    eos_token_id: int = 50256
-    pad_token_id: int | None = None
+    # --- heads
+    use_pooler: bool = True                   # BERT's pooler: tanh(dense(h[CLS])), read by NSP and classification
+    cls_head: str | None = None               # the classification head's own dense + this activation on the
+                                              # sentence vector (RoBERTa tanh, ELECTRA gelu, DistilBERT relu)
+    head_norm: bool = False                   # a norm after the head's dense + activation (ModernBERT)
+    head_bias: bool = True                    # bias of the heads' dense layers (ModernBERT: none)
+    head_activation: str | None = None        # activation of the MLM / head transforms (None: ``activation``)
+    token_transform: bool = False             # token and span heads transform every token first (ModernBERT)
+    pooling: str = "cls"                      # sentence vector without a pooler: cls | mean (decoders: last token)
+    tie_embeddings: bool = True               # the LM / MLM output matrix is the word embedding matrix
+    # --- special tokens and the HF layout this config exports to
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    layout: str = "bert"                      # key of the converter in models/hf/ (export --format hf)
 
     def __post_init__(self) -> None:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         _resolve_sizes(self)
+        _check_choices(self)
 
     @property
     def family(self) -> str:
-        return "decoder"
+        """'encoder' or 'decoder': a description for people and config.json, never a branch."""
+        return "decoder" if self.causal else "encoder"
+
+    @property
+    def input_names(self) -> list[str]:
+        """The token inputs the backbone reads (ONNX graph inputs)."""
+        return ["input_ids", "attention_mask"] + (["token_type_ids"] if self.type_vocab_size else [])
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
+        return self.num_heads // (self.num_kv_heads or self.num_heads)
+
+    @property
+    def kv_heads(self) -> list[int]:
+        """Key/value heads per layer; pruning removes whole groups, so heads[i] / group_size."""
+        return [h // self.group_size for h in self.heads]
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def window(self, layer: int) -> int | None:
+        """Half-width of layer ``layer``'s local attention, or None for a global layer."""
+        if self.local_window is None or layer % self.global_every == 0:
+            return None
+        return self.local_window // 2
+
+    def theta(self, layer: int) -> float | None:
+        """Rotary base of layer ``layer`` (None: no rotary positions)."""
+        if self.positions != "rotary":
+            return None
+        if self.window(layer) is not None and self.rope_theta_local is not None:
+            return self.rope_theta_local
+        return self.rope_theta
 
 
-def _resolve_sizes(cfg: EncoderConfig | DecoderConfig) -> None:
-    """Fill head_dim and the per-layer head / FFN lists from the uniform defaults."""
+@dataclass
+class EncoderConfig(ModelConfig):
+    """BERT's defaults (post-LN, learned positions, segments, tanh pooler)."""
+
+
+@dataclass
+class DecoderConfig(ModelConfig):
+    """GPT-2's defaults (pre-LN, learned positions, tied output embeddings, causal)."""
+
+    vocab_size: int = 50257
+    intermediate_size: int | None = None
+    max_position: int = 1024
+    causal: bool = True
+    type_vocab_size: int = 0
+    embedding_norm: bool = False
+    layer_norm_eps: float = 1e-5
+    pre_ln: bool = True
+    activation: str = "gelu_new"
+    use_pooler: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    layout: str = "gpt2"
+
+
+def _resolve_sizes(cfg: ModelConfig) -> None:
+    """Fill head_dim and the per-layer head / kv-head / FFN lists from the uniform defaults."""
     if cfg.head_dim is None:
         if cfg.hidden_size % cfg.num_heads:
             raise PlmkitError(f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}")
         cfg.head_dim = cfg.hidden_size // cfg.num_heads
     cfg.heads = _per_layer(cfg.heads, cfg.num_heads, cfg.num_layers, "heads")
+    kv = cfg.num_kv_heads or cfg.num_heads
+    if cfg.num_heads % kv:
+        raise PlmkitError(f"num_heads {cfg.num_heads} is not a multiple of num_kv_heads {kv}")
+    bad = [i for i, h in enumerate(cfg.heads) if h % cfg.group_size]
+    if bad:
+        raise PlmkitError(f"config: layer {bad[0]} has {cfg.heads[bad[0]]} query heads, not a multiple of the "
+                          f"{cfg.group_size} that share each key/value head")
     cfg.ffn = _per_layer(cfg.ffn, cfg.intermediate_size, cfg.num_layers, "ffn")
 
 
-def _per_layer(values: list[int] | None, default: int, n: int, name: str) -> list[int]:
+def _per_layer(values: list[int] | None, default: int | None, n: int, name: str) -> list[int]:
     if values is None:
-        return [default] * n
+        return [int(default)] * n
     values = [int(v) for v in values]
     if len(values) != n:
         raise PlmkitError(f"config: '{name}' has {len(values)} entries for {n} layers")
     if any(v < 0 for v in values):
         raise PlmkitError(f"config: '{name}' has a negative size")
     return values
+
+
+def _check_choices(cfg: ModelConfig) -> None:
+    for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("ffn_kind", FFN_KINDS),
+                          ("activation", ACTIVATION_NAMES), ("pooling", POOLINGS)):
+        if getattr(cfg, name) not in allowed:
+            raise PlmkitError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    for name in ("cls_head", "head_activation"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) not in ACTIVATION_NAMES:
+            raise PlmkitError(f"config: {name} must be one of {', '.join(ACTIVATION_NAMES)} or null")
+    if cfg.share_layers and (len(set(cfg.heads)) > 1 or len(set(cfg.ffn)) > 1):
+        raise PlmkitError("share_layers needs identical sizes in every layer")
+    if cfg.local_window is not None and (cfg.causal or cfg.local_window < 2 or cfg.global_every < 1):
+        raise PlmkitError("local attention needs a bidirectional model, local_window >= 2 and global_every >= 1")
+    kind = (cfg.rope_scaling or {}).get("rope_type", "default")
+    if kind not in ROPE_KINDS:
+        raise PlmkitError(f"config: rope_scaling kind {kind!r} is not supported (supported: {', '.join(ROPE_KINDS)})")
+    if cfg.positions == "rotary" and cfg.head_dim % 2:
+        raise PlmkitError(f"config: rotary positions need an even head_dim, got {cfg.head_dim}")
 
 
 # BERT miniatures (Turc et al. 2019) and GPT-2 sizes. Heads follow H / 64.
@@ -116,30 +223,39 @@ GPT_PRESETS: dict[str, dict[str, int]] = {
     "medium": dict(num_layers=8, hidden_size=512, num_heads=8),
     "base": dict(num_layers=12, hidden_size=768, num_heads=12),
 }
+ARCHS: dict[str, tuple[dict[str, dict[str, int]], type[ModelConfig]]] = {
+    "bert": (BERT_PRESETS, EncoderConfig), "gpt": (GPT_PRESETS, DecoderConfig)}
 
 
-def preset(arch: str, size: str, **overrides: Any) -> EncoderConfig | DecoderConfig:
-    table, cls = (BERT_PRESETS, EncoderConfig) if arch == "bert" else (GPT_PRESETS, DecoderConfig)
-    if arch not in ("bert", "gpt"):
-        raise PlmkitError(f"unknown architecture '{arch}' (choose bert or gpt)")
+def preset(arch: str, size: str, **overrides: Any) -> ModelConfig:
+    if arch not in ARCHS:
+        raise PlmkitError(f"unknown architecture '{arch}' (choose {', '.join(ARCHS)})")
+    table, cls = ARCHS[arch]
     if size not in table:
         raise PlmkitError(f"unknown size '{size}' for {arch} (choose {', '.join(table)})")
     return cls(**{**table[size], **overrides})
 
 
-def config_to_dict(cfg: EncoderConfig | DecoderConfig) -> dict[str, Any]:
+CLASSES: dict[str, type[ModelConfig]] = {"encoder": EncoderConfig, "decoder": DecoderConfig}
+
+
+def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
     return {"family": cfg.family, **dataclasses.asdict(cfg)}
 
 
-def config_from_dict(d: dict[str, Any], source: str = "config.json") -> EncoderConfig | DecoderConfig:
+def config_from_dict(d: dict[str, Any], source: str = "config.json") -> ModelConfig:
+    if not isinstance(d, dict):
+        raise PlmkitError(f"{source}: the model config must be a JSON object")
     d = dict(d)
     family = d.pop("family", None)
-    classes = {"encoder": EncoderConfig, "decoder": DecoderConfig}
-    if family not in classes:
-        raise PlmkitError(f"{source}: 'family' must be one of {sorted(classes)}, got {family!r}")
-    cls = classes[family]
+    if family not in CLASSES:
+        raise PlmkitError(f"{source}: 'family' must be one of {sorted(CLASSES)}, got {family!r}")
+    cls = CLASSES[family]
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
         raise PlmkitError(f"{source}: unknown model config keys {sorted(unknown)}")
-    return cls(**d)
+    try:
+        return cls(**d)
+    except (TypeError, ValueError) as e:
+        raise PlmkitError(f"{source}: bad model config ({e})") from None

@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import DecoderConfig, EncoderConfig
-from .decoder import DecoderOutput
+from ..errors import PlmkitError
+from .config import ModelConfig
 from .dropout import Dropout
-from .encoder import ACTIVATIONS
+from .layers import ACTIVATIONS, Transform, make_norm
+from .transformer import BackboneOutput
 
 IGNORE = -100
 
@@ -35,15 +36,20 @@ class ModelOutput:
     aux: dict[str, Tensor] = field(default_factory=dict)   # component losses and accuracies
 
 
-def _cls_vector(out: Any, batch: dict[str, Tensor]) -> Tensor:
-    """Sentence vector: BERT's pooler when present, else [CLS]; decoders use the last real token."""
-    if getattr(out, "pooled", None) is not None:
+def sentence_vector(cfg: ModelConfig, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
+    """[B, H]: the last real token of a decoder; an encoder's pooler output, unless its classification
+    head has a dense of its own (then the raw [CLS], or the mean of the real tokens with
+    ``pooling: mean``)."""
+    h, mask = out.last_hidden_state, batch.get("attention_mask")
+    rows = torch.arange(h.size(0), device=h.device)
+    if cfg.causal:   # the last 1 of the mask: right- and left-padded rows alike
+        last = h.size(1) - 1 - (mask.flip(1).argmax(1) if mask is not None else 0)
+        return h[rows, last]
+    if out.pooled is not None and cfg.cls_head is None:
         return out.pooled
-    h = out.last_hidden_state
-    if isinstance(out, DecoderOutput):
-        mask = batch.get("attention_mask")
-        last = (mask.sum(1) - 1) if mask is not None else torch.full((h.size(0),), h.size(1) - 1, device=h.device)
-        return h[torch.arange(h.size(0), device=h.device), last.long()]
+    if cfg.pooling == "mean":
+        m = mask[..., None].to(h.dtype) if mask is not None else torch.ones_like(h[..., :1])
+        return (h * m).sum(1) / m.sum(1)
     return h[:, 0]
 
 
@@ -55,29 +61,44 @@ def _linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+def _transform(cfg: ModelConfig, activation: str | None) -> Transform | None:
+    """A head's own dense + activation (+ norm), initialised as BERT's heads; None without one."""
+    if activation is None:
+        return None
+    t = Transform(cfg, cfg.hidden_size, cfg.hidden_size, activation, cfg.head_norm, cfg.head_bias)
+    nn.init.normal_(t.dense.weight, std=0.02)
+    if t.dense.bias is not None:
+        nn.init.zeros_(t.dense.bias)
+    return t
+
+
 class MLMHead(nn.Module):
-    """transform (dense, act, LN) then a decoder tied to the word embeddings.
+    """transform (dense H -> E, act, norm) then a decoder E -> V, tied to the word embeddings.
 
     With labels, only the masked positions are projected onto the vocabulary: ~15% of the
     tokens, which saves most of the largest matmul in pre-training.
     """
 
-    def __init__(self, cfg: EncoderConfig, word: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, word: nn.Embedding):
         super().__init__()
-        E = cfg.embedding_size or cfg.hidden_size
-        self.dense = nn.Linear(cfg.hidden_size, E)
-        self.act = ACTIVATIONS[cfg.activation]
-        self.norm = nn.LayerNorm(E, eps=cfg.layer_norm_eps)
+        E = cfg.embedding_width
+        self.dense = nn.Linear(cfg.hidden_size, E, bias=cfg.head_bias)
+        self.act = ACTIVATIONS[cfg.head_activation or cfg.activation]
+        self.norm = make_norm(E, cfg)
         self.decoder = nn.Linear(E, cfg.vocab_size)
-        self.decoder.weight = word.weight                       # tied
+        if cfg.tie_embeddings:
+            self.decoder.weight = word.weight
+        else:
+            nn.init.normal_(self.decoder.weight, std=0.02)
         nn.init.zeros_(self.decoder.bias)
         nn.init.normal_(self.dense.weight, std=0.02)
-        nn.init.zeros_(self.dense.bias)
+        if self.dense.bias is not None:
+            nn.init.zeros_(self.dense.bias)
 
     def logits(self, h: Tensor) -> Tensor:
         return self.decoder(self.norm(self.act(self.dense(h))))
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
         labels = batch.get("labels")
         h = out.last_hidden_state
         if labels is None:
@@ -98,14 +119,15 @@ class MLMHead(nn.Module):
 class PretrainHead(nn.Module):
     """MLM + a 2-way sentence-pair head (NSP: is B the real next segment; SOP: is the order swapped)."""
 
-    def __init__(self, cfg: EncoderConfig, word: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, word: nn.Embedding):
         super().__init__()
+        self.cfg = cfg
         self.mlm = MLMHead(cfg, word)
         self.pair = nn.Linear(cfg.hidden_size, 2)
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
         res = self.mlm(out, batch)
-        res.nsp_logits = self.pair(_cls_vector(out, batch))
+        res.nsp_logits = self.pair(sentence_vector(self.cfg, out, batch))
         target = batch.get("next_sentence_label")
         if target is not None and res.loss is not None:
             nsp = F.cross_entropy(res.nsp_logits.float(), target)
@@ -118,12 +140,15 @@ class PretrainHead(nn.Module):
 class CLMHead(nn.Module):
     """Next-token prediction; labels are the inputs, shifted here (-100 positions ignored)."""
 
-    def __init__(self, cfg: DecoderConfig, wte: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, word: nn.Embedding):
         super().__init__()
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.lm_head.weight = wte.weight                        # tied
+        if cfg.tie_embeddings:
+            self.lm_head.weight = word.weight
+        else:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
         logits = self.lm_head(out.last_hidden_state)            # [B, T, V]
         labels = batch.get("labels")
         if labels is None:
@@ -135,30 +160,43 @@ class CLMHead(nn.Module):
 
 
 class SequenceHead(nn.Module):
-    """Classification of the whole input (single sentences or pairs)."""
+    """Classification of the whole input (single sentences or pairs): the sentence vector,
+    the head's own dense + activation when the family has one (RoBERTa, ELECTRA, DistilBERT,
+    ModernBERT), dropout, classifier."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float):
         super().__init__()
+        self.cfg = cfg
+        self.transform = _transform(cfg, cfg.cls_head)
         self.drop = Dropout(dropout)
-        self.classifier = _linear(hidden, num_labels)
+        self.classifier = _linear(cfg.hidden_size, num_labels)
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
-        logits = self.classifier(self.drop(_cls_vector(out, batch)))     # [B, C]
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
+        v = sentence_vector(self.cfg, out, batch)                        # [B, H]
+        if self.transform is not None:
+            v = self.transform(v)
+        logits = self.classifier(self.drop(v))                           # [B, C]
         labels = batch.get("labels")
         loss = F.cross_entropy(logits.float(), labels) if labels is not None else None
         return ModelOutput(loss=loss, logits=logits)
 
 
+def _tokens(transform: Transform | None, out: BackboneOutput) -> Tensor:
+    h = out.last_hidden_state
+    return transform(h) if transform is not None else h
+
+
 class TokenHead(nn.Module):
     """One label per token (NER); -100 labels (sub-word continuations, specials) are ignored."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float):
         super().__init__()
+        self.transform = _transform(cfg, cfg.head_activation or cfg.activation) if cfg.token_transform else None
         self.drop = Dropout(dropout)
-        self.classifier = _linear(hidden, num_labels)
+        self.classifier = _linear(cfg.hidden_size, num_labels)
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
-        logits = self.classifier(self.drop(out.last_hidden_state))      # [B, T, C]
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
+        logits = self.classifier(self.drop(_tokens(self.transform, out)))    # [B, T, C]
         labels = batch.get("labels")
         loss = None
         if labels is not None:
@@ -169,12 +207,13 @@ class TokenHead(nn.Module):
 class SpanHead(nn.Module):
     """Extractive QA: start and end logits per token."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.qa_outputs = _linear(hidden, 2)
+        self.transform = _transform(cfg, cfg.head_activation or cfg.activation) if cfg.token_transform else None
+        self.qa_outputs = _linear(cfg.hidden_size, 2)
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
-        start, end = self.qa_outputs(out.last_hidden_state).unbind(-1)  # [B, T] each
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
+        start, end = self.qa_outputs(_tokens(self.transform, out)).unbind(-1)   # [B, T] each
         mask = batch.get("attention_mask")
         if mask is not None:  # never predict padding
             start = start.masked_fill(mask == 0, torch.finfo(start.dtype).min)
@@ -191,31 +230,37 @@ class SpanHead(nn.Module):
 class NoHead(nn.Module):
     """Bare backbone (feature extraction, HF BertModel)."""
 
-    def forward(self, out: Any, batch: dict[str, Tensor]) -> ModelOutput:
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
         return ModelOutput()
 
 
-def _word(backbone: nn.Module) -> nn.Embedding:
-    return backbone.embeddings.word if hasattr(backbone, "embeddings") else backbone.wte
-
-
-def _dropout(cfg: Any, hc: dict[str, Any]) -> float:
+def _dropout(cfg: ModelConfig, hc: dict[str, Any]) -> float:
     return float(hc.get("dropout", cfg.hidden_dropout))
 
 
-HeadBuilder = Callable[[Any, nn.Module, dict[str, Any]], nn.Module]
+HeadBuilder = Callable[[ModelConfig, nn.Module, dict[str, Any]], nn.Module]
 HEADS: dict[str, HeadBuilder] = {
     "base": lambda cfg, bb, hc: NoHead(),
-    "mlm": lambda cfg, bb, hc: MLMHead(cfg, _word(bb)),
-    "mlm+nsp": lambda cfg, bb, hc: PretrainHead(cfg, _word(bb)),
-    "mlm+sop": lambda cfg, bb, hc: PretrainHead(cfg, _word(bb)),
-    "clm": lambda cfg, bb, hc: CLMHead(cfg, _word(bb)),
-    "classify": lambda cfg, bb, hc: SequenceHead(cfg.hidden_size, int(hc["num_labels"]), _dropout(cfg, hc)),
-    "token": lambda cfg, bb, hc: TokenHead(cfg.hidden_size, int(hc["num_labels"]), _dropout(cfg, hc)),
-    "span": lambda cfg, bb, hc: SpanHead(cfg.hidden_size),
+    "mlm": lambda cfg, bb, hc: MLMHead(cfg, bb.embeddings.word),
+    "mlm+nsp": lambda cfg, bb, hc: PretrainHead(cfg, bb.embeddings.word),
+    "mlm+sop": lambda cfg, bb, hc: PretrainHead(cfg, bb.embeddings.word),
+    "clm": lambda cfg, bb, hc: CLMHead(cfg, bb.embeddings.word),
+    "classify": lambda cfg, bb, hc: SequenceHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
+    "token": lambda cfg, bb, hc: TokenHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
+    "span": lambda cfg, bb, hc: SpanHead(cfg),
 }
-# Which backbone family each task runs on.
-TASK_FAMILIES: dict[str, tuple[str, ...]] = {
-    "base": ("encoder", "decoder"), "mlm": ("encoder",), "mlm+nsp": ("encoder",), "mlm+sop": ("encoder",),
-    "clm": ("decoder",), "classify": ("encoder", "decoder"), "token": ("encoder",), "span": ("encoder",),
+# Which backbones a head fits: True needs a causal model, False a bidirectional one, None either.
+HEAD_CAUSAL: dict[str, bool | None] = {
+    "base": None, "mlm": False, "mlm+nsp": False, "mlm+sop": False, "clm": True, "classify": None,
+    "token": False, "span": False,
 }
+
+
+def check_head(task: str, cfg: ModelConfig) -> None:
+    """A clear error for a head the backbone cannot carry (an MLM on a decoder, ...)."""
+    if task not in HEADS:
+        raise PlmkitError(f"unknown task head '{task}' (known: {', '.join(HEADS)})")
+    need = HEAD_CAUSAL[task]
+    if need is not None and need != cfg.causal:
+        want = "a decoder (causal)" if need else "an encoder (bidirectional)"
+        raise PlmkitError(f"task '{task}' needs {want} model, got a {cfg.family}")

@@ -1,8 +1,10 @@
-"""``PlmModel``: a backbone (encoder or decoder) plus one task head.
+"""``PlmModel``: a backbone plus one task head.
 
 ``forward(**batch)`` accepts the batch dict produced by plmkit's data code and returns a
 ``ModelOutput`` with the loss when labels are present. ``task`` and ``head_config`` (label
-names, number of labels, preprocessing settings) travel with the checkpoint.
+names, number of labels, preprocessing settings) travel with the checkpoint. Encoders and
+decoders share one forward signature: a bidirectional model ignores the cache arguments'
+absence, a model without segment embeddings ignores ``token_type_ids``.
 """
 from __future__ import annotations
 
@@ -10,53 +12,47 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import PlmkitError
-from .config import DecoderConfig, EncoderConfig
-from .decoder import Decoder
-from .encoder import Encoder
-from .heads import HEADS, TASK_FAMILIES, ModelOutput
+from .config import ModelConfig
+from .heads import HEADS, ModelOutput, check_head
+from .transformer import Backbone, KVCache
 
 LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions")
 
 
 class PlmModel(nn.Module):
-    def __init__(self, config: EncoderConfig | DecoderConfig, task: str = "base",
-                 head_config: dict[str, Any] | None = None):
+    def __init__(self, config: ModelConfig, task: str = "base", head_config: dict[str, Any] | None = None):
         super().__init__()
-        if task not in HEADS:
-            raise PlmkitError(f"unknown task head '{task}' (known: {', '.join(HEADS)})")
-        if config.family not in TASK_FAMILIES[task]:
-            raise PlmkitError(f"task '{task}' needs a {' or '.join(TASK_FAMILIES[task])} model, "
-                              f"got a {config.family}")
+        check_head(task, config)
         self.config = config
         self.task = task
         self.head_config = dict(head_config or {})
-        self.backbone = Encoder(config) if config.family == "encoder" else Decoder(config)
+        self.backbone = Backbone(config)
         self.head = HEADS[task](config, self.backbone, self.head_config)
 
     @property
     def family(self) -> str:
         return self.config.family
 
+    @property
+    def can_generate(self) -> bool:
+        """A causal model whose head predicts the next token."""
+        return self.config.causal and self.task == "clm"
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, output_hidden_states: bool = False,
-                output_attentions: bool = False, past_key_values: Any = None, use_cache: bool = False,
-                **labels: Tensor) -> ModelOutput:
+                output_attentions: bool = False, past_key_values: KVCache | None = None,
+                use_cache: bool = False, **labels: Tensor) -> ModelOutput:
         unknown = set(labels) - set(LABEL_KEYS)
         if unknown:
             raise TypeError(f"unexpected batch keys {sorted(unknown)}")
-        if self.family == "encoder":
-            out = self.backbone(input_ids, attention_mask, token_type_ids,
-                                output_hidden_states=output_hidden_states, output_attentions=output_attentions)
-        else:
-            out = self.backbone(input_ids, attention_mask, past_key_values=past_key_values, use_cache=use_cache,
-                                output_hidden_states=output_hidden_states, output_attentions=output_attentions)
+        out = self.backbone(input_ids, attention_mask, token_type_ids, past_key_values, use_cache,
+                            output_hidden_states, output_attentions)
         res = self.head(out, {"attention_mask": attention_mask, **labels})
         res.last_hidden_state = out.last_hidden_state
-        res.pooled = getattr(out, "pooled", None)
+        res.pooled = out.pooled
         res.hidden_states = out.hidden_states
         res.attentions = out.attentions
-        res.past_key_values = getattr(out, "past_key_values", None)
+        res.past_key_values = out.past_key_values
         return res
 
     def num_parameters(self) -> int:

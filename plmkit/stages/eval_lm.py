@@ -26,7 +26,7 @@ class Config:
 def run(cfg: Config) -> int:
     model = load_model(cfg.model)
     if model.family == "decoder" and model.task != "clm":
-        model = load_model(cfg.model, task="clm")   # the LM head is tied to wte: nothing untrained added
+        model = load_model(cfg.model, task="clm")   # the LM head is tied to the word embeddings: nothing untrained added
     if model.task not in ("clm", "mlm", "mlm+nsp", "mlm+sop"):
         raise PlmkitError(f"{cfg.model}: eval-lm needs a language-model head (mlm or clm), this model is "
                           f"'{model.task}'")

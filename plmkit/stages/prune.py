@@ -180,8 +180,9 @@ def _structured_plan(cfg: Config, model: PlmModel) -> dict[str, P.Removal] | Non
         return None
     P.check_prunable(model, structured=True)
     c = model.config
-    plan = {"heads": P.plan_removal(list(c.heads), "heads", cfg.heads, cfg.remove_heads, cfg.per_layer,
-                                    cfg.min_heads),
+    # heads are removed in key/value groups (one head per group without grouped-query attention)
+    plan = {"heads": P.plan_removal(P.head_units(model), "heads", cfg.heads, P.heads_to_units(model, cfg.remove_heads),
+                                    cfg.per_layer, cfg.min_heads),
             "ffn": P.plan_removal(list(c.ffn), "ffn", cfg.ffn, cfg.remove_ffn, cfg.per_layer, cfg.min_ffn)}
     for what, removal in plan.items():
         if removal.count() < removal.asked:
@@ -193,6 +194,7 @@ def _structured_plan(cfg: Config, model: PlmModel) -> dict[str, P.Removal] | Non
 def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], data: _Data) -> dict[str, Any]:
     """Score, select and physically remove heads and FFN neurons; returns the report part."""
     heads_before, ffn_before = list(model.config.heads), list(model.config.ffn)
+    groups = [P.group_size(b) for b in P.blocks(model)]
     if cfg.importance == "gradient":
         imp = P.head_importance_gradient(model, _batches(data, cfg), cfg.importance_batches)
     else:
@@ -201,7 +203,8 @@ def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], 
     keep_ffn = P.select_keep(imp.ffn, plan["ffn"], cfg.min_ffn)
     P.prune_heads(model, keep_heads)
     P.prune_ffn(model, keep_ffn)
-    removed = [sorted(set(range(n)) - set(k.tolist())) for n, k in zip(heads_before, keep_heads)]
+    removed = [sorted(set(range(n)) - {u * G + j for u in k.tolist() for j in range(G)})
+               for n, k, G in zip(heads_before, keep_heads, groups)]
     return {"importance": cfg.importance, "per_layer": cfg.per_layer,
             "heads_before": heads_before, "heads_kept": list(model.config.heads), "heads_removed": removed,
             "ffn_before": ffn_before, "ffn_kept": list(model.config.ffn),
