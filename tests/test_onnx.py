@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra 'onn
 
 from plmkit import cli  # noqa: E402
 from plmkit.compress.onnx_export import example_batch, export_onnx_dir  # noqa: E402
-from plmkit.compress.onnx_model import OnnxModel, is_onnx_dir, load_onnx_dir  # noqa: E402
+from plmkit.models.onnx_model import OnnxModel, is_onnx_dir, load_onnx_dir  # noqa: E402
 from plmkit.data.features import collate  # noqa: E402
 from plmkit.data.synthetic import write_sentiment  # noqa: E402
 from plmkit.models.checkpoint import save_checkpoint  # noqa: E402
