@@ -160,7 +160,8 @@ def test_qa_answer_is_a_context_span(servers, client):
 
 
 def test_embed_is_mean_pooling_and_batch_invariant(servers, client, model_dirs):
-    from plmkit.models.checkpoint import load_model, load_tokenizer
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tokenizer import load_tokenizer
 
     texts = ["alice met bob", "the cup was won by manchester united in a close final"]
     r = client.post(servers["classify"] + "/v1/embed", json={"texts": texts})
@@ -264,7 +265,8 @@ def test_onnxruntime_backend_answers_like_torch(servers, client, model_dirs, tmp
     pytest.importorskip("onnxruntime", reason="onnx extra not installed")
     from plmkit.compress.onnx_export import export_onnx_dir
     from plmkit.errors import PlmkitError
-    from plmkit.models.checkpoint import load_model, load_tokenizer
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tokenizer import load_tokenizer
 
     with pytest.raises(PlmkitError, match=r"needs an ONNX export \(plmkit export --format onnx\)"):
         ServedModel(model_dirs["classify"], "onnxruntime")
