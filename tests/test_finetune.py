@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from plmkit.cli import main
-from plmkit.loading import load
+from plmkit.loading import describe, load
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import DecoderConfig, EncoderConfig
 from plmkit.models.model import PlmModel
@@ -271,6 +271,7 @@ def test_adapter_strategies_save_only_their_weights(tmp_path, encoder_dir, files
     changed = [n for n, v in saved.items() if n in parent and not torch.equal(v, parent[n])]
     assert strategy in ("lora", "adapter") or changed                  # trainable parent weights moved
     loaded = load(out)                                                 # parent + adapter (plmkit.loading)
+    assert describe(out)["format"] == f"plmkit adapter ({strategy})"
     for name, p in _params(loaded).items():
         base = name.replace(".base_layer", "")
         if not trains(name) and base in parent:

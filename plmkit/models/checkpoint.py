@@ -190,7 +190,8 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             return torch.load(legacy, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # weights_only refuses code
             raise PlmkitError(f"{legacy}: cannot load safely ({str(e).splitlines()[0][:120]})") from None
-    raise PlmkitError(f"{path}: no weights found (expected {WEIGHTS})")
+    raise PlmkitError(f"{path}: no weights found (expected {WEIGHTS}; plmkit.loading.load also reads "
+                      "adapter-only and ONNX directories)")
 
 
 def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
