@@ -154,7 +154,7 @@ def plmkit_setup(files: list[Path], cache: Path, n_batches: int) -> dict:
     from plmkit.data.shards import build_shards, open_shards
     from plmkit.models.config import preset
     from plmkit.models.model import PlmModel
-    from plmkit.stages.pretrain import flops_per_token
+    from plmkit.eval.lm import flops_per_token
     from plmkit.tokenizer import load_tokenizer
 
     tok = load_tokenizer(minilm_dir())

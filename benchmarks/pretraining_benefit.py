@@ -34,7 +34,8 @@ def slice_tsv(src: Path, dst: Path, start: int, stop: int) -> Path:
 
 
 def random_twin(pretrained: Path, out: Path) -> Path:
-    from plmkit.models.checkpoint import load_model, load_tokenizer, save_checkpoint
+    from plmkit.models.checkpoint import load_model, save_checkpoint
+    from plmkit.tokenizer import load_tokenizer
     from plmkit.models.model import PlmModel
 
     parent = load_model(pretrained)

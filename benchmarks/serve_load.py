@@ -62,7 +62,8 @@ def prepare_model(work: Path) -> tuple[Path, str]:
         tail = [ln for ln in done.stdout.splitlines() if ln.strip()][-3:]
         how += "; finetune output tail: " + " | ".join(tail) if tail else ""
     else:
-        from plmkit.models.checkpoint import load_model, load_tokenizer, save_checkpoint
+        from plmkit.models.checkpoint import load_model, save_checkpoint
+        from plmkit.tokenizer import load_tokenizer
 
         print(f"plmkit finetune failed ({done.stderr.strip().splitlines()[-1:]}); using a fresh head", flush=True)
         model = load_model(minilm, task="classify", head_config={"num_labels": 2, "labels": ["0", "1"]})

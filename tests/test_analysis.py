@@ -17,12 +17,12 @@ from plmkit.analysis.similarity import DEFAULT_SENTENCES, Sentence, read_sentenc
 from plmkit.cli import main
 from plmkit.data.features import collate, configured
 from plmkit.errors import PlmkitError
-from plmkit.models.checkpoint import load_model, load_tokenizer, save_checkpoint
+from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig
 from plmkit.models.model import PlmModel
 from plmkit.tasks import load_finetuned
 from plmkit.tasks.common import pad_id
-from plmkit.tokenizer import train_tokenizer
+from plmkit.tokenizer import load_tokenizer, train_tokenizer
 
 WORDS = ["the", "a", "red", "apple", "pie", "tree", "fruit", "ate", "company", "phone", "shares", "rose",
          "new", "sold", "good", "bad", "film", "was", "it", "i", "she", "he", "and", "of", "in", "."]

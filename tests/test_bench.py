@@ -113,7 +113,7 @@ def test_bench_without_baseline_uses_the_first_row(models, capsys):
 
 
 def test_baseline_defaults_to_the_checkpoint_an_onnx_model_came_from(models):
-    from plmkit.eval import bench
+    from plmkit import bench
 
     variants = [bench.make_variant(str(models["int8"]), "bf16")]
     # int8 -> onnx (fp32 export) -> ck: the nearest PyTorch checkpoint up the lineage.

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from plmkit.errors import PlmkitError
-from plmkit.models.checkpoint import describe, load_model, read_meta, save_checkpoint
+from plmkit.loading import describe
+from plmkit.models.checkpoint import load_model, read_meta, save_checkpoint
 from plmkit.models.model import PlmModel
 
 

@@ -19,6 +19,7 @@ from plmkit.data.features import collate
 from plmkit.errors import PlmkitError
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig
+from plmkit.models.heads import ModelOutput
 from plmkit.models.model import PlmModel
 from plmkit.tasks import TASKS, Prep, load_finetuned
 from plmkit.tasks.common import pad_id
@@ -76,31 +77,42 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
+def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, temp: float, alpha: float) -> torch.Tensor:
+    """The logit loss ``plmkit distill`` trains on: ``DistillModule.logit_loss`` of a student whose
+    head gives the logits ``s`` (classify [B, C], token [B, T, C]) against the teacher's ``t``."""
+    task = "classify" if s.dim() == 2 else "token"
+    model = PlmModel(_cfg(layers=1), task, HEAD)
+    module = D.DistillModule(model, model, D.DistillSpec(temperature=temp, alpha=alpha))
+    loss, _ = module.logit_loss(ModelOutput(logits=s), ModelOutput(logits=t), {"labels": y})
+    assert torch.equal(loss, D.kd_combine(*D.kd_terms(s, t, y, temp), temp, alpha))
+    return loss
+
+
 @pytest.mark.parametrize("temp, alpha", [(2.0, 0.5), (1.0, 0.3), (4.0, 0.9)])
 def test_kd_loss_equals_the_seed_formula_by_hand(temp, alpha):
-    got = D.kd_loss(_t(S), _t(T_), torch.tensor(Y), temp, alpha)
+    got = kd_loss(_t(S), _t(T_), torch.tensor(Y), temp, alpha)
     assert float(got) == pytest.approx(_seed_formula(S, T_, Y, temp, alpha), rel=1e-6)
 
 
 def test_kd_loss_exact_number():
     # alpha 0.5, T 2: CE = 0.5027160, KL(p_t || p_s) at T=2 = 0.0837077 -> 0.5 * CE + 0.5 * 4 * KL
-    assert float(D.kd_loss(_t(S), _t(T_), torch.tensor(Y), 2.0, 0.5)) == pytest.approx(0.4187734, abs=1e-6)
+    assert float(kd_loss(_t(S), _t(T_), torch.tensor(Y), 2.0, 0.5)) == pytest.approx(0.4187734, abs=1e-6)
 
 
 def test_alpha_one_is_plain_cross_entropy():
     s, t = torch.randn(5, 4), torch.randn(5, 4)
     y = torch.tensor([0, 3, 1, 2, 2])
-    assert torch.equal(D.kd_loss(s, t, y, 3.0, 1.0), F.cross_entropy(s, y))
+    assert torch.equal(kd_loss(s, t, y, 3.0, 1.0), F.cross_entropy(s, y))
 
 
 def test_temperature_squared_scaling_and_direction():
     for temp in (1.0, 2.0, 5.0):
-        soft = float(D.kd_loss(_t(S), _t(T_), torch.tensor(Y), temp, 0.0))
+        soft = float(kd_loss(_t(S), _t(T_), torch.tensor(Y), temp, 0.0))
         ps, pt = _softmax(S / temp), _softmax(T_ / temp)
         kl_teacher_ref = (pt * np.log(pt / ps)).sum(-1).mean()     # KL(p_t || p_s), not KL(p_s || p_t)
         assert soft == pytest.approx(kl_teacher_ref * temp ** 2, rel=1e-6)
         assert soft / temp ** 2 == pytest.approx(float(D.distill_kl(_t(S), _t(T_), temp)), rel=1e-9)
-    assert float(D.kd_loss(_t(T_), _t(T_), torch.tensor(Y), 2.0, 0.0)) == pytest.approx(0.0, abs=1e-12)
+    assert float(kd_loss(_t(T_), _t(T_), torch.tensor(Y), 2.0, 0.0)) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_token_level_loss_masks_ignored_positions():
@@ -108,11 +120,11 @@ def test_token_level_loss_masks_ignored_positions():
     s, t = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
     y = torch.tensor([[1, -100, 2, 0, -100], [3, 3, -100, -100, -100]])
     keep = y != -100
-    want = D.kd_loss(s[keep], t[keep], y[keep], 2.0, 0.4)           # rows = the 5 labelled tokens
-    assert torch.allclose(D.kd_loss(s, t, y, 2.0, 0.4), want)
+    want = kd_loss(s[keep], t[keep], y[keep], 2.0, 0.4)           # rows = the 5 labelled tokens
+    assert torch.allclose(kd_loss(s, t, y, 2.0, 0.4), want)
     s2 = s.clone()
     s2[~keep] = 100.0                                                # ignored positions do not count
-    assert torch.allclose(D.kd_loss(s2, t, y, 2.0, 0.4), want)
+    assert torch.allclose(kd_loss(s2, t, y, 2.0, 0.4), want)
 
 
 # ----------------------------------------------------------------------------- students

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from plmkit.cli import main
+from plmkit.loading import describe, load
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import DecoderConfig, EncoderConfig
 from plmkit.models.model import PlmModel
@@ -269,7 +270,8 @@ def test_adapter_strategies_save_only_their_weights(tmp_path, encoder_dir, files
     parent = _params(load_model(encoder_dir, task="classify", head_config={"num_labels": 2}))
     changed = [n for n, v in saved.items() if n in parent and not torch.equal(v, parent[n])]
     assert strategy in ("lora", "adapter") or changed                  # trainable parent weights moved
-    loaded = load_model(out)                                           # the adapter branch of load_model
+    loaded = load(out)                                                 # parent + adapter (plmkit.loading)
+    assert describe(out)["format"] == f"plmkit adapter ({strategy})"
     for name, p in _params(loaded).items():
         base = name.replace(".base_layer", "")
         if not trains(name) and base in parent:
@@ -298,12 +300,12 @@ def test_lora_merge_gives_the_same_logits(tmp_path, encoder_dir, files):
         _finetune(encoder_dir, "classify", files["train"], out, "--epochs", "1", "--strategy", strategy,
                   "--lr", "2e-2", "--lora-dropout", "0")
         assert main(["merge", "--model", str(out), "--out", str(tmp_path / f"{strategy}-merged")]) == 0
-        merged = load_model(tmp_path / f"{strategy}-merged").eval()
+        merged = load(tmp_path / f"{strategy}-merged").eval()
         names = {n for n, _ in merged.named_parameters()}
         assert not any(".lora_" in n for n in names)
         assert any(".adapter." in n for n in names) == (strategy == "adapter")   # Houlsby kept as modules
         with torch.no_grad():
-            expected = load_model(out).eval()(ids).logits
+            expected = load(out).eval()(ids).logits
             assert torch.allclose(merged(ids).logits, expected, atol=1e-5)
             assert not torch.allclose(expected, load_model(encoder_dir, task="classify",
                                                            head_config={"num_labels": 2})(ids).logits)

@@ -12,7 +12,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra 'onn
 
 from plmkit import cli  # noqa: E402
 from plmkit.compress.onnx_export import example_batch, export_onnx_dir  # noqa: E402
-from plmkit.compress.onnx_model import OnnxModel, is_onnx_dir, load_onnx_dir  # noqa: E402
+from plmkit.models.onnx_model import OnnxModel, is_onnx_dir, load_onnx_dir  # noqa: E402
 from plmkit.data.features import collate  # noqa: E402
 from plmkit.data.synthetic import write_sentiment  # noqa: E402
 from plmkit.models.checkpoint import save_checkpoint  # noqa: E402
@@ -162,7 +162,7 @@ def _tiny_cfg():
 
 def _predictions(model_dir: Path, data_file: Path) -> torch.Tensor:
     """Class probabilities of an ONNX directory, through the classify task's own code."""
-    from plmkit.models.checkpoint import load_tokenizer
+    from plmkit.tokenizer import load_tokenizer
 
     onnx = load_onnx_dir(model_dir, threads=1)
     task, prep = TASKS["classify"], Prep(max_length=32)
@@ -196,7 +196,8 @@ def test_export_cli_then_dynamic_and_static_int8_agree_with_fp32(clf, tmp_path, 
         assert agree >= 0.99, (name, float(agree))
         assert abs(meta["metrics"]["int8"]["accuracy"] - meta["metrics"]["fp32"]["accuracy"]) <= 0.02
     # The fp32 metric in plmkit.json is the PyTorch model's own: ONNX runs the task code unchanged.
-    from plmkit.models.checkpoint import load_model, load_tokenizer
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tokenizer import load_tokenizer
 
     task, prep, tok = TASKS["classify"], Prep(max_length=32), load_tokenizer(clf["ck"])
     model = load_model(clf["ck"]).eval()

@@ -160,7 +160,8 @@ def test_qa_answer_is_a_context_span(servers, client):
 
 
 def test_embed_is_mean_pooling_and_batch_invariant(servers, client, model_dirs):
-    from plmkit.models.checkpoint import load_model, load_tokenizer
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tokenizer import load_tokenizer
 
     texts = ["alice met bob", "the cup was won by manchester united in a close final"]
     r = client.post(servers["classify"] + "/v1/embed", json={"texts": texts})
@@ -264,7 +265,8 @@ def test_onnxruntime_backend_answers_like_torch(servers, client, model_dirs, tmp
     pytest.importorskip("onnxruntime", reason="onnx extra not installed")
     from plmkit.compress.onnx_export import export_onnx_dir
     from plmkit.errors import PlmkitError
-    from plmkit.models.checkpoint import load_model, load_tokenizer
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tokenizer import load_tokenizer
 
     with pytest.raises(PlmkitError, match=r"needs an ONNX export \(plmkit export --format onnx\)"):
         ServedModel(model_dirs["classify"], "onnxruntime")
@@ -281,6 +283,27 @@ def test_onnxruntime_backend_answers_like_torch(servers, client, model_dirs, tmp
         assert r.status_code == 404 and "export of task 'base'" in r.json()["detail"]
     finally:
         server.stop()
+
+
+def test_an_int8_directory_is_served_on_onnxruntime_without_asking(model_dirs, tmp_path, capsys):
+    """``plmkit serve --model INT8_DIR`` used to fail with "no weights found (expected
+    model.safetensors)": the directory picks the backend unless --backend names one."""
+    pytest.importorskip("onnxruntime", reason="onnx extra not installed")
+    from plmkit.cli import main
+    from plmkit.errors import PlmkitError
+    from plmkit.stages.serve import Config
+
+    src, onnx, int8 = model_dirs["classify"], tmp_path / "onnx", tmp_path / "int8"
+    assert main(["export", "--model", str(src), "--format", "onnx", "--out", str(onnx)]) == 0
+    assert main(["quantize", "--model", str(onnx), "--out", str(int8)]) == 0
+    assert Config(model=str(int8)).backend is None                  # no default backend: the directory decides
+    served = ServedModel(int8)
+    assert (served.backend.name, served.backend.precision) == ("onnxruntime", "int8")
+    assert served.endpoints() == ["classify"] and served.labels == ["negative", "positive"]
+    assert ServedModel(src).backend.name == "torch"
+    with pytest.raises(PlmkitError, match=r"int8: an ONNX export; the torch backend \(--backend torch\) needs "
+                                          r"the PyTorch checkpoint it was exported from"):
+        ServedModel(int8, "torch")
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

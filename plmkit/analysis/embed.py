@@ -25,8 +25,10 @@ from tqdm import tqdm
 from ..data.features import collate, configured, length_bucketed_batches
 from ..data.readers import read_classification, read_lines
 from ..errors import PlmkitError
+from ..loading import load
 from ..models.model import PlmModel
 from ..tasks.common import pad_id
+from ..tokenizer import load_tokenizer
 from ..train.logging import progress_enabled
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
@@ -68,20 +70,10 @@ def read_texts(path: str | Path, text_column: str | None = None) -> list[Text]:
     return texts
 
 
-def require_torch_checkpoint(path: str | Path) -> None:
-    """The analysis views read hidden states and move weights: an ONNX export has neither."""
-    from ..compress.onnx_model import is_onnx_dir
-
-    if is_onnx_dir(path):
-        raise PlmkitError(f"{path}: an ONNX export; the analysis views need the PyTorch checkpoint it came from")
-
-
 def load_for_analysis(path: str | Path) -> tuple[PlmModel, Tokenizer]:
-    """Model (fp32, eval mode, on the GPU when there is one) and tokenizer of a checkpoint."""
-    from ..models.checkpoint import load_model, load_tokenizer
-
-    require_torch_checkpoint(path)
-    model = load_model(path).eval()
+    """Model (fp32, eval mode, on the GPU when there is one) and tokenizer of a checkpoint.
+    The analysis views read hidden states and move weights: an ONNX export has neither."""
+    model = load(path, needs_torch="the analysis views").eval()
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     return model, load_tokenizer(path)
 

@@ -86,10 +86,9 @@ def kd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
     return ce, kl
 
 
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float,
-            alpha: float) -> Tensor:
-    """``alpha * CE(student, labels) + (1 - alpha) * KL(p_t || p_s) * T^2`` (see the module doc)."""
-    ce, kl = kd_terms(student_logits, teacher_logits, labels, temperature)
+def kd_combine(ce: Tensor, kl: Tensor, temperature: float, alpha: float) -> Tensor:
+    """``alpha * CE(student, labels) + (1 - alpha) * KL(p_t || p_s) * T^2`` (see the module doc),
+    from the two terms of ``kd_terms``."""
     return alpha * ce + (1.0 - alpha) * kl * temperature ** 2
 
 
@@ -299,7 +298,7 @@ class DistillModule(nn.Module):
         want_h, want_a = bool(spec.hidden_weight or spec.embedding_weight), bool(spec.attention_weight)
         s = self.student(**inputs, output_hidden_states=want_h, output_attentions=want_a)
         t = self._teacher_out(inputs, feature_index, want_h, want_a)
-        loss, aux = self._logit_loss(s, t, labels)
+        loss, aux = self.logit_loss(s, t, labels)
         if spec.hidden_weight:
             aux["hidden_mse"] = torch.stack([
                 hidden_mse(s.hidden_states[i + 1], t.hidden_states[j + 1], self.hidden_proj, attention_mask)
@@ -325,8 +324,9 @@ class DistillModule(nn.Module):
         with torch.no_grad():
             return self.teacher(**inputs, output_hidden_states=want_h, output_attentions=want_a)
 
-    def _logit_loss(self, s: ModelOutput, t: ModelOutput, labels: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        """The seed's loss on each logit tensor of the task (QA: start and end, averaged)."""
+    def logit_loss(self, s: ModelOutput, t: ModelOutput, labels: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        """The seed's loss on each logit tensor of the task (QA: start and end terms averaged, then
+        combined): (loss, {"ce", "kd_kl"})."""
         T, alpha = self.spec.temperature, self.spec.alpha
         ces, kls = [], []
         for attr, key in LOGITS[self.student.task]:
@@ -337,7 +337,7 @@ class DistillModule(nn.Module):
             ces.append(ce)
             kls.append(kl)
         ce, kl = torch.stack(ces).mean(), torch.stack(kls).mean()
-        return alpha * ce + (1.0 - alpha) * kl * T ** 2, {"ce": ce, "kd_kl": kl}
+        return kd_combine(ce, kl, T, alpha), {"ce": ce, "kd_kl": kl}
 
 
 def _check_heads(student: PlmModel, teacher: PlmModel, layer_map: dict[int, int]) -> None:

@@ -29,7 +29,7 @@ from ..errors import PlmkitError
 from ..io import atomic_dir, write_json
 from ..models.config import config_to_dict
 from ..models.model import PlmModel
-from .onnx_model import ONNX_FILE, ONNX_FORMAT, session
+from ..models.onnx_model import ONNX_FILE, ONNX_FORMAT, session
 
 OPSET = 17
 # task -> ModelOutput fields exported as graph outputs (same names in the graph).

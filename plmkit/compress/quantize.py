@@ -34,7 +34,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
-from .onnx_model import ort_errors
+from ..models.onnx_model import ort_errors
 
 QUANT_OPS = ["MatMul", "Gemm"]
 FUSED_QUANT_OPS = QUANT_OPS + ["Attention"]

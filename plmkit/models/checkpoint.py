@@ -8,14 +8,20 @@ A plmkit checkpoint is a directory:
 Writes go to a temporary sibling renamed into place, so a crash never leaves a loadable half.
 Loading never unpickles: safetensors, or ``torch.load(weights_only=True)`` for a legacy
 ``pytorch_model.bin``.
+
+This module knows plain checkpoints (plmkit or HF) only. ONNX exports (``onnx_model``),
+adapter-only directories (``plmkit.adapters.checkpoint``) and merged checkpoints that keep
+adapter modules are told apart one level up: ``plmkit.loading.load`` loads any model directory.
 """
 from __future__ import annotations
 
+import errno
 import json
 import pickle
+import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -25,6 +31,7 @@ from tokenizers import Tokenizer
 from .. import __version__
 from ..errors import PlmkitError
 from ..io import atomic_dir, read_json, write_json
+from ..tokenizer import save_tokenizer
 from . import hf
 from .config import config_from_dict, config_to_dict
 from .heads import HEADS, check_head
@@ -45,24 +52,25 @@ def save_checkpoint(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer |
 def write_checkpoint_files(model: PlmModel, directory: Path, tokenizer: Tokenizer | None = None,
                            meta: dict[str, Any] | None = None) -> None:
     """Write the checkpoint files into an existing (usually temporary) directory."""
-    from ..tokenizer import save_tokenizer
-
-    write_json(directory / "config.json", {
-        "plmkit": __version__, "task": model.task, "head_config": model.head_config,
-        "model": config_to_dict(model.config)})
+    write_config(model, directory)
     # save_model stores each shared (tied) tensor once and records the aliases.
     save_model(model, str(directory / WEIGHTS), metadata={"format": "pt"})
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory, model_max_length=model.config.max_position)
+    write_meta(directory, meta)
+
+
+def write_config(model: PlmModel, directory: Path) -> None:
+    """config.json: the architecture, and the head's task and head_config."""
+    write_json(directory / "config.json", {
+        "plmkit": __version__, "task": model.task, "head_config": model.head_config,
+        "model": config_to_dict(model.config)})
+
+
+def write_meta(directory: Path, meta: dict[str, Any] | None) -> None:
+    """plmkit.json: creation time and plmkit version, then the caller's lineage fields."""
     write_json(directory / "plmkit.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                            "plmkit": __version__, **(meta or {})})
-
-
-def is_plmkit_dir(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.is_file():
-        return False
-    return "plmkit" in read_json(cfg)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -70,28 +78,43 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return read_json(p) if p.is_file() else {}
 
 
+def check_model_dir(path: str | Path) -> Path:
+    """``path`` when it is a directory, else a one-line error that says what it is instead."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PlmkitError(f"{path}: symlink loop (following its links leads back to itself)") from None
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            dangling = " (a symlink whose target is missing)" if path.is_symlink() else ""
+            raise PlmkitError(f"{path}: model directory not found{dangling}") from None
+        raise PlmkitError(f"{path}: cannot read the model directory ({e.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        raise PlmkitError(f"{path}: not a directory (a model is a directory holding config.json)")
+    return path
+
+
 def read_model_config(path: str | Path) -> dict[str, Any]:
     """config.json of a plmkit or HF directory, with a clear error when there is none."""
-    path = Path(path)
-    if not path.is_dir():
-        raise PlmkitError(f"{path}: model directory not found")
+    path = check_model_dir(path)
     if not (path / "config.json").is_file():
         raise PlmkitError(f"{path}: not a model directory (no config.json)")
     return read_json(path / "config.json")
 
 
 def load_model(path: str | Path, task: str | None = None, head_config: dict[str, Any] | None = None,
-               dtype: torch.dtype | None = None) -> PlmModel:
-    """Load a plmkit or local HF (BERT / GPT-2) directory.
+               dtype: torch.dtype | None = None,
+               prepare: Callable[[PlmModel], None] | None = None) -> PlmModel:
+    """Load a plain plmkit or local HF (BERT / GPT-2) checkpoint (``plmkit.loading.load``: any model directory).
 
     With ``task`` different from the saved one, a fresh head of that task is attached and only
-    the backbone weights are loaded (fine-tuning a pre-trained model).
+    the backbone weights are loaded (fine-tuning a pre-trained model). ``prepare`` runs on the
+    freshly built model before its weights are assigned: the loader passes one that re-inserts
+    the modules a merged checkpoint kept (Houlsby adapters), so the saved names match.
     """
     path = Path(path)
     raw = read_model_config(path)
-    meta = read_meta(path) if "plmkit" in raw else {}
-    if meta.get("format") == ADAPTER_FORMAT:
-        return _load_adapter(path, raw, meta, task, dtype)
     if "plmkit" in raw:
         cfg = config_from_dict(raw["model"], source=str(path / "config.json"))
         saved_task, saved_head = raw.get("task", "base"), raw.get("head_config", {})
@@ -105,39 +128,9 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
     model = PlmModel(cfg, saved_task if same_task else task, saved_head if same_task else head_config)
     if not same_task:
         state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    if isinstance(meta.get("strategy"), dict) and meta["strategy"].get("structural"):
-        _restore_structure(model, meta["strategy"], path)
+    if prepare is not None:
+        prepare(model)
     _assign(model, state, path, strict_head=same_task)
-    if dtype is not None:
-        model.to(dtype)
-    return model
-
-
-# An adapter-only checkpoint (plmkit finetune with probe/lora/adapter/bitfit) holds the
-# strategy's own weights and the head in adapter.safetensors; plmkit.json names the parent
-# model and the strategy: {"format": "plmkit-adapter", "parent": <abs path>, "strategy": {...}}.
-ADAPTER_FORMAT = "plmkit-adapter"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-
-
-def _load_adapter(path: Path, raw: dict[str, Any], meta: dict[str, Any], task: str | None,
-                  dtype: torch.dtype | None) -> PlmModel:
-    """Parent model + fresh head of the saved task, strategy re-applied, adapter weights loaded."""
-    from ..adapters import load_adapter_state, restore_strategy
-
-    saved_task = raw.get("task", "base")
-    if task is not None and task != saved_task:
-        raise PlmkitError(f"{path}: adapter checkpoint for task '{saved_task}', not '{task}' "
-                          "(merge it with 'plmkit merge' to use it as a base model)")
-    parent = meta.get("parent")
-    if not isinstance(parent, str) or not Path(parent).is_dir():
-        raise PlmkitError(f"{path}: adapter checkpoint whose parent model {parent!r} is not found "
-                          "(it holds only the adapter weights; restore the parent, or 'plmkit merge' "
-                          "while it exists to get a standalone model)")
-    head_config = raw.get("head_config", {})
-    model = replace_head(load_model(parent, task=saved_task, head_config=head_config), saved_task, head_config)
-    restore_strategy(model, meta.get("strategy"), source=str(path / "plmkit.json"))
-    load_adapter_state(model, _read_safetensors(path / ADAPTER_WEIGHTS), source=str(path / ADAPTER_WEIGHTS))
     if dtype is not None:
         model.to(dtype)
     return model
@@ -149,16 +142,6 @@ def replace_head(model: PlmModel, task: str, head_config: dict[str, Any]) -> Plm
     model.task, model.head_config = task, dict(head_config)
     model.head = HEADS[task](model.config, model.backbone, model.head_config)
     return model
-
-
-def _restore_structure(model: PlmModel, strategy: dict[str, Any], path: Path) -> None:
-    """Re-insert the modules a structural strategy added (Houlsby adapters kept by a merge),
-    so the saved names match; the model is then plain again (everything trainable)."""
-    from ..adapters import restore_strategy
-
-    restore_strategy(model, strategy, source=str(path / "plmkit.json"))
-    model.plmkit_strategy = None
-    model.requires_grad_(True)
 
 
 def _assign(model: PlmModel, state: dict[str, torch.Tensor], path: Path, strict_head: bool) -> None:
@@ -191,63 +174,32 @@ def _tied_names(model: PlmModel) -> set[str]:
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
     st, index, legacy = path / WEIGHTS, path / "model.safetensors.index.json", path / "pytorch_model.bin"
     if st.is_file():
-        return _read_safetensors(st)
+        return read_safetensors(st)
     if index.is_file():
         files = sorted(set(read_json(index).get("weight_map", {}).values()))
         state: dict[str, torch.Tensor] = {}
         for name in files:
-            state.update(_read_safetensors(path / name))
+            state.update(read_safetensors(path / name))
         return state
     if legacy.is_file():
         try:
             return torch.load(legacy, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # weights_only refuses code
             raise PlmkitError(f"{legacy}: cannot load safely ({str(e).splitlines()[0][:120]})") from None
-    raise PlmkitError(f"{path}: no weights found (expected {WEIGHTS})")
+    raise PlmkitError(f"{path}: no weights found (expected {WEIGHTS}; plmkit.loading.load also reads "
+                      "adapter-only and ONNX directories)")
 
 
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file), device="cpu")
     except (SafetensorError, OSError) as e:
         raise PlmkitError(f"{file}: corrupt or unreadable safetensors file ({str(e)[:120]})") from None
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    from ..tokenizer import load_tokenizer as _load
-
-    return _load(path)
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """What ``plmkit info`` prints: architecture, sizes, lineage."""
-    from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
-
-    path = Path(path)
-    onnx = is_onnx_dir(path)
-    model = load_onnx_dir(path) if onnx else load_model(path)
-    cfg = model.config
-    raw = read_model_config(path)
-    fmt = f"onnx ({model.precision})" if onnx else "plmkit" if "plmkit" in raw else "huggingface"
-    return {
-        "path": str(path), "format": fmt,
-        "family": cfg.family, "task": model.task, "labels": model.head_config.get("labels"),
-        "parameters": PlmModel(cfg, model.task, model.head_config).num_parameters() if onnx
-        else model.num_parameters(), "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
-        "heads_per_layer": cfg.heads, "ffn_per_layer": cfg.ffn, "head_dim": cfg.head_dim,
-        "vocab_size": cfg.vocab_size, "max_position": cfg.max_position,
-        "albert": {"embedding_size": getattr(cfg, "embedding_size", None),
-                   "share_layers": getattr(cfg, "share_layers", False)},
-        "lineage": read_meta(path),
-        "size_bytes": sum(f.stat().st_size for f in path.iterdir() if f.is_file()),
-    }
-
-
 def export_hf(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer | None, overwrite: bool = False) -> Path:
     """Write a directory that ``transformers.AutoModel.from_pretrained`` loads."""
     from safetensors.torch import save_file
-
-    from ..tokenizer import save_tokenizer
 
     hf_cfg = hf.config_to_hf(model.config, model.task, model.head_config.get("labels"))
     state = {k: v for k, v in model.state_dict().items() if k not in _tied_names(model)}

@@ -10,7 +10,9 @@ Two halves, split by thread:
     micro-batch, calls the backend once and post-processes each item.
 
 Backends (registry ``BACKENDS``) wrap the network: ``torch`` (the PlmModel itself) and
-``onnxruntime`` (an ONNX export written by ``plmkit export --format onnx``).
+``onnxruntime`` (an ONNX export written by ``plmkit export --format onnx`` or ``plmkit quantize``).
+Each names the directory formats it runs (``plmkit.loading.peek``); without an explicit backend
+the directory picks it.
 """
 from __future__ import annotations
 
@@ -30,11 +32,11 @@ from ..data.qa import prepare_qa_features
 from ..data.readers import QAExample
 from ..errors import PlmkitError
 from ..eval.metrics import get_entities
-from ..models.checkpoint import load_model, load_tokenizer
+from ..loading import load, peek
 from ..models.generate import generate
 from ..models.heads import ModelOutput
 from ..tasks.common import Prep, autocast, pad_id
-from ..tokenizer import special_ids
+from ..tokenizer import load_tokenizer, special_ids
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -46,6 +48,7 @@ WORD = re.compile(r"\S+")          # NER input is split into words at whitespace
 class Backend(Protocol):
     """The network behind the endpoints; every method gets a padded batch of [B, T] tensors."""
     name: str
+    formats: tuple[str, ...]   # the directory formats it runs (plmkit.loading.peek)
     precision: str
     model: Any                 # PlmModel or OnnxModel: .config, .task, .head_config, .family
     can_embed: bool
@@ -62,12 +65,13 @@ class TorchBackend:
     """The checkpoint in PyTorch; ``precision`` "bf16" runs under bf16 autocast, as predict does
     (on a CPU with AVX512-BF16 a batch of 32 SST-2 sentences runs ~1.9x faster than in fp32)."""
     name = "torch"
+    formats = ("plmkit", "huggingface", "adapter")
 
     def __init__(self, path: Path, precision: str = "bf16"):
         self.precision = precision
-        model = load_model(path)
+        model = load(path, needs_torch="the torch backend (--backend torch)")
         if model.family == "decoder" and model.task == "base":
-            model = load_model(path, task="clm")          # a bare GPT-2: its LM head is tied, nothing new
+            model = load(path, task="clm")                # a bare GPT-2: its LM head is tied, nothing new
         self.model = model.eval()
         self.can_embed = model.family == "encoder"
         self.can_generate = model.family == "decoder" and model.task == "clm"
@@ -97,21 +101,18 @@ ONNX_MISSING = "onnxruntime backend needs an ONNX export (plmkit export --format
 
 
 class OnnxBackend:
-    """An ONNX Runtime session over the export in ``path`` (plmkit.compress.onnx_model).
+    """An ONNX Runtime session over the export in ``path`` (plmkit.models.onnx_model).
 
     The graph has only its task's outputs: embeddings need an export of a bare encoder
     (task 'base', output last_hidden_state); generation needs the KV cache, so torch.
     """
     name = "onnxruntime"
+    formats = ("onnx",)
 
     def __init__(self, path: Path, precision: str = "bf16"):     # precision: the export's own
-        try:
-            from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
-        except ImportError as e:
-            raise PlmkitError(f"{ONNX_MISSING}; {e.name} is not installed (pip install 'plmkit[onnx]')") from None
-        if not is_onnx_dir(path):
+        if peek(path).format not in self.formats:
             raise PlmkitError(f"{path}: not an ONNX export; the {ONNX_MISSING}, or use --backend torch")
-        self.model = load_onnx_dir(path, threads=torch.get_num_threads())
+        self.model = load(path, threads=torch.get_num_threads())
         self.precision = self.model.precision
         self.can_embed = self.model.family == "encoder" and "last_hidden_state" in self.model.output_names
         self.can_generate = False
@@ -126,7 +127,7 @@ class OnnxBackend:
         raise PlmkitError("generation runs on the torch backend only (plmkit serve --backend torch)")
 
 
-BACKENDS: dict[str, Callable[[Path, str], Backend]] = {"torch": TorchBackend, "onnxruntime": OnnxBackend}
+BACKENDS: dict[str, type[Backend]] = {"torch": TorchBackend, "onnxruntime": OnnxBackend}
 
 
 @dataclass
@@ -140,8 +141,11 @@ class Item:
 class ServedModel:
     """A checkpoint loaded for serving. ``supports(endpoint)`` is None or the reason it cannot."""
 
-    def __init__(self, path: str | Path, backend: str = "torch", precision: str = "bf16"):
+    def __init__(self, path: str | Path, backend: str | None = None, precision: str = "bf16"):
         self.path = Path(path)
+        if backend is None:              # the directory decides: an ONNX export runs on onnxruntime
+            fmt = peek(self.path).format
+            backend = next(name for name, b in BACKENDS.items() if fmt in b.formats)
         if backend not in BACKENDS:
             raise PlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
         if precision not in PRECISIONS:

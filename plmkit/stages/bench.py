@@ -7,7 +7,7 @@ throughput at the largest (32) on the real sentences of FILE, peak RSS of the pr
 measured it, and the task metric on FILE (as ``plmkit evaluate`` computes it). The baseline
 row runs ``transformers.AutoModelFor...`` in fp32 with eager attention on an HF export of the
 original model; every row's ``speedup`` is its throughput over the baseline's. How batches
-are formed and timed is described in ``plmkit/eval/bench.py``. The table is printed and the
+are formed and timed is described in ``plmkit/bench/__init__.py``. The table is printed and the
 rows are written as JSON (atomically).
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..config import option, to_dict
 from ..errors import PlmkitError
-from ..eval import bench
+from .. import bench
 from ..io import write_json
 
 
@@ -97,12 +97,8 @@ def run(cfg: Config) -> int:
     with tempfile.TemporaryDirectory(prefix=".plmkit-bench-") as w:
         work = Path(w)
         for i, v in enumerate(variants, 1):
-            if v.kind == "transformers":         # the HF layout of the original model, made once
-                v.path = str(bench.hf_export(Path(v.features_from), work))
             t0 = time.perf_counter()
             row = bench.measure(v, settings, work)
-            if v.kind == "transformers":
-                row["path"] = v.features_from     # the export is temporary: name what it came from
             rows.append(row)
             print(f"[{i}/{len(variants)}] {v.name}: {row['kind']} {row['precision']}, "
                   f"p50 {row['latency_p50_ms']:.2f} ms, {row['throughput']:.1f} ex/s, "

@@ -8,8 +8,9 @@ from ..config import option
 from ..data.pretrain import make_batch_source
 from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
-from ..models.checkpoint import load_model, load_tokenizer
-from .pretrain import evaluate_lm
+from ..eval.lm import evaluate_lm
+from ..loading import load
+from ..tokenizer import load_tokenizer
 
 
 @dataclass
@@ -24,9 +25,9 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    model = load_model(cfg.model)
+    model = load(cfg.model, needs_torch="eval-lm")
     if model.family == "decoder" and model.task != "clm":
-        model = load_model(cfg.model, task="clm")   # the LM head is tied to the word embeddings: nothing untrained added
+        model = load(cfg.model, task="clm")   # the LM head is tied to the word embeddings: nothing untrained added
     if model.task not in ("clm", "mlm", "mlm+nsp", "mlm+sop"):
         raise PlmkitError(f"{cfg.model}: eval-lm needs a language-model head (mlm or clm), this model is "
                           f"'{model.task}'")

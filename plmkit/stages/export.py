@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 from ..config import option, to_dict
 from ..errors import PlmkitError
-from ..models.checkpoint import export_hf, load_model
+from ..loading import load
+from ..models.checkpoint import export_hf
 from ..tokenizer import load_tokenizer
 
 
@@ -49,11 +50,7 @@ def run(cfg: Config) -> int:
         raise PlmkitError(f"unknown export format '{cfg.format}' (choose {', '.join(FORMATS)})")
     if cfg.format == "onnx" and cfg.opset < 17:
         raise PlmkitError(f"--opset {cfg.opset}: ONNX export needs opset 17 or later (LayerNormalization)")
-    from ..compress.onnx_model import is_onnx_dir
-
-    if is_onnx_dir(cfg.model):
-        raise PlmkitError(f"{cfg.model}: already an ONNX directory; export the checkpoint it came from")
-    model = load_model(cfg.model)
+    model = load(cfg.model, needs_torch="export")
     tok = load_tokenizer(cfg.model) if _has_tokenizer(Path(cfg.model)) else None
     print(FORMATS[cfg.format](model, cfg, tok))
     return 0

@@ -28,19 +28,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from .. import __version__
-from ..adapters import AdapterSettings, adapter_state_dict, apply_strategy, strategy_meta
+from ..adapters import AdapterSettings, apply_strategy, strategy_meta
+from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo
 from ..config import build, dump_yaml, option, to_dict
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
-from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
-from ..models.checkpoint import ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, replace_head, write_checkpoint_files
-from ..models.config import config_to_dict
+from ..io import atomic_dir, atomic_write_text, check_out_dir
+from ..loading import load, peek
+from ..models.checkpoint import replace_head, write_checkpoint_files
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer, save_tokenizer
+from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainConfig, train
 from ..train.logging import METRICS_FILE
 
@@ -109,6 +109,7 @@ def run(cfg: Config) -> int:
     prep = _prep(cfg)
 
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
+    peek(cfg.model)                      # --model names a model directory (else: what it is instead)
     train_ex, eval_ex = _read_data(task, prep, cfg)
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
@@ -204,7 +205,7 @@ def _labels_of(ex: Any) -> list[str]:
 
 
 def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: Prep) -> PlmModel:
-    model = load_model(cfg.model, task=task.head, head_config=head_config)
+    model = load(cfg.model, task=task.head, head_config=head_config, needs_torch="fine-tuning")
     if getattr(model, "plmkit_strategy", None) is not None:
         raise PlmkitError(f"{cfg.model}: an adapter checkpoint; make it a standalone model first "
                           "(plmkit merge) to fine-tune it further")
@@ -299,16 +300,8 @@ def _write_output(model: PlmModel, info: StrategyInfo, tok: Tokenizer, out: Path
     meta = {"stage": "finetune", "parent": str(Path(cfg.model).resolve()), "config": to_dict(cfg),
             "strategy": strategy_meta(info), "metrics": metrics}
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        if info.adapter_only:
-            write_json(tmp / "config.json", {"plmkit": __version__, "task": model.task,
-                                             "head_config": model.head_config,
-                                             "model": config_to_dict(model.config)})
-            save_file(adapter_state_dict(model), str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-            save_tokenizer(tok, tmp, model_max_length=model.config.max_position)
-            write_json(tmp / "plmkit.json", {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__,
-                                             "format": ADAPTER_FORMAT, **meta})
-        else:
-            write_checkpoint_files(model, tmp, tok, meta)
+        write = write_adapter_files if info.adapter_only else write_checkpoint_files
+        write(model, tmp, tok, meta)
         atomic_write_text(tmp / RUN_FILE, dump_yaml(cfg))
         if (work / METRICS_FILE).is_file():
             shutil.copyfile(work / METRICS_FILE, tmp / METRICS_FILE)

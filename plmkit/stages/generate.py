@@ -7,7 +7,7 @@ import torch
 
 from ..config import option
 from ..errors import PlmkitError
-from ..models.checkpoint import load_model
+from ..loading import load
 from ..models.generate import generate
 from ..tokenizer import load_tokenizer, special_ids
 
@@ -25,7 +25,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    model = load_model(cfg.model)
+    model = load(cfg.model, needs_torch="generation (the KV cache)")
     if model.family != "decoder":
         raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, this one is a {model.family}")
     tok = load_tokenizer(cfg.model)

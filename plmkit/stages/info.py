@@ -5,12 +5,13 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
-from ..models.checkpoint import describe
+from ..loading import describe
 
 
 @dataclass
 class Config:
-    model: str = option(help="checkpoint directory (plmkit or local HF BERT/GPT-2)", positional=True)
+    model: str = option(help="model directory: plmkit or local HF BERT/GPT-2 checkpoint, adapter, ONNX export",
+                        positional=True)
     json: bool = option(False, help="print JSON instead of a table")
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..analysis.embed import require_torch_checkpoint
 from ..analysis.landscape import landscape_json, landscape_svgs, make_batches, scan
 from ..config import dump_yaml, option
 from ..errors import PlmkitError
@@ -48,8 +47,7 @@ def run(cfg: Config) -> int:
     check_out_dir(cfg.out, cfg.overwrite)
     if cfg.max_examples < 0:
         raise PlmkitError(f"--max-examples must be >= 0 (0: all), got {cfg.max_examples}")
-    require_torch_checkpoint(cfg.model)
-    model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    model, task, prep, tok = load_finetuned(cfg.model, cfg.task, needs_torch="the analysis views")
     examples = task.read(cfg.data, prep, labels=model.head_config.get("labels"))
     features = task.encode(tok, examples, model.head_config, prep)
     if len(features) > cfg.max_examples > 0:

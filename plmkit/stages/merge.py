@@ -3,7 +3,7 @@
 LoRA updates are folded into the weights (W += alpha/r * B A): the output is a plain
 checkpoint with the parent's architecture. probe and bitfit weights are simply written
 over the parent's. Houlsby adapters are non-linear and stay as modules; the output
-records the strategy so ``load_model`` re-inserts them before loading.
+records the strategy so ``plmkit.loading.load`` re-inserts them before loading.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pathlib import Path
 from ..adapters import merge, strategy_meta
 from ..config import option, to_dict
 from ..errors import PlmkitError
-from ..models.checkpoint import load_model, load_tokenizer, read_meta, save_checkpoint
+from ..loading import load
+from ..models.checkpoint import read_meta, save_checkpoint
+from ..tokenizer import load_tokenizer
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Config:
 
 def run(cfg: Config) -> int:
     source = read_meta(cfg.model)
-    model = load_model(cfg.model)
+    model = load(cfg.model, needs_torch="merge")
     info = getattr(model, "plmkit_strategy", None)
     if info is None:
         raise PlmkitError(f"{cfg.model}: not an adapter checkpoint (nothing to merge)")

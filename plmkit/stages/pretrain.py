@@ -7,7 +7,6 @@ checkpoints (``checkpoints/step-N``), ``metrics.jsonl`` and the resolved ``pretr
 """
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from ..data.corpus import check_text_files
 from ..data.pretrain import make_batch_source
 from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
+from ..eval.lm import evaluate_lm, flops_per_token
 from ..io import atomic_dir, atomic_write_text
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict, preset
@@ -228,45 +228,6 @@ def _eval_fn(task: str, shard_dir: Path, tok, cfg: Config, common: dict[str, Any
                 print(f"note: no validation ({e})")
                 return None
             batch_size //= 2
-
-
-@torch.no_grad()
-def evaluate_lm(model: torch.nn.Module, source, max_batches: int | None = None) -> dict[str, float]:
-    """Average loss and accuracies over a (non-looping) batch source."""
-    totals: dict[str, float] = {}
-    n = 0
-    device = next(model.parameters()).device
-    for i, batch in enumerate(source):
-        if max_batches is not None and i >= max_batches:
-            break
-        out = model(**{k: v.to(device) for k, v in batch.items()})
-        totals["loss"] = totals.get("loss", 0.0) + float(out.loss)
-        for key, value in out.aux.items():
-            if key.endswith("_acc"):
-                totals[key] = totals.get(key, 0.0) + float(value)
-        n += 1
-    if n == 0:
-        return {}
-    metrics = {k: v / n for k, v in totals.items()}
-    if "clm_loss" in getattr(out, "aux", {}) or model.task == "clm":
-        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
-    return metrics
-
-
-def flops_per_token(model: PlmModel, seq_len: int, mlm_prob: float = 0.15) -> float:
-    """Training FLOPs per token actually required by the objective (PaLM-style accounting).
-
-    6 x (non-embedding parameters) for the dense layers, 12 x L x h x d x T for attention,
-    and the vocabulary projection: on every token for CLM, on the ``mlm_prob`` masked
-    tokens only for MLM (plmkit's MLM head projects only those).
-    """
-    cfg = model.config
-    emb = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n or n.startswith("backbone.w"))
-    dense = model.num_parameters() - emb
-    attn = 12 * sum(cfg.heads) * cfg.head_dim * seq_len
-    width = getattr(cfg, "embedding_size", None) or cfg.hidden_size
-    vocab = 6 * width * cfg.vocab_size * (1.0 if model.task == "clm" else mlm_prob)
-    return 6.0 * dense + attn + vocab
 
 
 def _write_final(model: PlmModel, tok, out: Path, cfg: Config, metrics: dict[str, Any]) -> None:

@@ -25,10 +25,12 @@ from ..config import build, option, to_dict
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import check_out_dir
-from ..models.checkpoint import load_model, load_tokenizer, save_checkpoint
+from ..loading import load
+from ..models.checkpoint import save_checkpoint
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
+from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainConfig, train
 from ..train.loop import total_steps
 
@@ -155,10 +157,10 @@ def _check_request(cfg: Config) -> None:
 def _load(cfg: Config) -> tuple[PlmModel, _Data]:
     """The model, its tokenizer and the encoded task data (labels checked against the model's)."""
     if cfg.train is None and cfg.eval is None and cfg.task is None:   # data-free magnitude pruning
-        model = load_model(cfg.model)
+        model = load(cfg.model, needs_torch="pruning")
         P.check_prunable(model, structured=False)
         return model, _Data(None, load_tokenizer(cfg.model), None, None)
-    model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    model, task, prep, tok = load_finetuned(cfg.model, cfg.task, needs_torch="pruning")
     P.check_prunable(model, structured=False)
     labels = model.head_config.get("labels")
     train_feats = None

@@ -22,9 +22,10 @@ from ..config import build, option, to_dict
 from ..data.features import configured
 from ..data.readers import read_lines
 from ..errors import PlmkitError
-from ..io import atomic_dir, read_json, write_json
-from ..models.checkpoint import load_model
+from ..io import atomic_dir, write_json
+from ..loading import load, peek
 from ..models.config import config_from_dict, config_to_dict
+from ..models.onnx_model import ONNX_FILE, OnnxModel
 from ..tasks import TASK_OF_HEAD, TASKS, Infer, Prep, TaskData, TaskSpec
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer, save_tokenizer
@@ -65,16 +66,15 @@ class Source:
 
 
 def open_source(path: str) -> Source:
-    from ..compress.onnx_model import ONNX_FILE, is_onnx_dir
-
-    src = Path(path)
-    if is_onnx_dir(src):
-        meta = read_json(src / "plmkit.json")
+    saved = peek(path)
+    src = saved.path
+    if saved.format == "onnx":
+        meta = saved.meta
         if meta.get("precision") != "fp32":
             raise PlmkitError(f"{src}: already quantized (precision {meta.get('precision')}); "
                               f"quantize the fp32 model it came from ({meta.get('parent')})")
-        return Source(src, read_json(src / "config.json"), onnx_file=src / ONNX_FILE)
-    model = load_model(src)
+        return Source(src, saved.config, onnx_file=src / ONNX_FILE)
+    model = load(src)
     cfg = {"plmkit": __version__, "task": model.task, "head_config": model.head_config,
            "model": config_to_dict(model.config)}
     return Source(src, cfg, model=model)
@@ -118,8 +118,6 @@ def read_task_data(task: TaskSpec | None, prep: Prep, tok: Any, head_config: dic
 
 
 def evaluate_file(onnx_file: Path, source: Source, task: TaskSpec, data: TaskData) -> dict[str, float]:
-    from ..compress.onnx_model import OnnxModel
-
     cj = source.config_json
     model = OnnxModel(onnx_file, config_from_dict(cj["model"]), cj.get("task", "base"), cj.get("head_config", {}))
     return task.evaluate(model, data)
@@ -127,7 +125,6 @@ def evaluate_file(onnx_file: Path, source: Source, task: TaskSpec, data: TaskDat
 
 def run(cfg: Config) -> int:
     from ..compress.onnx_export import write_onnx_dir
-    from ..compress.onnx_model import ONNX_FILE
     from ..compress.quantize import HISTOGRAM_METHODS, FeatureReader, QuantOptions, quantize_file
 
     if cfg.method == "static" and not cfg.calibration:

@@ -188,7 +188,7 @@ def _build_step(raw: Any, index: int, earlier: list[Step], variables: dict[str, 
 
 
 def _stage_module(kind: str, src: str) -> Any:
-    from ..cli import COMMANDS
+    from . import COMMANDS
 
     modules = {**{k: v[0] for k, v in COMMANDS.items() if k not in ("run", "demo", "serve")}, **RECIPE_ONLY}
     if kind not in modules:

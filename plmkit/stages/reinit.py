@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from ..config import option, to_dict
-from ..models.checkpoint import load_model, load_tokenizer, save_checkpoint
+from ..loading import load
+from ..models.checkpoint import save_checkpoint
 from ..models.model import PlmModel
+from ..tokenizer import load_tokenizer
 
 
 @dataclass
@@ -23,7 +25,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    parent = load_model(cfg.model)
+    parent = load(cfg.model, needs_torch="reinit")
     torch.manual_seed(cfg.seed)
     model = PlmModel(parent.config, parent.task)
     meta = {"stage": "reinit", "parent": str(Path(cfg.model).resolve()), "config": to_dict(cfg)}

@@ -20,8 +20,10 @@ from ..errors import PlmkitError
 
 @dataclass
 class Config:
-    model: str = option(help="checkpoint directory (plmkit or local Hugging Face)")
-    backend: str = option("torch", help="inference backend", choices=["torch", "onnxruntime"])
+    model: str = option(help="model directory: plmkit or local Hugging Face checkpoint, adapter, or ONNX / "
+                        "INT8 export (plmkit export --format onnx, plmkit quantize)")
+    backend: str | None = option(None, help="inference backend (default: from --model: onnxruntime for an "
+                                 "ONNX export, torch otherwise)", choices=["torch", "onnxruntime"])
     precision: str = option("bf16", help="torch backend: bf16 autocast (as predict) or fp32",
                             choices=["bf16", "fp32", "auto"])
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")

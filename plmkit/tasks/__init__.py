@@ -18,6 +18,8 @@ from torch import nn
 
 from ..config import build
 from ..errors import PlmkitError
+from ..loading import load
+from ..tokenizer import load_tokenizer
 from . import classify, generate, ner, qa
 from .common import Infer, Prep, TaskData
 
@@ -59,17 +61,16 @@ def evaluate_detailed(task: TaskSpec, model: nn.Module, data: TaskData) -> dict[
 TASK_OF_HEAD = {t.head: t.name for t in TASKS.values()}
 
 
-def load_finetuned(path: str, task_name: str | None = None) -> tuple[nn.Module, TaskSpec, Prep, Tokenizer]:
+def load_finetuned(path: str, task_name: str | None = None,
+                   needs_torch: str | None = None) -> tuple[nn.Module, TaskSpec, Prep, Tokenizer]:
     """A fine-tuned model in eval mode, its task, its preprocessing settings and tokenizer.
 
     The task and settings come from the checkpoint's head_config; ``task_name`` may name
     the task for checkpoints that do not record it (a Hugging Face BertForTokenClassification).
+    An ONNX directory (export / quantize) runs the same task code on ONNX Runtime, unless
+    ``needs_torch`` names what needs the PyTorch weights (``plmkit.loading.load``).
     """
-    from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
-    from ..models.checkpoint import load_model, load_tokenizer
-
-    # An ONNX directory (export / quantize) runs the same task code on ONNX Runtime.
-    model = load_onnx_dir(path) if is_onnx_dir(path) else load_model(path)
+    model = load(path, needs_torch=needs_torch)
     saved = model.head_config.get("finetune_task")
     name = task_name or saved or TASK_OF_HEAD.get(model.task)
     if name is None:
@@ -82,7 +83,7 @@ def load_finetuned(path: str, task_name: str | None = None) -> tuple[nn.Module, 
         raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
     if model.task != task.head:
         if task.head == "clm" and model.family == "decoder":
-            model = load_model(path, task="clm")      # a bare GPT-2: its LM head is tied, nothing new
+            model = load(path, task="clm")            # a bare GPT-2: its LM head is tied, nothing new
         else:
             raise PlmkitError(f"{path}: a '{model.task}' model cannot do task '{name}' "
                               f"(it needs a '{task.head}' head; fine-tune it first)")

@@ -148,10 +148,6 @@ def _fsdp_module(model: nn.Module) -> Any:
     return inner if isinstance(inner, FSDPModule) else None
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return _fsdp_module(model) is not None
-
-
 def grad_sync(model: nn.Module, sync: bool) -> ContextManager[None]:
     """Context for one micro-batch's forward/backward. ``sync=False`` (every micro-batch of
     a step but the last) keeps gradients local: DDP's ``no_sync``, FSDP2's

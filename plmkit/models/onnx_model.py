@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from ..errors import PlmkitError
 from ..io import read_json
-from ..models.config import DecoderConfig, EncoderConfig, config_from_dict
-from ..models.heads import ModelOutput
+from .config import DecoderConfig, EncoderConfig, config_from_dict
+from .heads import ModelOutput
 
 ONNX_FILE = "model.onnx"
 # ORT graph rewrites left out: on this CPU (onnxruntime 1.32, AVX-512) the fused
@@ -99,6 +99,14 @@ class OnnxModel(nn.Module):
                  for name in self.input_names}
         outs = self.session.run(self.output_names, feeds)
         return ModelOutput(**{name: torch.from_numpy(v) for name, v in zip(self.output_names, outs)})
+
+    def source_parameters(self) -> int:
+        """The parameter count of the PyTorch model the graph was exported from (what ``plmkit info``
+        and ``plmkit bench`` report), from the config alone: built on the meta device, no memory used."""
+        from .model import PlmModel
+
+        with torch.device("meta"):
+            return PlmModel(self.config, self.task, self.head_config).num_parameters()
 
     def num_parameters(self) -> int:
         """Weights stored in the graph (float and integer initializers), for reports."""

@@ -1,0 +1,29 @@
+"""The benchmark harness: measure model variants on the same data: size, latency, throughput, peak memory, task metric.
+
+The parent process checks every input (model directories, one task for all, the data file in
+that task's format), then runs each variant in a subprocess of its own
+(``python -m plmkit.bench --worker SPEC OUT``), so a variant's peak RSS is its own and
+one variant's allocator state or thread pools cannot slow the next.
+
+What a worker does, identically for every row:
+  * reads FILE and encodes it with the tokenizer and preprocessing settings stored in the
+    checkpoint (the transformers baseline uses those of the checkpoint it was exported from,
+    so every row sees the same token ids);
+  * forms batches of B consecutive examples **in file order** (not sorted by length), each
+    padded to its longest member, all collated before timing: the clock covers the model
+    call only, not tokenising or padding;
+  * per batch size: ``warmup`` untimed batches, then ``repeats`` timed passes; latency
+    percentiles are over every timed batch, throughput is examples / median pass time.
+    Batch size 1 runs on the first ``latency_examples`` examples; larger batch sizes run on
+    all of them;
+  * scores the task metric with the task's own ``evaluate`` (batches of 64, as
+    ``plmkit evaluate``), so the metric equals what ``plmkit evaluate`` reports.
+"""
+from __future__ import annotations
+
+from .harness import (add_speedups, baseline_source, check_data, format_table, machine_info, measure, metric_name,
+                      unique_names)
+from .runners import RUNNERS, Runner, Settings, Variant, make_variant, task_of_dir
+
+__all__ = ["RUNNERS", "Runner", "Settings", "Variant", "add_speedups", "baseline_source", "check_data",
+           "format_table", "machine_info", "make_variant", "measure", "metric_name", "task_of_dir", "unique_names"]

@@ -1,0 +1,151 @@
+"""The rows a benchmark measures (``Variant``), its settings, and the table of runners: for each
+kind of row, which model directories it measures and how the worker loads and times it.
+
+    runner = RUNNERS[variant.kind]
+    model, params = runner.load(variant, threads)        # in the worker process
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import build
+from ..errors import PlmkitError
+from ..loading import Saved, load, peek
+from ..models.checkpoint import export_hf
+from ..tasks import TASK_OF_HEAD, TASKS, Prep, TaskSpec, load_finetuned
+from ..tokenizer import load_tokenizer
+
+BENCH_TASKS = ("classify", "ner", "qa")
+
+
+@dataclass
+class Variant:
+    name: str
+    path: str                     # the directory the row measures
+    kind: str                     # a key of RUNNERS: transformers | torch | onnx
+    precision: str                # fp32 | bf16 | int8
+    task: str                     # classify | ner | qa
+    features_from: str            # checkpoint whose tokenizer and preprocessing encode the data
+    baseline: bool = False
+
+
+@dataclass
+class Settings:
+    data: str
+    batch_sizes: list[int]
+    repeats: int = 3
+    warmup: int = 3
+    latency_examples: int = 200
+    max_examples: int | None = None
+    threads: int = 1
+    precision: str = "bf16"        # torch rows: plmkit's inference precision (bf16 autocast or fp32)
+
+
+class HFRunner:
+    """A transformers model behind the ``model(**batch) -> .logits`` interface the task code calls."""
+
+    def __init__(self, path: str, task: str):
+        import torch
+        import transformers
+        from torch import nn
+
+        from ..models.heads import ModelOutput
+
+        auto = {"classify": transformers.AutoModelForSequenceClassification,
+                "ner": transformers.AutoModelForTokenClassification,
+                "qa": transformers.AutoModelForQuestionAnswering}[task]
+        self.model = auto.from_pretrained(path, attn_implementation="eager", dtype=torch.float32,
+                                          use_safetensors=True).eval()
+        self.output, self.anchor = ModelOutput, nn.Parameter(torch.zeros(0))
+
+    def parameters(self):              # forward_batches asks the first parameter for the device
+        yield self.anchor
+
+    def eval(self) -> "HFRunner":
+        return self
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None) -> Any:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if hasattr(out, "start_logits"):
+            return self.output(start_logits=out.start_logits, end_logits=out.end_logits)
+        return self.output(logits=out.logits)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def hf_export(source: Path, work: Path) -> Path:
+    """An HF directory transformers loads: ``source`` itself if it is one, else an export of it."""
+    if peek(source).format == "huggingface":
+        return source
+    out = work / "hf-baseline"
+    export_hf(load(source, needs_torch="the transformers baseline"), out, load_tokenizer(source))
+    return out
+
+
+def _load_transformers(v: Variant, threads: int) -> tuple[Any, int]:
+    model = HFRunner(v.path, v.task)
+    return model, model.num_parameters()
+
+
+def _load_torch(v: Variant, threads: int) -> tuple[Any, int]:
+    model = load_finetuned(v.path, v.task)[0]
+    return model, model.num_parameters()
+
+
+def _load_onnx(v: Variant, threads: int) -> tuple[Any, int]:
+    model = load(v.path, threads=threads)
+    return model, model.source_parameters()      # the count of the model it was exported from
+
+
+@dataclass(frozen=True)
+class Runner:
+    """One kind of row."""
+    formats: tuple[str, ...]       # model directory formats (loading.peek) measured as this kind
+    load: Callable[[Variant, int], tuple[Any, int]]    # worker: (model, parameter count), given threads
+    autocast: bool                 # timed under plmkit's autocast at the row's precision (else in its own)
+    precision: Callable[[Saved], str] | None = None    # the precision the directory fixes (else --precision)
+    prepare: Callable[[Path, Path], Path] | None = None  # parent: the directory the worker loads, made
+    #                                                     from ``features_from`` in a work directory
+
+
+RUNNERS: dict[str, Runner] = {
+    # the baseline: an HF layout of the original model in transformers, fp32 eager (never picked by format)
+    "transformers": Runner((), _load_transformers, autocast=False, prepare=hf_export),
+    "torch": Runner(("plmkit", "huggingface", "adapter"), _load_torch, autocast=True),
+    "onnx": Runner(("onnx",), _load_onnx, autocast=False,
+                   precision=lambda saved: str(saved.meta.get("precision", "fp32"))),
+}
+
+
+def kind_of(saved: Saved) -> str:
+    return next(kind for kind, r in RUNNERS.items() if saved.format in r.formats)
+
+
+def task_of_dir(path: Path) -> tuple[str, str]:
+    """(kind, task name) of a model directory, from its config files alone (nothing loaded)."""
+    saved = peek(path)
+    task = saved.head_config.get("finetune_task") or TASK_OF_HEAD.get(saved.task)
+    if task not in BENCH_TASKS:
+        raise PlmkitError(f"{path}: a '{saved.task}' model has no task to benchmark (fine-tune it first; "
+                          f"bench runs {', '.join(BENCH_TASKS)} models)")
+    return kind_of(saved), task
+
+
+def make_variant(path: str, precision: str) -> Variant:
+    p = Path(path)
+    kind, task = task_of_dir(p)
+    fixed = RUNNERS[kind].precision
+    return Variant(p.name, str(p), kind, fixed(peek(p)) if fixed else precision, task, str(p))
+
+
+def encoding(path: str, task_name: str) -> tuple[TaskSpec, Prep, Any, dict[str, Any]]:
+    """(task, preprocessing settings, tokenizer, head_config) stored in a checkpoint; no weights loaded.
+
+    The same values ``load_finetuned`` gives ``plmkit evaluate``, so the features are the same.
+    """
+    head_config = peek(path).head_config
+    prep = build(Prep, head_config.get("preprocess", {}), source=f"{path}: head_config.preprocess")
+    return TASKS[task_name], prep, load_tokenizer(path), head_config
