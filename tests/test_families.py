@@ -148,10 +148,11 @@ def test_cli_export_hf_round_trip_with_tokenizer(tmp_path, toks, family, capsys)
     tok = toks[family]
     src = make_hf(family, "classify", tmp_path / "hf", tokenizer=tok, labels=["neg", "neu", "pos"])
     save_checkpoint(load_model(src), tmp_path / "ours", tokenizer=load_tokenizer(src))
-    assert cli.main(["export", "--model", str(tmp_path / "ours"), "--format", "hf", "--out", str(tmp_path / "out")]) == 0
-    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    out = tmp_path / "out"
+    assert cli.main(["export", "--model", str(tmp_path / "ours"), "--format", "hf", "--out", str(out)]) == 0
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert type(theirs).__name__ == FAMILIES[family].archs["classify"] and theirs.config.id2label[2] == "pos"
-    back_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    back_tok = transformers.AutoTokenizer.from_pretrained(out)
     batch = dict(back_tok(*PAIRS, padding=True, return_tensors="pt"))
     assert batch["input_ids"].tolist() == tok(*PAIRS, padding=True)["input_ids"]
     original = getattr(transformers, FAMILIES[family].archs["classify"]).from_pretrained(src).eval()
@@ -219,6 +220,33 @@ def test_distilbert_sinusoidal_positions_load_from_the_weights(tmp_path, toks):
     assert diff[batch["attention_mask"].bool()].abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("family,layer0", [("roberta", "roberta.encoder.layer.0.attention"),
+                                            ("distilbert", "distilbert.transformer.layer.0.attention")])
+def test_heads_pruned_in_place_by_older_transformers(tmp_path, toks, family, layer0):
+    """transformers < 5 pruned heads in place and listed them in config.json (``pruned_heads``)."""
+    from safetensors.torch import load_file, save_file
+
+    src = make_hf(family, "classify", tmp_path / "hf", tokenizer=toks[family])
+    full = load_model(src).eval()
+    P.prune_heads(full, [torch.tensor([0, 2]), torch.arange(4)])       # drop heads 1 and 3 of layer 0
+    state = load_file(str(src / "model.safetensors"))
+    rows = torch.cat([torch.arange(h * 8, h * 8 + 8) for h in (0, 2)])  # head_dim 8
+    q, k, v, o = (("self.query", "self.key", "self.value", "output.dense") if family == "roberta"
+                  else ("q_lin", "k_lin", "v_lin", "out_lin"))
+    for name in (q, k, v):
+        for kind in ("weight", "bias"):
+            state[f"{layer0}.{name}.{kind}"] = state[f"{layer0}.{name}.{kind}"][rows].contiguous()
+    state[f"{layer0}.{o}.weight"] = state[f"{layer0}.{o}.weight"][:, rows].contiguous()
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "pruned_heads": {"0": [1, 3]}}))
+    old = load_model(src).eval()
+    assert old.config.heads == [2, 4]
+    batch = _batch(toks[family])
+    with torch.no_grad():
+        assert (old(**batch).logits - full(**batch).logits).abs().max() < 1e-5
+
+
 def _write_config(d: Path, **cfg) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(cfg))
@@ -240,6 +268,8 @@ REFUSED = [
     (dict(model_type="albert", architectures=["AlbertModel"], embedding_size=32, **BERTISH),
      "embedding_size == hidden_size"),
     (dict(model_type="electra", architectures=["ElectraModel"], is_decoder=True, **BERTISH), "is_decoder"),
+    (dict(model_type="albert", architectures=["AlbertModel"], pruned_heads={"0": [1]}, embedding_size=16, **BERTISH),
+     "pruned_heads"),
     (dict(model_type="funnel", architectures=["FunnelModel"]), "unsupported model_type 'funnel'"),
 ]
 

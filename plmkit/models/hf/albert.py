@@ -53,6 +53,8 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         if hf.get(option, 1) != 1:
             raise PlmkitError(f"{source}: ALBERT with {option}={hf[option]} is not supported (plmkit shares one "
                               "layer across all layers: num_hidden_groups 1, inner_group_num 1)")
+    if hf.get("pruned_heads"):
+        raise PlmkitError(f"{source}: an ALBERT with pruned_heads is not supported (its layers share weights)")
     sizes = bert_sizes(hf, source)
     E = hf.get("embedding_size", 128)
     if E == sizes["hidden_size"]:

@@ -101,7 +101,17 @@ def bert_sizes(hf: dict[str, Any], source: str) -> dict[str, Any]:
                 hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-12), activation=activation(hf.get("hidden_act", "gelu"), source),
-                pad_token_id=hf.get("pad_token_id") or 0)
+                pad_token_id=hf.get("pad_token_id") or 0,
+                heads=pruned_heads(hf, hf["num_hidden_layers"], hf["num_attention_heads"]))
+
+
+def pruned_heads(hf: dict[str, Any], layers: int, heads: int) -> list[int] | None:
+    """Heads per layer of a checkpoint pruned in place by transformers < 5 (``pruned_heads``: layer ->
+    removed heads), or None when nothing was pruned."""
+    pruned = hf.get("pruned_heads") or {}
+    if not pruned:
+        return None
+    return [heads - len(pruned.get(str(i), pruned.get(i, []))) for i in range(layers)]
 
 
 def bert_sizes_out(cfg: ModelConfig) -> dict[str, Any]:
@@ -114,12 +124,7 @@ def bert_sizes_out(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
-    cfg = EncoderConfig(**bert_sizes(hf, source), layout="bert")
-    pruned = hf.get("pruned_heads") or {}
-    if pruned:   # transformers < 5 could prune heads in place; their count per layer comes from here
-        cfg.heads = [cfg.num_heads - len(pruned.get(str(i), pruned.get(i, [])))
-                                    for i in range(cfg.num_layers)]
-    return cfg
+    return EncoderConfig(**bert_sizes(hf, source), layout="bert")
 
 
 BERT = register(Family(

@@ -14,6 +14,7 @@ from typing import Any
 from ...errors import PlmkitError
 from ..config import EncoderConfig, ModelConfig
 from . import Family, NamePairs, activation, register
+from .bert import pruned_heads
 
 NAMES: NamePairs = [
     ("embeddings.word_embeddings", "backbone.embeddings.word"),
@@ -48,7 +49,7 @@ def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
         hidden_dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.1),
         layer_norm_eps=EPS, activation=activation(hf.get("activation", "gelu"), source), cls_head="relu",
         tie_embeddings=hf.get("tie_word_embeddings", True), pad_token_id=hf.get("pad_token_id") or 0,
-        layout="distilbert")
+        heads=pruned_heads(hf, hf.get("n_layers", 6), hf.get("n_heads", 12)), layout="distilbert")
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
