@@ -177,12 +177,17 @@ def test_onnx_and_pruned_model_per_family(tmp_path, toks, family):
     shared layer: unstructured) saves, reloads identically and exports to ONNX."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra 'onnx')")
     from plmkit.compress.onnx_export import export_onnx_dir
+    from plmkit.compress.quantize import fuse_encoder
 
     tok = toks[family]
     model = load_model(make_hf(family, "classify", tmp_path / "hf", tokenizer=tok)).eval()
     batch = _batch(tok, pairs=PAIRS)
     export_onnx_dir(model, tmp_path / "onnx", load_tokenizer(tmp_path / "hf"), {"parent": "test"})
     assert _onnx_diff(model, tmp_path / "onnx", batch) < 1e-4
+    # INT8's graph fusion finds ORT's attention pattern in every layer, except after an E -> H
+    # projection (ALBERT, ELECTRA layer 0: its input is a MatMul, not a LayerNorm; it runs unfused)
+    fused = fuse_encoder(tmp_path / "onnx" / "model.onnx", tmp_path / "fused.onnx")
+    assert fused["Attention"] == model.config.num_layers - (model.config.embedding_size is not None)
     if model.config.share_layers:
         with pytest.raises(PlmkitError, match="shared layers"):
             P.check_prunable(model, structured=True)
