@@ -4,9 +4,11 @@ A saved directory holds ``tokenizer.json`` (the whole pipeline), ``tokenizer_con
 (class, max length, special token names, casing) and ``special_tokens_map.json``, so both
 ``PreTrainedTokenizerFast(tokenizer_file=...)`` and ``AutoTokenizer.from_pretrained(dir)`` load it.
 
-``load_tokenizer`` also reads plain HF model directories: one with ``tokenizer.json``, an
-old BERT one with only ``vocab.txt`` (+ optional ``tokenizer_config.json``), or an old GPT-2
-one with ``vocab.json`` + ``merges.txt``.
+``load_tokenizer`` also reads plain HF model directories: one with ``tokenizer.json`` (any
+model: WordPiece, byte-level BPE, SentencePiece Unigram, with the template it carries), an
+old BERT one with only ``vocab.txt`` (+ optional ``tokenizer_config.json``), or an old GPT-2 /
+RoBERTa one with ``vocab.json`` + ``merges.txt``. ``save_tokenizer`` writes BERT's and GPT-2's
+configs as before; any other vocabulary is saved under the special tokens it has.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from tokenizers import Tokenizer, models
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from ..errors import PlmkitError
 from ..io import atomic_write_text, read_json, write_json
@@ -30,6 +32,9 @@ _ROLE_TOKENS: dict[str, tuple[str, ...]] = {
     "bos": (GPT_EOS, "<s>"),
     "eos": (GPT_EOS, "</s>"),
 }
+
+ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 # model type (tokenizers class name) -> plmkit kind
 _KIND_OF_MODEL = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram", "WordLevel": "wordlevel"}
@@ -79,8 +84,21 @@ def _bpe_config(tok: Tokenizer) -> dict[str, Any]:
             "do_lower_case": _lowercases(tok), "model_max_length": 1024, **names}
 
 
+def _roles_config(tok: Tokenizer) -> dict[str, Any]:
+    """Any other tokenizer (RoBERTa's byte-level BPE with <s>/</s>, XLM-R's and ALBERT's SentencePiece
+    Unigram): tokenizer.json is the whole pipeline, so transformers' generic class reads it as is;
+    the special tokens are the ones this vocabulary has, under HF's role names."""
+    names = {f"{role}_token": tok.id_to_token(i) for role, i in special_ids(tok).items()}
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "do_lower_case": _lowercases(tok),
+            "model_max_length": 512, **names}
+
+
+def _bpe_or_roles_config(tok: Tokenizer) -> dict[str, Any]:
+    return _bpe_config(tok) if tok.token_to_id(GPT_EOS) is not None else _roles_config(tok)
+
+
 _CONFIG_OF_KIND: dict[str, Callable[[Tokenizer], dict[str, Any]]] = {
-    "wordpiece": _wordpiece_config, "bpe": _bpe_config}
+    "wordpiece": _wordpiece_config, "bpe": _bpe_or_roles_config, "unigram": _roles_config}
 
 
 def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
@@ -123,6 +141,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         tok = _from_bert_vocab(path)
     elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
         tok = _from_gpt2_files(path)
+    elif any((path / n).is_file() for n in SENTENCEPIECE_FILES):
+        raise PlmkitError(f"{path}: a SentencePiece model without tokenizer.json is not read; write one with "
+                          "transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)")
     else:
         raise PlmkitError(f"{path}: no tokenizer found (expected tokenizer.json, vocab.txt, "
                           "or vocab.json + merges.txt)")
@@ -172,10 +193,20 @@ def _from_bert_vocab(path: Path) -> Tokenizer:
 
 
 def _from_gpt2_files(path: Path) -> Tokenizer:
+    """GPT-2's vocab.json + merges.txt; with <s> and </s> in the vocabulary, RoBERTa's (its
+    ``<s> A </s></s> B </s>`` template, ``add_prefix_space`` from tokenizer_config.json)."""
     try:
         bpe = models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
     except Exception as e:  # tokenizers raises a bare Exception for any parse error
         raise PlmkitError(f"{path}: cannot read vocab.json/merges.txt ({e})") from None
     tok = Tokenizer(bpe)
     gpt_pipeline(tok, lowercase=False)
+    cls, sep = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if cls is not None and sep is not None:
+        cfg_file = path / "tokenizer_config.json"
+        prefix = bool((read_json(cfg_file) if cfg_file.is_file() else {}).get("add_prefix_space", False))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix)
+        tok.add_special_tokens([t for t in ROBERTA_SPECIALS if tok.token_to_id(t) is not None])
+        tok.post_processor = processors.RobertaProcessing(("</s>", sep), ("<s>", cls), trim_offsets=True,
+                                                          add_prefix_space=prefix)
     return tok

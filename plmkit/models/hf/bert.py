@@ -9,7 +9,7 @@ from typing import Any
 
 from ...errors import PlmkitError
 from ..config import EncoderConfig, ModelConfig
-from . import Family, NamePairs, State, activation, register
+from . import Family, NamePairs, State, TensorHook, TensorOutHook, activation, register
 
 NAMES: NamePairs = [
     ("embeddings.word_embeddings", "backbone.embeddings.word"),
@@ -64,20 +64,54 @@ def mlm_bias_out(state: State, body: State, top: State, cfg: ModelConfig, task: 
         top["cls.predictions.bias"] = state[dec]
 
 
-def bert_sizes(hf: dict[str, Any], source: str) -> dict[str, Any]:
-    """The EncoderConfig fields of a BERT-shaped HF config (BERT, ERNIE, RoBERTa, ...)."""
+def decoder_bias(hf_bias: str, hf_decoder: str) -> tuple[TensorHook, TensorOutHook]:
+    """Hooks for an MLM whose output bias HF keeps as a parameter of its own (``hf_bias``, e.g.
+    RoBERTa's ``lm_head.bias``), tied to ``hf_decoder``.bias; the decoder weight is a rename."""
+    def tensors_in(body: State, out: State, cfg: ModelConfig, task: str) -> None:
+        if hf_bias in body:
+            out.setdefault(f"{_mlm(task)}.decoder.bias", body[hf_bias])
+
+    def tensors_out(state: State, body: State, top: State, cfg: ModelConfig, task: str) -> None:
+        top.pop(f"{hf_decoder}.bias", None)
+        if f"{_mlm(task)}.decoder.bias" in state:
+            top[hf_bias] = state[f"{_mlm(task)}.decoder.bias"]
+    return tensors_in, tensors_out
+
+
+def _mlm(task: str) -> str:
+    return "head.mlm" if task in ("mlm+nsp", "mlm+sop") else "head"
+
+
+def check_absolute(hf: dict[str, Any], source: str) -> None:
+    """Refuse what a BERT-shaped encoder of plmkit does not compute: relative positions, decoders."""
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise PlmkitError(f"{source}: position_embedding_type {hf['position_embedding_type']!r} is not supported "
                           "(only absolute)")
     if hf.get("is_decoder") or hf.get("add_cross_attention"):
-        raise PlmkitError(f"{source}: a decoder / cross-attention BERT is not supported")
+        raise PlmkitError(f"{source}: a decoder / cross-attention {hf.get('model_type', 'model')} is not supported "
+                          "(is_decoder / add_cross_attention)")
+
+
+def bert_sizes(hf: dict[str, Any], source: str) -> dict[str, Any]:
+    """The EncoderConfig fields of a BERT-shaped HF config (BERT, ERNIE, RoBERTa, ...)."""
+    check_absolute(hf, source)
     return dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
                 num_heads=hf["num_attention_heads"], intermediate_size=hf["intermediate_size"],
                 max_position=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
                 hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
                 attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                 layer_norm_eps=hf.get("layer_norm_eps", 1e-12), activation=activation(hf.get("hidden_act", "gelu"), source),
-                pad_token_id=hf.get("pad_token_id") or 0)
+                pad_token_id=hf.get("pad_token_id") or 0,
+                heads=pruned_heads(hf, hf["num_hidden_layers"], hf["num_attention_heads"]))
+
+
+def pruned_heads(hf: dict[str, Any], layers: int, heads: int) -> list[int] | None:
+    """Heads per layer of a checkpoint pruned in place by transformers < 5 (``pruned_heads``: layer ->
+    removed heads), or None when nothing was pruned."""
+    pruned = hf.get("pruned_heads") or {}
+    if not pruned:
+        return None
+    return [heads - len(pruned.get(str(i), pruned.get(i, []))) for i in range(layers)]
 
 
 def bert_sizes_out(cfg: ModelConfig) -> dict[str, Any]:
@@ -90,12 +124,7 @@ def bert_sizes_out(cfg: ModelConfig) -> dict[str, Any]:
 
 
 def config_from_hf(hf: dict[str, Any], source: str) -> ModelConfig:
-    cfg = EncoderConfig(**bert_sizes(hf, source), layout="bert")
-    pruned = hf.get("pruned_heads") or {}
-    if pruned:   # transformers < 5 could prune heads in place; their count per layer comes from here
-        cfg.heads = [cfg.num_heads - len(pruned.get(str(i), pruned.get(i, [])))
-                                    for i in range(cfg.num_layers)]
-    return cfg
+    return EncoderConfig(**bert_sizes(hf, source), layout="bert")
 
 
 BERT = register(Family(
