@@ -161,7 +161,7 @@ def test_cli_export_hf_round_trip_with_tokenizer(tmp_path, toks, family, capsys)
 
 
 def _onnx_diff(model, onnx_dir: Path, batch: dict[str, torch.Tensor]) -> float:
-    from plmkit.compress.onnx_model import load_onnx_dir
+    from plmkit.models.onnx_model import load_onnx_dir
 
     onnx = load_onnx_dir(onnx_dir, threads=1)
     feeds = {k: v for k, v in batch.items() if k in model.config.input_names}

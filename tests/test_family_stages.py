@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from plmkit import cli
-from plmkit.models.checkpoint import load_model
+from plmkit.loading import load as load_model
 from plmkit.tokenizer import load_tokenizer
 
 from family_fixtures import FAMILIES, make_hf, write_classify, write_conll, write_squad
@@ -177,7 +177,7 @@ def test_onnx_quantize_and_bench(family, classifier, work, data, capsys):
 def test_bench_transformers_baseline_row(family, classifier):
     """The baseline row runs the checkpoint exported back to transformers (in-process here; the
     stage runs the same runner in a subprocess)."""
-    from plmkit.eval.bench import HFRunner
+    from plmkit.bench.runners import HFRunner
     from plmkit.models.checkpoint import export_hf
 
     model = load_model(classifier).eval()
