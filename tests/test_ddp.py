@@ -43,8 +43,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.barrier()
         again = make_model(seed=5, dropout=0.0)
         r2 = train(again, make_source(rank=rank, world_size=world),
-                   cfg(max_steps=STEPS, grad_accum=1, save_every=3), Path(out) / "resumed",
-                   resume=True)
+                   cfg(max_steps=STEPS, grad_accum=1, save_every=3, resume=True), Path(out) / "resumed")
         resumed = {k: v.tolist() for k, v in again.state_dict().items()}
         Path(out, f"rank{rank}.json").write_text(json.dumps(
             {"losses": r.losses, "state": state, "resumed_losses": r2.losses, "resumed": resumed}))

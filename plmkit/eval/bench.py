@@ -61,7 +61,7 @@ class Settings:
     latency_examples: int = 200
     max_examples: int | None = None
     threads: int = 1
-    precision: str = "bf16"        # torch rows: plmkit's inference precision (bf16 autocast or fp32)
+    precision: str = "bf16"        # torch rows: plmkit's inference precision as resolved (bf16 or fp32)
 
 
 # ------------------------------------------------------------------ the parent: checking inputs
@@ -321,7 +321,7 @@ def _timed_passes(model: Any, batches: list[dict[str, Any]], s: Settings, precis
     """(seconds per timed batch, seconds per timed pass) after ``warmup`` untimed batches."""
     import torch
 
-    from ..tasks.common import autocast
+    from ..precision import autocast
 
     per_batch, per_pass = [], []
     with torch.inference_mode(), autocast(precision, torch.device("cpu")):

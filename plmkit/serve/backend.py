@@ -33,12 +33,13 @@ from ..eval.metrics import get_entities
 from ..models.checkpoint import load_model, load_tokenizer
 from ..models.generate import generate
 from ..models.heads import ModelOutput
-from ..tasks.common import Prep, autocast, pad_id
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import PRECISIONS, autocast, resolve
+from ..tasks.common import Prep, pad_id
 from ..tokenizer import special_ids
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-PRECISIONS = ("bf16", "fp32", "auto")     # as plmkit predict: bf16 autocast, fp32, or bf16 on GPU only
 MIN_TEMPERATURE = 0.01
 WORD = re.compile(r"\S+")          # NER input is split into words at whitespace, offsets kept
 
@@ -59,12 +60,12 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The checkpoint in PyTorch; ``precision`` "bf16" runs under bf16 autocast, as predict does
-    (on a CPU with AVX512-BF16 a batch of 32 SST-2 sentences runs ~1.9x faster than in fp32)."""
+    """The checkpoint in PyTorch under ``plmkit.precision``'s autocast, as predict runs it (on a
+    CPU with AVX512-BF16 a batch of 32 SST-2 sentences runs ~1.9x faster in bf16 than in fp32)."""
     name = "torch"
 
-    def __init__(self, path: Path, precision: str = "bf16"):
-        self.precision = precision
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):
+        self.precision = resolve(precision, "cpu")     # what runs (bf16 or fp32); refused here if impossible
         model = load_model(path)
         if model.family == "decoder" and model.task == "base":
             model = load_model(path, task="clm")          # a bare GPT-2: its LM head is tied, nothing new
@@ -104,7 +105,7 @@ class OnnxBackend:
     """
     name = "onnxruntime"
 
-    def __init__(self, path: Path, precision: str = "bf16"):     # precision: the export's own
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):     # precision: the export's own
         try:
             from ..compress.onnx_model import is_onnx_dir, load_onnx_dir
         except ImportError as e:
@@ -140,7 +141,7 @@ class Item:
 class ServedModel:
     """A checkpoint loaded for serving. ``supports(endpoint)`` is None or the reason it cannot."""
 
-    def __init__(self, path: str | Path, backend: str = "torch", precision: str = "bf16"):
+    def __init__(self, path: str | Path, backend: str = "torch", precision: str = PRECISION_DEFAULT):
         self.path = Path(path)
         if backend not in BACKENDS:
             raise PlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")

@@ -16,14 +16,17 @@ from dataclasses import asdict, dataclass
 
 from ..config import option
 from ..errors import PlmkitError
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import HELP as PRECISION_HELP
+from ..precision import PRECISIONS
 
 
 @dataclass
 class Config:
     model: str = option(help="checkpoint directory (plmkit or local Hugging Face)")
     backend: str = option("torch", help="inference backend", choices=["torch", "onnxruntime"])
-    precision: str = option("bf16", help="torch backend: bf16 autocast (as predict) or fp32",
-                            choices=["bf16", "fp32", "auto"])
+    precision: str = option(PRECISION_DEFAULT, help="torch backend (as predict): " + PRECISION_HELP,
+                            choices=PRECISIONS)
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     port: int = option(8080, help="TCP port")
     max_batch: int = option(32, help="most texts per model call")
