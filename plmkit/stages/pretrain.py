@@ -110,7 +110,7 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     fingerprint = {"model": config_to_dict(model_cfg), "task": task, "shards": shard_dir.name,
                    "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "mlm_prob": cfg.mlm_prob,
                    "whole_word_mask": cfg.whole_word_mask}
-    with dropped_unless_resumable(out, info.is_main and not cfg.resume):
+    with dropped_unless_resumable(out, enabled=not cfg.resume):
         # --patience watches the validation loss (the best weights also go to out/best)
         result = train(model, source, args, out, eval_fn=eval_fn, fingerprint=fingerprint,
                        metric="loss" if args.patience and eval_fn else None, greater_is_better=False,

@@ -483,13 +483,15 @@ def _resumes(out_dir: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def dropped_unless_resumable(run_dir: Path, is_main: bool = True) -> Iterator[None]:
-    """Remove ``run_dir`` when training in it fails before its first checkpoint: there is
-    nothing to resume, and a leftover directory would block the corrected run."""
+def dropped_unless_resumable(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Remove ``run_dir`` when training in it fails (PlmkitError) before its first checkpoint:
+    there is nothing to resume, and a leftover directory would block the corrected run. Under
+    torchrun every rank removes it before exiting (torchrun stops the other ranks as soon as
+    one exits, so rank 0 alone might be stopped half-way)."""
     try:
         yield
     except PlmkitError:
-        if is_main and run_dir.is_dir() and not S.list_checkpoints(run_dir / "checkpoints"):
+        if enabled and run_dir.is_dir() and not S.list_checkpoints(run_dir / "checkpoints"):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
