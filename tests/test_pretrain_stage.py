@@ -156,3 +156,20 @@ def test_resume_refuses_a_changed_config_and_reuse_of_another_run(tmp_path, corp
     assert main(changed + ["--resume"]) == 1
     assert "seq_len: 32 -> 16" in _err(capsys)
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_resume_may_lower_the_lr_change_precision_and_extend_the_run(tmp_path, corpus, wordpiece, capsys,
+                                                                   monkeypatch):
+    """The recovery a NaN or divergence stop advises; ./run and run are the same run."""
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), *TINY, "--tokenizer",
+            str(wordpiece), "--eval-batches", "0", "--save-every", "2", "--max-steps", "4"]
+    assert main([*args, "--out", "run", "--lr", "1e-3", "--precision", "bf16"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", "./run", "--resume", "--lr", "5e-4", "--precision", "fp32",
+                 "--max-steps", "6"]) == 0
+    meta = json.loads((tmp_path / "run" / "plmkit.json").read_text())
+    assert meta["metrics"]["steps"] == 6
+    assert meta["metrics"]["resumes"] == [{"step": 4, "changed": {"lr": [0.001, 0.0005], "max_steps": [4, 6],
+                                                                  "precision": ["bf16", "fp32"]}}]
+    assert "resuming from step 4 (changed: lr 0.001 -> 0.0005" in capsys.readouterr().out

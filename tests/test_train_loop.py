@@ -338,3 +338,81 @@ def test_token_count_and_peak_flops():
     assert count_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": mask}) == 3
     assert count_tokens({"input_ids": torch.zeros(2, 3)}) == 6
     assert measure_peak_flops(torch.float32, "cpu", n=128, reps=2) > 0
+
+
+# ---- divergence, recovery by resuming with a lower lr, damaged checkpoints ----
+
+class BlowUp(TinyLM):
+    """A finite loss that explodes after ``calls`` forward passes (as with lr 50: 8 -> 468,276)."""
+
+    def __init__(self, calls: int) -> None:
+        torch.manual_seed(0)
+        super().__init__(0.0)
+        self.calls, self.limit = 0, calls
+
+    def forward(self, **batch):
+        out = super().forward(**batch)
+        self.calls += 1
+        if self.calls > self.limit:
+            out.loss = out.loss * 1e4
+        return out
+
+
+def test_divergence_without_nan_stops_keeps_the_last_good_checkpoint_and_resumes_with_a_lower_lr(
+        tmp_path, capsys):
+    model = BlowUp(calls=5)
+    with pytest.raises(PlmkitError, match=r"loss diverged: .* at step 8.*last good checkpoint is .*step-4.*"
+                                          r"Lower the learning rate.*--resume"):
+        train(model, make_source(), cfg(max_steps=20, save_every=2, keep_last=0, divergence_steps=3), tmp_path)
+    # step 6 was due for a checkpoint, but its loss was already far above its best: not written
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 8 and last["event"] == "diverged" and last["loss"] > 100 * last["best"]
+
+    # The advised recovery: resume with a lower lr (and a longer run); both changes are recorded.
+    r = train(make_model(), make_source(), cfg(max_steps=10, save_every=2, keep_last=0, divergence_steps=3,
+                                               lr=5e-3, resume=True), tmp_path)
+    assert r.steps == 10 and len(r.losses) == 6 and all(math.isfinite(x) for x in r.losses)
+    assert r.resumes == [{"step": 4, "changed": {"lr": [0.01, 0.005], "max_steps": [20, 10]}}]
+    assert "resuming from step 4 (changed: lr 0.01 -> 0.005, max_steps 20 -> 10)" in capsys.readouterr().out
+    events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if "event" in e] == ["resume"]  # the diverged steps were rolled back
+
+
+def test_resume_re_plans_the_schedule_for_a_new_lr_and_length(tmp_path):
+    train(make_model(), make_source(), cfg(max_steps=4, save_every=2, log_every=1), tmp_path)
+    r = train(make_model(), make_source(), cfg(max_steps=8, lr=0.02, save_every=2, resume=True), tmp_path)
+    # warmup 2 as planned, then linear decay from the peak 0.02 to 0 at the new end (step 8)
+    assert [h["lr"] for h in r.history if "lr" in h] == pytest.approx([0.02 * 4 / 6, 0.02 * 3 / 6,
+                                                                       0.02 * 2 / 6, 0.02 * 1 / 6])
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "train_state.pt"])
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damaged):
+    ra = train(make_model(), make_source(), cfg(), tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    path = tmp_path / "b" / "checkpoints" / "step-8" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])   # a full disk, a copy cut short
+    resumed = make_model(seed=5)
+    rb = train(resumed, make_source(), cfg(resume=True), tmp_path / "b")
+    assert rb.losses == pytest.approx(ra.losses[4:], abs=1e-5)         # continued from step 4
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint {path.parent}" in err and damaged in err and "the one before it" in err
+
+
+class Gadget:
+    """Stands for any Python object a pickle could bring along (and run code through)."""
+
+
+def test_a_train_state_that_needs_unpickling_is_refused(tmp_path):
+    import pickle
+
+    train(make_model(), make_source(), cfg(), tmp_path)
+    state = tmp_path / "checkpoints" / "step-8" / "train_state.pt"
+    state.write_bytes(pickle.dumps({"step": 8, "gadget": Gadget()}))
+    with pytest.raises(PlmkitError, match="not a torch zip archive .*refusing"):
+        train(make_model(), make_source(), cfg(resume=True), tmp_path)
+    torch.save({"step": 8, "gadget": Gadget()}, state)
+    with pytest.raises(PlmkitError, match="refusing to unpickle"):
+        train(make_model(), make_source(), cfg(resume=True), tmp_path)
