@@ -120,8 +120,8 @@ class MetricsLog:
 
 
 def progress_lines_enabled() -> bool:
-    """Off a terminal (stderr to a file or pipe): the bar is off, progress lines take over."""
-    return not sys.stderr.isatty() and os.environ.get("PLMKIT_QUIET", "") != "1"
+    """Output to a file or a pipe (a log, a recipe's stage log): progress lines go there."""
+    return not sys.stdout.isatty() and os.environ.get("PLMKIT_QUIET", "") != "1"
 
 
 def format_seconds(seconds: float) -> str:
@@ -139,9 +139,10 @@ def copy_logs(work: Path, out: Path) -> None:
 
 
 class Progress:
-    """Feedback over the optimizer steps, on rank 0: a tqdm bar on a terminal; off a terminal
-    (output to a file, a recipe's stage log) one line to stderr every ``every`` seconds: step,
-    loss, tokens/s and ETA. Silent with PLMKIT_QUIET=1 and on the other ranks."""
+    """Feedback over the optimizer steps, on rank 0: a tqdm bar while stderr is a terminal; while
+    stdout is not one (a log file, a pipe, a recipe's stage log) a line there every ``every``
+    seconds and at the end: step, loss, tokens/s and ETA. Silent with PLMKIT_QUIET=1 and on the
+    other ranks."""
 
     def __init__(self, total: int | None, initial: int, enabled: bool, *, every: float = 30.0,
                  world_size: int = 1, budget_s: float | None = None, spent_s: float = 0.0) -> None:
@@ -181,7 +182,7 @@ class Progress:
             left.append(max(0.0, self.budget_left - (now - self.start)))
         if left:
             parts.append(f"ETA {format_seconds(min(left))}")
-        print(" | ".join(parts), file=sys.stderr, flush=True)
+        print(" | ".join(parts), flush=True)
         self.last, self.loss, self.n, self.tokens = now, 0.0, 0, 0
 
     def close(self) -> None:

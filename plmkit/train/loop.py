@@ -209,31 +209,29 @@ class _Trainer:
                               "(--resume) or train into a new output directory")
         return None
 
-    def _pick_checkpoint(self) -> Path | None:
-        """Rank 0: the newest checkpoint whose files are whole; a truncated one (a full disk, a
-        copy cut short) is skipped, saying so. A state file plmkit would have to unpickle is
-        refused outright (``state.check_readable``)."""
+    def _pick_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0: the newest checkpoint whose files are whole, and its train state; a truncated
+        one (a full disk, a copy cut short) is skipped, saying so. A state file plmkit would
+        have to unpickle is refused outright (``state.check_readable``)."""
         S.remove_partial(self.ckpt_root)
         for _, path in reversed(S.list_checkpoints(self.ckpt_root)):
             try:
-                S.check_readable(path)
+                return path, S.check_readable(path)
             except S.Unreadable as e:
                 print(f"note: skipping checkpoint {path}: {e}; resuming from the one before it",
                       file=sys.stderr)
-                continue
-            return path
         return None
 
     def _restore(self) -> int | None:
         """Load the newest complete checkpoint, if any; returns its step."""
-        latest = self._pick_checkpoint() if self.info.is_main else None
-        path = D.broadcast_object(str(latest) if latest else None, self.info)
+        picked = self._pick_checkpoint() if self.info.is_main else None
+        path = D.broadcast_object(str(picked[0]) if picked else None, self.info)
         if path is None:
             return None  # nothing saved yet: a resumed run starts from scratch
         path = Path(path)
         ignore = _LEGACY | {f"train.{k}" for k in RESUME_FREE}
         S.check_fingerprint(path, self.fingerprint, ignore_saved=ignore)
-        state = S.load_state(path)
+        state = picked[1] if picked else S.load_state(path)
         if self.sharded:
             S.load_sharded(self.raw, self.opt, path, self.info.is_main)
         else:

@@ -2,13 +2,14 @@
 
 Layout of ``out_dir/checkpoints/step-N/`` (each written whole via ``atomic_dir``, so a
 directory named ``step-N`` is always complete; a kill mid-write leaves only a hidden
-``.step-N.tmp-*`` directory, removed on the next resume):
+``.step-N.tmp-*`` directory, removed on the next resume; a file cut short later, e.g. by a full
+disk or a copy, makes the resume fall back to the checkpoint before, see ``check_readable``):
 
 * model weights, written by the caller's ``save_fn`` (default ``model.safetensors``);
 * ``train_state.pt``: optimizer, scheduler, per-rank RNG states, per-rank data-source
   states, loop counters. Only tensors and plain Python values, so it loads with
   ``torch.load(weights_only=True)`` (no pickle code execution);
-* ``train_config.json`` (the resolved TrainConfig) and ``fingerprint.json`` (what must
+* ``train_config.json`` (the resolved TrainArgs) and ``fingerprint.json`` (what must
   match to resume);
 * under FSDP, ``optimizer.pt``: the full (unsharded) optimizer state keyed by parameter
   name, apart from ``train_state.pt`` so that only rank 0 reads it. The weights are the
@@ -22,6 +23,7 @@ import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -284,14 +286,19 @@ def check_safetensors(path: Path) -> None:
                          f"{8 + n + max(ends, default=0)})")
 
 
-def check_readable(directory: Path) -> None:
+def check_readable(directory: Path) -> dict[str, Any]:
     """Every file of a checkpoint is whole: ``Unreadable`` if one is cut short (the caller falls
-    back to an older checkpoint); PlmkitError if a state file is unsafe to load."""
-    load_state(directory)
-    if (directory / OPTIM_FILE).is_file():
-        _load(directory / OPTIM_FILE)
+    back to an older checkpoint); PlmkitError if a state file is unsafe to load. Returns the
+    train state (read here anyway)."""
+    state = load_state(directory)
+    if (directory / OPTIM_FILE).is_file():   # FSDP's full optimizer state: checked, not loaded twice
+        try:
+            zipfile.ZipFile(directory / OPTIM_FILE).close()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise Unreadable(f"{directory / OPTIM_FILE}: truncated or damaged ({e})") from None
     for path in sorted(directory.glob("*.safetensors")):
         check_safetensors(path)
+    return state
 
 
 # ---- fingerprints ----
