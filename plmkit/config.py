@@ -127,14 +127,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         default = None if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
             else _default(f)
         help_text = meta.get("help", "")
-        if default is not None and default != "" and not isinstance(default, bool):
+        if default not in (None, "", []) and not isinstance(default, bool):
             shown = " ".join(map(str, default)) if isinstance(default, list) else default
             help_text += f" (default: {shown})"
         name = flag_name(f)
         title = meta.get("group")
-        target: Any = parser
-        if title:
-            target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target: Any = groups[title] if title else parser
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if meta.get("positional"):
             name = f.name
