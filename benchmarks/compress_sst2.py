@@ -110,7 +110,7 @@ def pipeline(task: str, work: Path, train: Path, held: Path, p: dict, threads: i
                                       str(p["distill_epochs"]), "--lr", str(p["distill_lr"]), "--temperature", "2",
                                       "--alpha", "0.5", "--out", str(student), *common], log)
     step("prune student", pruned, ["prune", "--model", str(student), "--train", str(train), "--heads", str(p["heads"]),
-                                   "--ffn", str(p["ffn"]), "--importance-batches", "30", "--recover-steps",
+                                   "--ffn", str(p["ffn"]), "--importance-batches", "30", "--max-steps",
                                    str(p["recover_steps"]), "--lr", "5e-5", "--out", str(pruned),
                                    *common], log)
     step("quantize pruned student", work / "student-pruned-int8",

@@ -181,7 +181,7 @@ def run_plmkit(files: list[Path], steps: int, tmp: Path, cache: Path, batch_toke
     out = tmp / f"plmkit-{i}"
     cmd = [exe, "pretrain", "--arch", "bert", "--size", "mini", "--objective", "mlm", "--tokenizer",
            str(minilm_dir()), "--corpus", *map(str, files), "--seq-len", str(SEQ), "--batch-size", str(BATCH),
-           "--steps", str(steps), "--eval-batches", "0", "--log-every", str(LOG_EVERY), "--precision", "bf16",
+           "--max-steps", str(steps), "--eval-batches", "0", "--log-every", str(LOG_EVERY), "--precision", "bf16",
            "--lr", str(TRAIN["lr"]), "--warmup-ratio", str(TRAIN["warmup_ratio"]),
            "--weight-decay", str(TRAIN["weight_decay"]), "--out", str(out), "--cache-dir", str(cache)]
     if compile_:

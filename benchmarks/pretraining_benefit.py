@@ -2,7 +2,7 @@
 
     # 1. pre-train (under 30 minutes of wall clock on the 2-core CPU):
     plmkit pretrain --arch bert --size mini --objective mlm+nsp --corpus ../shared/data/corpus/*.txt \
-        --out runs/pt_mini --vocab-size 8000 --pre-ln --lr 1e-3 --steps 6800 --budget 30m
+        --out runs/pt_mini --vocab-size 8000 --pre-ln --lr 1e-3 --max-steps 6800 --budget 30m
     # 2. this script (~6 minutes: 3 learning rates x 2 starts):
     python benchmarks/pretraining_benefit.py --pretrained runs/pt_mini
 

@@ -7,11 +7,17 @@ Each stage declares a dataclass. From it we derive:
 
 Precedence: dataclass default < YAML file < flags given on the command line.
 Flags use ``argparse.SUPPRESS`` as default so we can tell "given" from "defaulted".
+
+Bounds are declared on the field (``option(1, ge=1)``) and checked by ``build`` for every
+stage alike, from flags and YAML, before a stage runs; the message names the flag.
+Option sets shared by several stages (``plmkit.train.TrainArgs``) are declared once and
+copied into each stage's config by ``compose``; ``pick`` takes them back out.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -24,14 +30,76 @@ from .errors import PlmkitError
 T = TypeVar("T")
 
 
+BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+          "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           positional: bool = False, choices: list[str] | None = None, **kw: Any) -> Any:
-    """A dataclass field with CLI metadata. Mutable defaults go through default_factory."""
-    meta = {"help": help, "flag": flag, "positional": positional, "choices": choices}
+           positional: bool = False, choices: list[str] | None = None, group: str | None = None,
+           ge: float | None = None, gt: float | None = None, le: float | None = None,
+           lt: float | None = None, **kw: Any) -> Any:
+    """A dataclass field with CLI metadata. Mutable defaults go through default_factory.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (each item of a list); NaN never passes.
+    ``group`` titles the block of ``--help`` the flag is listed in.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": help, "flag": flag, "positional": positional, "choices": choices, "group": group,
+            "bounds": bounds}
+    return _field(default, dataclasses.MISSING, meta, **kw)
+
+
+def _field(default: Any, factory: Any, meta: Any, **kw: Any) -> Any:
     if isinstance(default, (list, dict)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def compose(name: str, module: str, base: type, *parts: type, defaults: dict[str, Any] | None = None,
+            omit: tuple[str, ...] = ()) -> type:
+    """A stage config: ``base``'s options, then those of each shared part, copied with their help
+    and bounds. ``defaults`` gives this stage its own default for a part's option (shown in
+    --help); ``omit`` leaves a part's option out (``pick`` then uses the part's default)."""
+    defaults = dict(defaults or {})
+    own = {f.name for f in dataclasses.fields(base)}
+    fields: list[tuple[str, Any, Any]] = []
+    for part in parts:
+        hints = typing.get_type_hints(part)
+        for f in dataclasses.fields(part):
+            if f.name in omit:
+                continue
+            if f.name in own:
+                raise TypeError(f"{name}: option '{f.name}' is declared by both {base.__name__} and "
+                                f"{part.__name__}")
+            if f.name in defaults:
+                new = _field(defaults.pop(f.name), dataclasses.MISSING, f.metadata)
+            else:
+                new = _field(f.default, f.default_factory, f.metadata)
+            fields.append((f.name, hints[f.name], new))
+    if defaults:
+        raise TypeError(f"{name}: defaults for unknown shared options {sorted(defaults)}")
+    cls = dataclasses.make_dataclass(name, fields, bases=(base,))
+    cls.__module__ = module
+    return cls
+
+
+def pick(cls: type[T], cfg: Any) -> T:
+    """An instance of ``cls`` from the same-named options of ``cfg`` (the composed stage config);
+    options the stage omits keep ``cls``'s defaults."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -52,14 +120,21 @@ def _hints(cls: type) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per dataclass field, plus ``--config``."""
     hints = _hints(cls)
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(cls):
         tp, _ = _base_type(hints[f.name])
         meta = f.metadata
-        default = None if f.default is dataclasses.MISSING else f.default
+        default = None if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING \
+            else _default(f)
         help_text = meta.get("help", "")
-        if default is not None and default != "" and not isinstance(default, bool):
-            help_text += f" (default: {default})"
-        name = meta.get("flag") or "--" + f.name.replace("_", "-")
+        if default not in (None, "", []) and not isinstance(default, bool):
+            shown = " ".join(map(str, default)) if isinstance(default, list) else default
+            help_text += f" (default: {shown})"
+        name = flag_name(f)
+        title = meta.get("group")
+        if title and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        target: Any = groups[title] if title else parser
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if meta.get("positional"):
             name = f.name
@@ -77,7 +152,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["type"] = item
         else:
             kwargs["type"] = tp if tp in (int, float, str) else str
-        parser.add_argument(name, **kwargs)
+        target.add_argument(name, **kwargs)
     parser.add_argument("--config", dest="_config", default=None, metavar="FILE.yaml",
                         help="YAML file with these options; flags given here override it")
 
@@ -133,15 +208,34 @@ def _check_types(cfg: Any, source: str) -> None:
                               f"got {bad[0]!r}")
         if tp is float and isinstance(value, int) and not isinstance(value, bool):
             setattr(cfg, f.name, float(value))
-            continue
-        if typing.get_origin(tp) is list:
+        elif typing.get_origin(tp) is list:
             if not isinstance(value, list):
                 setattr(cfg, f.name, [value])
-            continue
-        if tp in (int, float, str, bool) and not isinstance(value, tp):
+        elif (tp in (int, float, str, bool) and not isinstance(value, tp)) or (tp is int and isinstance(value, bool)):
             raise PlmkitError(f"{source}: option '{f.name}' must be {tp.__name__}, got {value!r}")
-        if tp is int and isinstance(value, bool):
-            raise PlmkitError(f"{source}: option '{f.name}' must be int, got {value!r}")
+        _check_bounds(f, getattr(cfg, f.name), source)
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, source: str) -> None:
+    bounds = f.metadata.get("bounds", {})
+    for item in value if isinstance(value, list) else [value]:
+        if not bounds or not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        if not math.isfinite(item):
+            raise PlmkitError(f"{source}: {flag_name(f)} must be a finite number, got {item!r}")
+        if not all(BOUNDS[kind][1](item, bound) for kind, bound in bounds.items()):
+            raise PlmkitError(f"{source}: {flag_name(f)} must be {_range(bounds)}, got {item!r}")
+
+
+def _range(bounds: dict[str, float]) -> str:
+    """'>= 1', or 'in [0, 1)' for a bound on both sides."""
+    low = [(k, b) for k, b in bounds.items() if k in ("ge", "gt")]
+    high = [(k, b) for k, b in bounds.items() if k in ("le", "lt")]
+    if low and high:
+        (lk, lb), (hk, hb) = low[0], high[0]
+        return f"in {'[' if lk == 'ge' else '('}{lb:g}, {hb:g}{']' if hk == 'le' else ')'}"
+    kind, bound = (low or high)[0]
+    return f"{BOUNDS[kind][0]} {bound:g}"
 
 
 def from_args(cls: type[T], ns: argparse.Namespace) -> T:

@@ -1,5 +1,6 @@
 """DDP on CPU (gloo): 2 ranks x 1 micro-batch must train exactly like 1 rank x 2 micro-batches,
-and a 2-rank run must resume exactly from its checkpoint."""
+and a 2-rank run must resume exactly from its checkpoint; `plmkit pretrain` does so for every
+objective, and a user error under DDP is one line per rank with no partial run folder."""
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         dist.barrier()
         again = make_model(seed=5, dropout=0.0)
         r2 = train(again, make_source(rank=rank, world_size=world),
-                   cfg(max_steps=STEPS, grad_accum=1, save_every=3), Path(out) / "resumed",
-                   resume=True)
+                   cfg(max_steps=STEPS, grad_accum=1, save_every=3, resume=True), Path(out) / "resumed")
         resumed = {k: v.tolist() for k, v in again.state_dict().items()}
         Path(out, f"rank{rank}.json").write_text(json.dumps(
             {"losses": r.losses, "state": state, "resumed_losses": r2.losses, "resumed": resumed}))
@@ -72,3 +72,75 @@ def test_two_ranks_equal_one_rank_with_accumulation(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == list(range(1, STEPS + 1))
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [3, 6]
     assert single.losses[0] != pytest.approx(single.losses[-1])  # it did learn something
+
+
+# ---- every pre-training objective through `plmkit pretrain` (as torchrun runs it) ----
+
+OBJECTIVES = {"mlm": "bert", "mlm+nsp": "bert", "mlm+sop": "bert", "clm": "gpt"}
+
+
+def _pretrain(root: Path, objective: str, out: str, *extra: str) -> list[str]:
+    arch = OBJECTIVES[objective]
+    return ["pretrain", "--arch", arch, "--size", "tiny", "--objective", objective, "--corpus",
+            str(root / "corpus.txt"), "--tokenizer", str(root / f"tok-{arch}"), "--seq-len", "32",
+            "--batch-size", "4", "--dropout", "0", "--precision", "fp32", "--max-steps", "3",
+            "--eval-batches", "0", "--log-every", "1", "--cache-dir", str(root / "cache"),
+            "--out", str(root / out), *extra]
+
+
+def _pretrain_worker(rank: int, world: int, port: int, root: str) -> None:
+    import contextlib
+    import io
+    import os
+
+    from plmkit.cli import main
+
+    os.environ.update(PLMKIT_QUIET="1", RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    try:
+        codes = {obj: main(_pretrain(Path(root), obj, f"ddp-{obj}")) for obj in OBJECTIVES}
+        # A user error once the run directory exists (the loop refuses --patience without
+        # evaluation): one line per rank, exit 1, and no partial run folder.
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            codes["error"] = main(_pretrain(Path(root), "mlm", "ddp-error", "--patience", "2"))
+        Path(root, f"rank{rank}.json").write_text(json.dumps({"codes": codes, "stderr": err.getvalue()}))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_pretrain_every_objective_two_ranks_equal_one_rank_with_accumulation(tmp_path):
+    from safetensors.torch import load_file
+
+    from plmkit.cli import main
+    from plmkit.data.synthetic import write_corpus
+    from plmkit.tokenizer import save_tokenizer, train_tokenizer
+
+    write_corpus(tmp_path / "corpus.txt", n_docs=200, seed=0)
+    for arch, kind in (("bert", "wordpiece"), ("gpt", "bpe")):
+        (tmp_path / f"tok-{arch}").mkdir()
+        save_tokenizer(train_tokenizer([tmp_path / "corpus.txt"], kind=kind, vocab_size=300,
+                                       show_progress=False), tmp_path / f"tok-{arch}")
+    mp.spawn(_pretrain_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in ranks:
+        assert r["codes"] == {**{obj: 0 for obj in OBJECTIVES}, "error": 1}
+        lines = r["stderr"].strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("plmkit: error:") and "--patience" in lines[0]
+    assert not (tmp_path / "ddp-error").exists()
+
+    for obj in OBJECTIVES:  # 2 ranks x 4 sequences == 1 rank x 2 micro-batches of 4
+        assert main(_pretrain(tmp_path, obj, f"one-{obj}", "--grad-accum", "2")) == 0
+        losses = [[json.loads(x)["loss"] for x in (tmp_path / f"{run}-{obj}" / "metrics.jsonl").open()]
+                  for run in ("ddp", "one")]
+        assert losses[0] == pytest.approx(losses[1], abs=1e-5) and len(losses[0]) == 3
+        a = load_file(str(tmp_path / f"ddp-{obj}" / "model.safetensors"))
+        b = load_file(str(tmp_path / f"one-{obj}" / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"{obj}: {k}")
+        # NSP/SOP train the pooler; an MLM-only BERT has none (DDP would find it unused)
+        assert any(k.startswith("backbone.pooler") for k in a) == (obj in ("mlm+nsp", "mlm+sop"))

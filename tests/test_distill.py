@@ -382,3 +382,22 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(root, capsys, extra, me
     err = capsys.readouterr().err.strip()
     assert err.startswith("plmkit: error:") and message in err and len(err.splitlines()) == 1, err
     assert not out.exists() and not any(p.name.startswith(".bad") for p in root.iterdir())
+
+
+def test_interrupted_distillation_resumes(root, monkeypatch, capsys):
+    """distill keeps its work directory when stopped, and --resume continues from its checkpoint."""
+    import plmkit.stages.distill as stage
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+    out = root / "resumed"
+    args = ["--student-layers", "1", "--max-steps", "6", "--save-every", "3"]
+    with monkeypatch.context() as m:
+        m.setattr(stage, "_write_output", crash)
+        assert _distill(root, "classify", out, *args) == 130
+    work = root / ".resumed.distill"
+    assert not out.exists() and (work / "checkpoints" / "step-6").is_dir()
+    capsys.readouterr()
+    assert _distill(root, "classify", out, *args) == 1 and "--resume" in capsys.readouterr().err
+    assert _distill(root, "classify", out, *args, "--resume") == 0
+    assert json.loads((out / "plmkit.json").read_text())["metrics"]["steps"] == 6 and not work.exists()

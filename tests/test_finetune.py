@@ -353,6 +353,21 @@ def test_interrupted_run_resumes(tmp_path, encoder_dir, files, monkeypatch, caps
     assert _meta(out)["metrics"]["steps"] == 6 and not work.exists()
 
 
+def test_same_command_same_seed_same_run(tmp_path, encoder_dir, files):
+    """The fresh head is initialised from --seed (torch's own start-up seed differs per process)."""
+    def losses(out: Path) -> list[tuple]:
+        _finetune(encoder_dir, "classify", files["train"], out, "--max-steps", "4", "--log-every", "1")
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["lr"], r.get("grad_norm")) for r in records]
+
+    torch.manual_seed(1)
+    first = losses(tmp_path / "a")
+    torch.manual_seed(2)                     # whatever state the process is in
+    assert losses(tmp_path / "b") == first and len(first) == 4
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in "ab")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --- bad input: one line, exit 1, nothing written ---------------------------------------------
 
 def _bad(tmp_path: Path, name: str, content: str) -> Path:

@@ -17,7 +17,7 @@ from plmkit.errors import PlmkitError
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig
 from plmkit.models.model import PlmModel
-from plmkit.train import IndexedBatches, TrainConfig, train
+from plmkit.train import IndexedBatches, TrainArgs, train
 from plmkit.train.state import MODEL_FILE, load_safetensors
 
 VOCAB, SEQ, N_EXAMPLES, STEPS = 40, 8, 48, 6
@@ -50,8 +50,8 @@ def evaluate(model: torch.nn.Module) -> dict[str, float]:
     return {"loss": float(model(**batch).loss)}
 
 
-def cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{**dict(lr=1e-2, precision="fp32", max_steps=STEPS, warmup_steps=2,
+def cfg(**kw) -> TrainArgs:
+    return TrainArgs(**{**dict(lr=1e-2, precision="fp32", max_steps=STEPS, warmup_steps=2,
                                  log_every=1, save_every=3, eval_every=3, keep_last=0, seed=7), **kw})
 
 
@@ -74,8 +74,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             shutil.copytree(Path(out) / "run", Path(out) / "resumed")
             shutil.rmtree(Path(out) / "resumed" / "checkpoints" / "step-6")
         dist.barrier()
-        r2 = train(make_model(seed=5), make_source(rank, world), cfg(fsdp=True, grad_accum=1),
-                   Path(out) / "resumed", resume=True, **common)
+        r2 = train(make_model(seed=5), make_source(rank, world), cfg(fsdp=True, grad_accum=1, resume=True),
+                   Path(out) / "resumed", **common)
         # Gradient accumulation under FSDP (gradient sync off on the first micro-batch).
         r3 = train(make_model(), make_source(rank, world),
                    cfg(fsdp=True, grad_accum=2, max_steps=2, eval_every=0), Path(out) / "accum")

@@ -39,7 +39,7 @@ def _args(corpus, out, cache, *extra):
 
 def test_bert_mlm_nsp_learns_and_saves_a_checkpoint(tmp_path, corpus, wordpiece, capsys):
     assert main(_args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece),
-                      "--steps", "60", "--lr", "2e-3", "--eval-every", "30", "--val-fraction", "0.05")) == 0
+                      "--max-steps", "60", "--lr", "2e-3", "--eval-every", "30", "--val-fraction", "0.05")) == 0
     out = tmp_path / "run"
     model = load_model(out)
     assert model.task == "mlm+nsp" and model.config.num_layers == 2 and model.config.hidden_size == 128
@@ -61,13 +61,13 @@ def test_bert_mlm_nsp_learns_and_saves_a_checkpoint(tmp_path, corpus, wordpiece,
 def test_shards_are_cached_between_runs(tmp_path, corpus, wordpiece):
     for i in range(2):
         assert main(_args(corpus, tmp_path / f"run{i}", tmp_path / "cache", "--tokenizer", str(wordpiece),
-                          "--steps", "2", "--eval-batches", "0")) == 0
+                          "--max-steps", "2", "--eval-batches", "0")) == 0
     assert len(list((tmp_path / "cache").glob("shards-*"))) == 1
 
 
 def test_gpt_clm_trains_its_own_bpe_and_generates(tmp_path, corpus, capsys):
     assert main(_args(corpus, tmp_path / "gpt", tmp_path / "cache", "--arch", "gpt", "--vocab-size", "500",
-                      "--steps", "40", "--lr", "3e-3", "--eval-every", "40")) == 0
+                      "--max-steps", "40", "--lr", "3e-3", "--eval-every", "40")) == 0
     model = load_model(tmp_path / "gpt")
     assert model.task == "clm" and model.config.vocab_size <= 520
     capsys.readouterr()
@@ -83,7 +83,7 @@ def test_gpt_clm_trains_its_own_bpe_and_generates(tmp_path, corpus, capsys):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, corpus, wordpiece):
     base = _args(corpus, None, tmp_path / "cache", "--tokenizer", str(wordpiece), "--precision", "fp32",
-                 "--steps", "120", "--save-every", "5", "--keep-last", "3", "--eval-batches", "0")
+                 "--max-steps", "120", "--save-every", "5", "--keep-last", "3", "--eval-batches", "0")
 
     def cmd(out, *extra):
         args = list(base)
@@ -115,7 +115,7 @@ def _err(capsys) -> str:
 
 
 def test_pre_ln_and_dropout_options_reach_the_saved_model(tmp_path, corpus, wordpiece, capsys):
-    assert main(_args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece), "--steps", "30",
+    assert main(_args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece), "--max-steps", "30",
                       "--lr", "2e-3", "--pre-ln", "--dropout", "0", "--eval-batches", "0")) == 0
     model = load_model(tmp_path / "run")
     assert model.config.pre_ln and model.config.hidden_dropout == model.config.attention_dropout == 0.0
@@ -123,9 +123,9 @@ def test_pre_ln_and_dropout_options_reach_the_saved_model(tmp_path, corpus, word
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0] - 1.0
     capsys.readouterr()
-    assert main(_args(corpus, tmp_path / "gpt", tmp_path / "cache", "--arch", "gpt", "--pre-ln", "--steps", "2")) == 1
+    assert main(_args(corpus, tmp_path / "gpt", tmp_path / "cache", "--arch", "gpt", "--pre-ln", "--max-steps", "2")) == 1
     assert "--pre-ln is a BERT option" in _err(capsys)
-    assert main(_args(corpus, tmp_path / "r", tmp_path / "cache", "--dropout", "1.5", "--steps", "2")) == 1
+    assert main(_args(corpus, tmp_path / "r", tmp_path / "cache", "--dropout", "1.5", "--max-steps", "2")) == 1
     assert "--dropout must be in [0, 1)" in _err(capsys)
 
 
@@ -133,20 +133,20 @@ def test_bad_inputs_are_one_line_errors(tmp_path, corpus, wordpiece, capsys):
     small = tmp_path / "small.txt"
     small.write_text("one short line.\n\nanother one.\n")
     assert main(_args(small, tmp_path / "r1", tmp_path / "cache", "--tokenizer", str(wordpiece),
-                      "--steps", "2", "--val-fraction", "0")) == 1
+                      "--max-steps", "2", "--val-fraction", "0")) == 1
     assert "corpus too small" in _err(capsys)
     assert not (tmp_path / "r1").exists()                                # nothing half-written
     (tmp_path / "notok").mkdir()
     assert main(_args(corpus, tmp_path / "r2", tmp_path / "cache", "--tokenizer", str(tmp_path / "notok"),
-                      "--steps", "2")) == 1
+                      "--max-steps", "2")) == 1
     assert "no tokenizer found" in _err(capsys)
     assert not (tmp_path / "r2").exists()
     assert main(_args(corpus, tmp_path / "r3", tmp_path / "cache", "--tokenizer", str(wordpiece))) == 1
-    assert "--steps" in _err(capsys)
+    assert "--max-steps" in _err(capsys)
 
 
 def test_resume_refuses_a_changed_config_and_reuse_of_another_run(tmp_path, corpus, wordpiece, capsys):
-    args = _args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece), "--steps", "4",
+    args = _args(corpus, tmp_path / "run", tmp_path / "cache", "--tokenizer", str(wordpiece), "--max-steps", "4",
                  "--eval-batches", "0")
     assert main(args) == 0
     capsys.readouterr()
@@ -156,3 +156,20 @@ def test_resume_refuses_a_changed_config_and_reuse_of_another_run(tmp_path, corp
     assert main(changed + ["--resume"]) == 1
     assert "seq_len: 32 -> 16" in _err(capsys)
     assert main(args + ["--overwrite"]) == 0
+
+
+def test_resume_may_lower_the_lr_change_precision_and_extend_the_run(tmp_path, corpus, wordpiece, capsys,
+                                                                   monkeypatch):
+    """The recovery a NaN or divergence stop advises; ./run and run are the same run."""
+    monkeypatch.chdir(tmp_path)
+    args = ["pretrain", "--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"), *TINY, "--tokenizer",
+            str(wordpiece), "--eval-batches", "0", "--save-every", "2", "--max-steps", "4"]
+    assert main([*args, "--out", "run", "--lr", "1e-3", "--precision", "bf16"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", "./run", "--resume", "--lr", "5e-4", "--precision", "fp32",
+                 "--max-steps", "6"]) == 0
+    meta = json.loads((tmp_path / "run" / "plmkit.json").read_text())
+    assert meta["metrics"]["steps"] == 6
+    assert meta["metrics"]["resumes"] == [{"step": 4, "changed": {"lr": [0.001, 0.0005], "max_steps": [4, 6],
+                                                                  "precision": ["bf16", "fp32"]}}]
+    assert "resuming from step 4 (changed: lr 0.001 -> 0.0005" in capsys.readouterr().out

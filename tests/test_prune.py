@@ -171,7 +171,7 @@ def classify_ckpt(tmp_path_factory):
     return root
 
 
-FAST = ["--precision", "fp32", "--batch-size", "16", "--recover-steps", "3"]
+FAST = ["--precision", "fp32", "--batch-size", "16", "--max-steps", "3"]
 
 
 def test_stage_structured_end_to_end(classify_ckpt, capsys):
@@ -217,7 +217,7 @@ def test_stage_gradual_unstructured(classify_ckpt):
     (["--sparsity", "1.5"], "--sparsity"),
     ([], "nothing to prune"),
     (["--heads", "0.5", "--no-train"], "give --train FILE"),
-    (["--sparsity", "0.5", "--gradual-steps", "2", "--recover-epochs", "0", "--no-train"], "--gradual-steps"),
+    (["--sparsity", "0.5", "--gradual-steps", "2", "--no-recover", "--no-train"], "--gradual-steps"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(classify_ckpt, capsys, extra, message):
     r = classify_ckpt
@@ -234,7 +234,7 @@ def test_data_free_magnitude_pruning_without_recovery(classify_ckpt):
     r = classify_ckpt
     out = r / "nodata"
     assert cli.main(["prune", "--model", str(r / "ck"), "--remove-heads", "1", "2", "--importance", "magnitude",
-                     "--recover-epochs", "0", "--out", str(out)]) == 0
+                     "--no-recover", "--out", str(out)]) == 0
     assert load_model(out).config.heads == [3, 2]
 
 

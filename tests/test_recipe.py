@@ -27,7 +27,7 @@ stages:
     config: {corpus: ["${vars.train}"], vocab_size: 100}
   - name: pretrain
     stage: pretrain
-    config: {corpus: ["${vars.train}"], tokenizer: "${run}/tokenizer", steps: "${vars.steps}",
+    config: {corpus: ["${vars.train}"], tokenizer: "${run}/tokenizer", max_steps: "${vars.steps}",
              cache_dir: "${run}/.cache"}
   - name: finetune
     stage: finetune

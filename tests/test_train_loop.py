@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.errors import PlmkitError
-from plmkit.train import (IndexedBatches, TrainConfig, count_tokens, list_checkpoints, lr_factor,
+from plmkit.train import (IndexedBatches, TrainArgs, count_tokens, list_checkpoints, lr_factor,
                           measure_peak_flops, param_groups, parse_budget, train)
 
 VOCAB, HIDDEN, N_EXAMPLES, SEQ = 32, 16, 64, 8
@@ -63,11 +63,11 @@ def make_source(seed: int = 1, batch_size: int = 4, rank: int = 0, world_size: i
                           world_size=world_size)
 
 
-def cfg(**kw) -> TrainConfig:
+def cfg(**kw) -> TrainArgs:
     base = dict(lr=1e-2, precision="fp32", max_steps=8, warmup_steps=2, log_every=1,
                 save_every=4, keep_last=0, seed=7)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainArgs(**base)
 
 
 def weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,7 +94,7 @@ def test_resume_continues_exactly(tmp_path):
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step-8")
     torch.manual_seed(999)
     resumed = make_model(seed=5)
-    rb = train(resumed, make_source(), cfg(), tmp_path / "b", resume=True)
+    rb = train(resumed, make_source(), cfg(resume=True), tmp_path / "b")
     assert rb.steps == 8
     assert rb.losses == pytest.approx(ra.losses[4:], abs=1e-5)
     assert_same_weights(weights(full), weights(resumed))
@@ -109,8 +109,7 @@ def test_constant_schedule_run_can_be_extended(tmp_path):
     half = make_model()
     train(half, make_source(), cfg(schedule="constant", max_steps=3), tmp_path / "two")
     again = make_model(seed=3)
-    r2 = train(again, make_source(), cfg(schedule="constant", max_steps=6), tmp_path / "two",
-               resume=True)
+    r2 = train(again, make_source(), cfg(schedule="constant", max_steps=6, resume=True), tmp_path / "two")
     assert r2.losses == pytest.approx(r1.losses[3:], abs=1e-5)
     assert_same_weights(weights(one), weights(again))
 
@@ -122,8 +121,8 @@ import torch
 torch.set_num_threads(1)
 from test_train_loop import cfg, make_model, make_source
 from plmkit.train import train
-train(make_model(), make_source(delay={delay}), cfg(max_steps=16, save_every=3, keep_last=2),
-      {out!r}, resume={resume})
+train(make_model(), make_source(delay={delay}),
+      cfg(max_steps=16, save_every=3, keep_last=2, resume={resume}), {out!r})
 """
 
 
@@ -227,8 +226,8 @@ def test_budget_stops_and_saves(tmp_path):
     assert r.last_checkpoint == tmp_path / "checkpoints" / f"step-{r.steps}"
     assert (r.last_checkpoint / "model.safetensors").is_file()
     again = train(make_model(), make_source(delay=0.02), cfg(max_steps=None, budget="0.3s",
-                                                              schedule="constant", save_every=0),
-                  tmp_path, resume=True)  # the budget counts across resumes: nothing left
+                                                              schedule="constant", save_every=0, resume=True),
+                  tmp_path)  # the budget counts across resumes: nothing left
     assert again.stopped_reason == "budget" and again.steps == r.steps and again.losses == []
 
 
@@ -285,10 +284,11 @@ def test_epochs_eval_best_and_early_stopping(tmp_path):
 def test_resume_refuses_changed_fingerprint(tmp_path):
     train(make_model(), make_source(), cfg(max_steps=2), tmp_path, fingerprint={"model.hidden": 16})
     with pytest.raises(PlmkitError, match=r"model.hidden: checkpoint has 16, now 32"):
-        train(make_model(), make_source(), cfg(max_steps=4), tmp_path, resume=True,
+        train(make_model(), make_source(), cfg(max_steps=4, resume=True), tmp_path,
               fingerprint={"model.hidden": 32})
-    with pytest.raises(PlmkitError, match=r"train.lr: checkpoint has 0.01, now 0.02"):
-        train(make_model(), make_source(), cfg(max_steps=2, lr=0.02), tmp_path, resume=True,
+    # The lr may change on resume (the recovery from a divergence); the batch may not.
+    with pytest.raises(PlmkitError, match=r"train.grad_accum: checkpoint has 1, now 2"):
+        train(make_model(), make_source(), cfg(max_steps=2, grad_accum=2, resume=True), tmp_path,
               fingerprint={"model.hidden": 16})
     with pytest.raises(PlmkitError, match="already holds checkpoints"):
         train(make_model(), make_source(), cfg(max_steps=2), tmp_path)
@@ -338,3 +338,81 @@ def test_token_count_and_peak_flops():
     assert count_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": mask}) == 3
     assert count_tokens({"input_ids": torch.zeros(2, 3)}) == 6
     assert measure_peak_flops(torch.float32, "cpu", n=128, reps=2) > 0
+
+
+# ---- divergence, recovery by resuming with a lower lr, damaged checkpoints ----
+
+class BlowUp(TinyLM):
+    """A finite loss that explodes after ``calls`` forward passes (as with lr 50: 8 -> 468,276)."""
+
+    def __init__(self, calls: int) -> None:
+        torch.manual_seed(0)
+        super().__init__(0.0)
+        self.calls, self.limit = 0, calls
+
+    def forward(self, **batch):
+        out = super().forward(**batch)
+        self.calls += 1
+        if self.calls > self.limit:
+            out.loss = out.loss * 1e4
+        return out
+
+
+def test_divergence_without_nan_stops_keeps_the_last_good_checkpoint_and_resumes_with_a_lower_lr(
+        tmp_path, capsys):
+    model = BlowUp(calls=5)
+    with pytest.raises(PlmkitError, match=r"loss diverged: .* at step 8.*last good checkpoint is .*step-4.*"
+                                          r"Lower the learning rate.*--resume"):
+        train(model, make_source(), cfg(max_steps=20, save_every=2, keep_last=0, divergence_steps=3), tmp_path)
+    # step 6 was due for a checkpoint, but its loss was already far above its best: not written
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 8 and last["event"] == "diverged" and last["loss"] > 100 * last["best"]
+
+    # The advised recovery: resume with a lower lr (and a longer run); both changes are recorded.
+    r = train(make_model(), make_source(), cfg(max_steps=10, save_every=2, keep_last=0, divergence_steps=3,
+                                               lr=5e-3, resume=True), tmp_path)
+    assert r.steps == 10 and len(r.losses) == 6 and all(math.isfinite(x) for x in r.losses)
+    assert r.resumes == [{"step": 4, "changed": {"lr": [0.01, 0.005], "max_steps": [20, 10]}}]
+    assert "resuming from step 4 (changed: lr 0.01 -> 0.005, max_steps 20 -> 10)" in capsys.readouterr().out
+    events = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if "event" in e] == ["resume"]  # the diverged steps were rolled back
+
+
+def test_resume_re_plans_the_schedule_for_a_new_lr_and_length(tmp_path):
+    train(make_model(), make_source(), cfg(max_steps=4, save_every=2, log_every=1), tmp_path)
+    r = train(make_model(), make_source(), cfg(max_steps=8, lr=0.02, save_every=2, resume=True), tmp_path)
+    # warmup 2 as planned, then linear decay from the peak 0.02 to 0 at the new end (step 8)
+    assert [h["lr"] for h in r.history if "lr" in h] == pytest.approx([0.02 * 4 / 6, 0.02 * 3 / 6,
+                                                                       0.02 * 2 / 6, 0.02 * 1 / 6])
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "train_state.pt"])
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damaged):
+    ra = train(make_model(), make_source(), cfg(), tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    path = tmp_path / "b" / "checkpoints" / "step-8" / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])   # a full disk, a copy cut short
+    resumed = make_model(seed=5)
+    rb = train(resumed, make_source(), cfg(resume=True), tmp_path / "b")
+    assert rb.losses == pytest.approx(ra.losses[4:], abs=1e-5)         # continued from step 4
+    err = capsys.readouterr().err
+    assert f"skipping checkpoint {path.parent}" in err and damaged in err and "the one before it" in err
+
+
+class Gadget:
+    """Stands for any Python object a pickle could bring along (and run code through)."""
+
+
+def test_a_train_state_that_needs_unpickling_is_refused(tmp_path):
+    import pickle
+
+    train(make_model(), make_source(), cfg(), tmp_path)
+    state = tmp_path / "checkpoints" / "step-8" / "train_state.pt"
+    state.write_bytes(pickle.dumps({"step": 8, "gadget": Gadget()}))
+    with pytest.raises(PlmkitError, match="not a torch zip archive .*refusing"):
+        train(make_model(), make_source(), cfg(resume=True), tmp_path)
+    torch.save({"step": 8, "gadget": Gadget()}, state)
+    with pytest.raises(PlmkitError, match="refusing to unpickle"):
+        train(make_model(), make_source(), cfg(resume=True), tmp_path)

@@ -40,7 +40,7 @@ class Settings:
     latency_examples: int = 200
     max_examples: int | None = None
     threads: int = 1
-    precision: str = "bf16"        # torch rows: plmkit's inference precision (bf16 autocast or fp32)
+    precision: str = "bf16"        # torch rows: plmkit's inference precision as resolved (bf16 or fp32)
 
 
 class HFRunner:

@@ -15,7 +15,8 @@ from ..data.features import collate
 from ..errors import PlmkitError
 from ..io import read_json, write_json
 from ..tasks import Infer, TaskData
-from ..tasks.common import INPUT_KEYS, autocast, pad_id
+from ..precision import autocast
+from ..tasks.common import INPUT_KEYS, pad_id
 from .runners import RUNNERS, Settings, Variant, encoding
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin")

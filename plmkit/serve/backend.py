@@ -35,12 +35,13 @@ from ..eval.metrics import get_entities
 from ..loading import load, peek
 from ..models.generate import generate
 from ..models.heads import ModelOutput
-from ..tasks.common import Prep, autocast, pad_id
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import PRECISIONS, autocast, resolve
+from ..tasks.common import Prep, pad_id
 from ..tokenizer import load_tokenizer, special_ids
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-PRECISIONS = ("bf16", "fp32", "auto")     # as plmkit predict: bf16 autocast, fp32, or bf16 on GPU only
 MIN_TEMPERATURE = 0.01
 WORD = re.compile(r"\S+")          # NER input is split into words at whitespace, offsets kept
 
@@ -62,13 +63,13 @@ class Backend(Protocol):
 
 
 class TorchBackend:
-    """The checkpoint in PyTorch; ``precision`` "bf16" runs under bf16 autocast, as predict does
-    (on a CPU with AVX512-BF16 a batch of 32 SST-2 sentences runs ~1.9x faster than in fp32)."""
+    """The checkpoint in PyTorch under ``plmkit.precision``'s autocast, as predict runs it (on a
+    CPU with AVX512-BF16 a batch of 32 SST-2 sentences runs ~1.9x faster in bf16 than in fp32)."""
     name = "torch"
     formats = ("plmkit", "huggingface", "adapter")
 
-    def __init__(self, path: Path, precision: str = "bf16"):
-        self.precision = precision
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):
+        self.precision = resolve(precision, "cpu")     # what runs (bf16 or fp32); refused here if impossible
         model = load(path, needs_torch="the torch backend (--backend torch)")
         if model.family == "decoder" and model.task == "base":
             model = load(path, task="clm")                # a bare GPT-2: its LM head is tied, nothing new
@@ -109,7 +110,7 @@ class OnnxBackend:
     name = "onnxruntime"
     formats = ("onnx",)
 
-    def __init__(self, path: Path, precision: str = "bf16"):     # precision: the export's own
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):     # precision: the export's own
         if peek(path).format not in self.formats:
             raise PlmkitError(f"{path}: not an ONNX export; the {ONNX_MISSING}, or use --backend torch")
         self.model = load(path, threads=torch.get_num_threads())
@@ -141,7 +142,7 @@ class Item:
 class ServedModel:
     """A checkpoint loaded for serving. ``supports(endpoint)`` is None or the reason it cannot."""
 
-    def __init__(self, path: str | Path, backend: str | None = None, precision: str = "bf16"):
+    def __init__(self, path: str | Path, backend: str | None = None, precision: str = PRECISION_DEFAULT):
         self.path = Path(path)
         if backend is None:              # the directory decides: an ONNX export runs on onnxruntime
             fmt = peek(self.path).format

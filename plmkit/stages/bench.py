@@ -23,6 +23,9 @@ from ..config import option, to_dict
 from ..errors import PlmkitError
 from .. import bench
 from ..io import write_json
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import HELP as PRECISION_HELP
+from ..precision import PRECISIONS, resolve
 
 
 @dataclass
@@ -41,8 +44,8 @@ class Config:
     repeats: int = option(3, help="timed passes per batch size (medians)")
     warmup: int = option(3, help="untimed batches before timing")
     threads: int | None = option(None, help="intra-op threads for every row (default: all cores)")
-    precision: str = option("bf16", help="PyTorch rows: plmkit's inference precision, as in evaluate",
-                            choices=["bf16", "fp32"])
+    precision: str = option(PRECISION_DEFAULT, help="PyTorch rows: plmkit's inference precision, as in evaluate; "
+                            + PRECISION_HELP, choices=PRECISIONS)
 
 
 def _check(cfg: Config) -> None:
@@ -57,9 +60,9 @@ def _check(cfg: Config) -> None:
         raise PlmkitError("--warmup must be >= 0 and --max-examples >= 1")
 
 
-def _variants(cfg: Config) -> list[bench.Variant]:
+def _variants(cfg: Config, precision: str) -> list[bench.Variant]:
     """Every row to measure, checked: one task for all, data of that task, the baseline first."""
-    variants = [bench.make_variant(m, cfg.precision) for m in cfg.models]
+    variants = [bench.make_variant(m, precision) for m in cfg.models]
     tasks = {v.task for v in variants}
     if len(tasks) > 1:
         raise PlmkitError("--models: all models must do the same task, got "
@@ -85,11 +88,12 @@ def _variants(cfg: Config) -> list[bench.Variant]:
 
 def run(cfg: Config) -> int:
     _check(cfg)
-    variants = _variants(cfg)
+    precision = resolve(cfg.precision, "cpu")      # rows name what ran: bf16 or fp32
+    variants = _variants(cfg, precision)
     n = bench.check_data(variants[-1], cfg.data, cfg.max_examples)
     threads = cfg.threads or os.cpu_count() or 1
     settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
-                              cfg.latency_examples, cfg.max_examples, threads, cfg.precision)
+                              cfg.latency_examples, cfg.max_examples, threads, precision)
     machine = bench.machine_info(threads)
     print(f"benchmarking {len(variants)} variants on {n} examples of {cfg.data} "
           f"(batch sizes {settings.batch_sizes}, {threads} threads, {cfg.repeats} timed passes)")

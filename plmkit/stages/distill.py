@@ -9,11 +9,11 @@ evaluated (or last) student written atomically into --out: a normal checkpoint o
 teacher's task, tokenizer and preprocessing, which evaluate / predict / serve take as is.
 
 Working files (the loop's checkpoints, the logit cache) live in a hidden sibling
-``.OUT.distill`` that is removed at the end, also when the run fails.
+``.OUT.distill`` that is removed at the end; a run that stops (a divergence, a kill) keeps it,
+and ``--resume`` continues from its last checkpoint.
 """
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,24 +24,24 @@ import torch
 from tokenizers import Tokenizer
 
 from ..compress import distill as D
-from ..config import build, dump_yaml, option, to_dict
+from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..models.checkpoint import write_checkpoint_files
-from ..models.config import BERT_PRESETS
+from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
-from ..train import IndexedBatches, TrainConfig, train
-from ..train.logging import METRICS_FILE
+from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
 DISTILLABLE = [name for name, t in TASKS.items() if t.head in D.LOGITS]
 
 
 @dataclass
-class Config:
+class _Options:
     teacher: str = option(help="fine-tuned teacher checkpoint")
     task: str = option(help="the teacher's task", choices=DISTILLABLE)
     train: str = option(help="training data file (the task's format)")
@@ -61,29 +61,24 @@ class Config:
     cache_teacher: bool = option(False, help="run the teacher once and reuse its logits every epoch "
                                  "(only without hidden/attention/embedding losses)")
     eval: str | None = option(None, help="evaluation data: teacher and student scores, best checkpoint")
-    epochs: float = option(3.0, help="passes over the training data")
-    max_steps: int | None = option(None, help="stop after this many optimizer steps")
-    budget: str | None = option(None, help="wall-clock limit, e.g. 20m")
-    batch_size: int = option(32, help="examples per batch")
-    eval_batch_size: int = option(64, help="examples per batch when evaluating")
-    lr: float = option(1e-4, help="peak learning rate")
-    warmup_ratio: float = option(0.1, help="linear warmup as a fraction of the steps")
-    schedule: str = option("linear", help="decay after warmup", choices=["linear", "cosine", "constant"])
-    weight_decay: float = option(0.01, help="AdamW weight decay")
-    clip_norm: float = option(1.0, help="gradient clipping norm (0: off)")
-    grad_accum: int = option(1, help="batches per optimizer step")
-    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
-    eval_every: int = option(0, help="evaluate every N steps (0: every epoch)")
-    save_every: int = option(500, help="checkpoint every N steps (inside the work directory)")
-    log_every: int = option(10, help="log training metrics every N steps")
-    seed: int = option(0, help="random seed")
-    max_length: int | None = option(None, help="tokens per example (default: the teacher's setting)")
+    batch_size: int = option(32, help="examples per batch", ge=1)
+    eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
+    max_length: int | None = option(None, help="tokens per example (default: the teacher's setting)", ge=8)
     overwrite: bool = option(False, help="replace an existing --out")
+
+
+# Training options (plmkit/train/args.py) with another default for distillation. FSDP and
+# layer-wise lr decay are left out (the student is saved alone; it has no layer map here).
+TRAIN_DEFAULTS = {"epochs": 3.0, "lr": 1e-4, "warmup_ratio": 0.1, "keep_last": 1}
+Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
+                 omit=("fsdp", "layerwise_lr_decay"))
 
 
 def run(cfg: Config) -> int:
     spec = _check_request(cfg)
+    args = pick(TrainArgs, cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
+    work = _work_dir(out, cfg)
 
     # 1. Teacher, data and student: all bad input stops here, before anything is written.
     teacher, task, prep, tok = load_finetuned(cfg.teacher, cfg.task)
@@ -104,41 +99,64 @@ def run(cfg: Config) -> int:
     print(f"distilling {cfg.teacher} ({teacher.num_parameters():,} parameters) into a student of "
           f"{student.num_parameters():,} parameters ({init}); {len(train_feats)} train features")
 
-    work = out.with_name(f".{out.name}.distill")
-    shutil.rmtree(work, ignore_errors=True)
-    try:
-        # 2. The teacher's score, then (optionally) its logits once for all epochs.
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        teacher.to(device)
-        teacher_scores = _score(teacher, task, eval_data)
-        cache = (D.TeacherCache.build(teacher, train_feats, tok, work / "cache" / "teacher_logits.f16",
-                                      cfg.eval_batch_size, cfg.precision) if cfg.cache_teacher else None)
-        module = D.DistillModule(student, None if cache else teacher, spec, cache)
+    # 2. The teacher's score, then (optionally) its logits once for all epochs.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device)
+    teacher_scores = _score(teacher, task, eval_data)
+    cache = (D.TeacherCache.build(teacher, train_feats, tok, work / "cache" / "teacher_logits.f16",
+                                  cfg.eval_batch_size, cfg.precision) if cfg.cache_teacher else None)
+    module = D.DistillModule(student, None if cache else teacher, spec, cache)
 
-        # 3. The shared loop; evaluation scores the student alone.
-        source = _batches(train_feats, tok, cfg)
-        t0 = time.perf_counter()
-        result = train(module, source, _train_config(cfg, len(source)), work,
+    # 3. The shared loop; evaluation scores the student alone. A stopped run keeps its work
+    # directory (checkpoints) for --resume; a finished one removes it.
+    source = _batches(train_feats, tok, cfg)
+    t0 = time.perf_counter()
+    with dropped_unless_resumable(work):
+        result = train(module, source, args, work,
                        eval_fn=(lambda m: task.evaluate(m.student, eval_data)) if eval_data else None,
                        metric=task.metric if eval_data else None, greater_is_better=task.greater_is_better,
+                       fingerprint=_fingerprint(cfg, teacher, student),
                        save_fn=D.save_student, load_fn=D.load_student,
                        flops_per_token=_flops_per_token(student, None if cache else teacher))
-        seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
 
-        # 4. The best evaluated (or last) student goes to --out.
-        if result.best_dir is not None:
-            D.load_student(module, result.best_dir)
-        metrics = {"steps": result.steps, "stopped": result.stopped_reason, "train_seconds": round(seconds, 2),
-                   "train_loss": result.losses[-1] if result.losses else None, "best_step": result.best_step}
-        if eval_data is not None:
-            metrics.update(metric=task.metric, teacher=teacher_scores, student=_score(student, task, eval_data))
-        student.cpu().eval()
-        report = _report(cfg, module, teacher, init, cache is not None)
-        _write_output(student, tok, out, cfg, metrics, report, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # 4. The best evaluated (or last) student goes to --out.
+    if result.best_dir is not None:
+        D.load_student(module, result.best_dir)
+    metrics = {"steps": result.steps, "stopped": result.stopped_reason, "train_seconds": round(seconds, 2),
+               "train_loss": result.losses[-1] if result.losses else None, "best_step": result.best_step}
+    if result.resumes:
+        metrics["resumes"] = result.resumes
+    if eval_data is not None:
+        metrics.update(metric=task.metric, teacher=teacher_scores, student=_score(student, task, eval_data))
+    student.cpu().eval()
+    report = _report(cfg, module, teacher, init, cache is not None)
+    _write_output(student, tok, out, cfg, metrics, report, work)
+    shutil.rmtree(work, ignore_errors=True)
     _print_summary(metrics, result.steps, seconds, out)
     return 0
+
+
+def _work_dir(out: Path, cfg: Config) -> Path:
+    """The hidden run directory beside --out; only --resume may reuse an existing one."""
+    work = out.with_name(f".{out.name}.distill")
+    if work.exists() and not cfg.resume:
+        if not cfg.overwrite:
+            raise PlmkitError(f"{work}: an interrupted run of this output exists; continue it with --resume, "
+                              "or start over with --overwrite")
+        shutil.rmtree(work)
+    return work
+
+
+def _fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one."""
+    train_file = Path(cfg.train)
+    return {"teacher": str(Path(cfg.teacher).resolve()), "task": cfg.task,
+            "student": config_to_dict(student.config), "student_init": [cfg.student_layers, cfg.student_size,
+                                                                      cfg.student_config],
+            "loss": [cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight,
+                     cfg.layer_map], "batch_size": cfg.batch_size, "max_length": cfg.max_length,
+            "train": [str(train_file.resolve()), train_file.stat().st_size]}
 
 
 def _check_request(cfg: Config) -> D.DistillSpec:
@@ -157,10 +175,7 @@ def _check_request(cfg: Config) -> D.DistillSpec:
     if cfg.layer_map and not (cfg.hidden_weight or cfg.attention_weight):
         raise PlmkitError("--layer-map pairs layers for the hidden/attention losses: it needs --hidden-weight "
                           "or --attention-weight > 0")
-    if cfg.max_length is not None and cfg.max_length < 8:
-        raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
-    if cfg.batch_size < 1 or cfg.eval_batch_size < 1:
-        raise PlmkitError("--batch-size and --eval-batch-size must be >= 1")
+    check_args(pick(TrainArgs, cfg))
     return spec
 
 
@@ -200,15 +215,6 @@ def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> Ind
     return IndexedBatches(len(features), make, cfg.batch_size, seed=cfg.seed, batches=buckets)
 
 
-def _train_config(cfg: Config, batches_per_epoch: int) -> TrainConfig:
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
-    return build(TrainConfig, dict(
-        lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-        max_steps=cfg.max_steps, epochs=cfg.epochs, budget=cfg.budget, grad_accum=cfg.grad_accum,
-        clip_norm=cfg.clip_norm, precision=cfg.precision, eval_every=cfg.eval_every or steps_per_epoch,
-        save_every=cfg.save_every, keep_last=1, log_every=cfg.log_every, seed=cfg.seed), source="distill")
-
-
 def _flops_per_token(student: PlmModel, teacher: PlmModel | None) -> float:
     """Forward + backward of the student (6N), forward only of a live teacher (2N)."""
     return 6.0 * student.num_parameters() + (2.0 * teacher.num_parameters() if teacher is not None else 0.0)
@@ -240,8 +246,7 @@ def _write_output(student: PlmModel, tok: Tokenizer, out: Path, cfg: Config, met
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         write_checkpoint_files(student, tmp, tok, meta)
         atomic_write_text(tmp / RUN_FILE, dump_yaml(cfg))
-        if (work / METRICS_FILE).is_file():
-            shutil.copyfile(work / METRICS_FILE, tmp / METRICS_FILE)
+        copy_logs(work, tmp)
 
 
 def _print_summary(metrics: dict[str, Any], steps: int, seconds: float, out: Path) -> None:

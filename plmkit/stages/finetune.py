@@ -13,13 +13,10 @@ only their own weights and the head (``adapter.safetensors``) and point to the p
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import random
 import shutil
 import time
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +28,7 @@ from tokenizers import Tokenizer
 from ..adapters import AdapterSettings, apply_strategy, strategy_meta
 from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo
-from ..config import build, dump_yaml, option, to_dict
+from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
@@ -41,8 +38,8 @@ from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer
-from ..train import IndexedBatches, TrainConfig, train
-from ..train.logging import METRICS_FILE
+from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train.logging import METRICS_FILE, copy_logs
 
 TRAINABLE = "trainable.safetensors"   # weights in the loop's checkpoints: only what trains
 RUN_FILE = "finetune.yaml"
@@ -57,25 +54,8 @@ class _Options:
     eval: str | None = option(None, help="evaluation data file (selects the best checkpoint)")
     eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation")
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
-    epochs: float = option(3.0, help="passes over the training data")
-    max_steps: int | None = option(None, help="stop after this many optimizer steps")
-    budget: str | None = option(None, help="wall-clock limit, e.g. 20m")
-    batch_size: int = option(32, help="examples per batch")
-    eval_batch_size: int = option(64, help="examples per batch when evaluating")
-    lr: float = option(2e-5, help="peak learning rate")
-    warmup_ratio: float = option(0.1, help="linear warmup as a fraction of the steps")
-    schedule: str = option("linear", help="decay after warmup", choices=["linear", "cosine", "constant"])
-    weight_decay: float = option(0.01, help="AdamW weight decay")
-    clip_norm: float = option(1.0, help="gradient clipping norm (0: off)")
-    grad_accum: int = option(1, help="batches per optimizer step")
-    layerwise_lr_decay: float | None = option(None, help="multiply the lr by this per layer downwards")
-    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
-    compile: bool = option(False, help="torch.compile the model")
-    eval_every: int = option(0, help="evaluate every N steps (0: every epoch)")
-    patience: int | None = option(None, help="early stopping: evaluations without improvement")
-    save_every: int = option(500, help="resumable checkpoint every N steps")
-    log_every: int = option(10, help="log training metrics every N steps")
-    seed: int = option(0, help="random seed")
+    batch_size: int = option(32, help="examples per batch", ge=1)
+    eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     max_length: int = option(128, help="tokens per example (longer inputs are truncated)")
     doc_stride: int | None = option(None, help="qa: overlap of context windows in tokens "
                                     "(default: max_length // 4, at most 128)")
@@ -84,26 +64,22 @@ class _Options:
     text_pair_column: str | None = option(None, help="classify: second-text column for sentence pairs")
     label_column: str | None = option(None, help="classify: label column (default: label, ...)")
     header: bool | None = option(None, help="classify: the table has a header row (default: detect)")
-    resume: bool = option(False, help="continue an interrupted run into the same --out")
     overwrite: bool = option(False, help="replace an existing --out")
 
 
-def _copied_fields(cls: type) -> list[tuple[str, Any, Any]]:
-    """(name, type, field) of ``cls``'s options, to compose them into the stage config."""
-    hints = typing.get_type_hints(cls)
-    return [(f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory,
-                                                      metadata=f.metadata))
-            for f in dataclasses.fields(cls)]
-
-
-# The stage config: the options above plus the adapter knobs (lora_r, adapter_size, ...),
-# taken from AdapterSettings so the two can never disagree.
-Config = dataclasses.make_dataclass("Config", _copied_fields(AdapterSettings), bases=(_Options,))
-Config.__module__ = __name__
+# Training options (plmkit/train/args.py) with another default for fine-tuning.
+TRAIN_DEFAULTS = {"epochs": 3.0, "lr": 2e-5, "warmup_ratio": 0.1, "keep_last": 1}
+# The stage config: the options above, the adapter knobs (lora_r, adapter_size, ...) and the
+# training options, taken from AdapterSettings and TrainArgs so they can never disagree.
+# FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable).
+Config = compose("Config", __name__, _Options, AdapterSettings, TrainArgs, defaults=TRAIN_DEFAULTS,
+                 omit=("fsdp",))
 
 
 def run(cfg: Config) -> int:
     task = TASKS[cfg.task]
+    args = pick(TrainArgs, cfg)
+    check_args(args)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     work = _work_dir(out, cfg)
     prep = _prep(cfg)
@@ -122,20 +98,20 @@ def run(cfg: Config) -> int:
 
     # 2. Model with a fresh task head, and the strategy that decides what trains.
     model = _load_model(cfg, task, head_config, prep)
-    settings = build(AdapterSettings, {f.name: getattr(cfg, f.name) for f in dataclasses.fields(AdapterSettings)})
+    settings = pick(AdapterSettings, cfg)
     info = apply_strategy(model, cfg.strategy, settings)
     print(f"fine-tuning {cfg.model} for {task.name} ({len(train_ex)} train / {len(eval_ex or [])} eval examples, "
           f"{len(train_feats)} train features), strategy {info.spec}: {info.summary()}")
 
     # 3. Length-bucketed batches: similar lengths share a batch, padded only to their longest.
     source = _batches(train_feats, tok, cfg)
-    tcfg = _train_config(cfg, len(source))
     t0 = time.perf_counter()
-    result = train(model, source, tcfg, work,
-                   eval_fn=(lambda m: task.evaluate(m, eval_data)) if eval_data else None,
-                   metric=task.metric if eval_data else None, greater_is_better=task.greater_is_better,
-                   resume=cfg.resume, fingerprint=_fingerprint(cfg, head_config, info),
-                   save_fn=save_trainable, load_fn=load_trainable, layer_of=_depth(model))
+    with dropped_unless_resumable(work):
+        result = train(model, source, args, work,
+                       eval_fn=(lambda m: task.evaluate(m, eval_data)) if eval_data else None,
+                       metric=task.metric if eval_data else None, greater_is_better=task.greater_is_better,
+                       fingerprint=_fingerprint(cfg, head_config, info),
+                       save_fn=save_trainable, load_fn=load_trainable, layer_of=_depth(model))
     seconds = time.perf_counter() - t0
 
     # 4. The best evaluated weights (or the last, without evaluation) go to --out.
@@ -205,6 +181,9 @@ def _labels_of(ex: Any) -> list[str]:
 
 
 def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: Prep) -> PlmModel:
+    # A head the checkpoint lacks is initialised inside the loader: from the run's seed, so
+    # that the same command gives the same run (torch's start-up seed differs per process).
+    torch.manual_seed(cfg.seed)
     model = load(cfg.model, task=task.head, head_config=head_config, needs_torch="fine-tuning")
     if getattr(model, "plmkit_strategy", None) is not None:
         raise PlmkitError(f"{cfg.model}: an adapter checkpoint; make it a standalone model first "
@@ -230,24 +209,13 @@ def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> Ind
                           cfg.batch_size, seed=cfg.seed, batches=buckets)
 
 
-def _train_config(cfg: Config, batches_per_epoch: int) -> TrainConfig:
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / cfg.grad_accum))
-    return build(TrainConfig, dict(
-        lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule,
-        max_steps=cfg.max_steps, epochs=cfg.epochs, budget=cfg.budget, grad_accum=cfg.grad_accum,
-        clip_norm=cfg.clip_norm, precision=cfg.precision, compile=cfg.compile,
-        eval_every=cfg.eval_every or steps_per_epoch, save_every=cfg.save_every, keep_last=1,
-        log_every=cfg.log_every, seed=cfg.seed, patience=cfg.patience,
-        layerwise_lr_decay=cfg.layerwise_lr_decay), source="finetune")
-
-
 def _fingerprint(cfg: Config, head_config: dict[str, Any], info: StrategyInfo) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one."""
     train_file = Path(cfg.train)
     return {"model": str(Path(cfg.model).resolve()), "task": cfg.task, "head_config": head_config,
             "strategy": info.spec, "adapter": to_dict(info.settings), "batch_size": cfg.batch_size,
             "train": [str(train_file.resolve()), train_file.stat().st_size],
-            "eval": cfg.eval, "eval_fraction": cfg.eval_fraction}
+            "eval": str(Path(cfg.eval).resolve()) if cfg.eval else None, "eval_fraction": cfg.eval_fraction}
 
 
 def _depth(model: PlmModel):
@@ -283,6 +251,8 @@ def _final_metrics(result: Any, work: Path, task: TaskSpec, seconds: float) -> d
                                "train_seconds": round(seconds, 2)}
     if result.losses:
         metrics["train_loss"] = result.losses[-1]
+    if result.resumes:
+        metrics["resumes"] = result.resumes
     if result.best_step is None:
         return metrics
     metrics.update(best_step=result.best_step, metric=task.metric)
@@ -303,5 +273,4 @@ def _write_output(model: PlmModel, info: StrategyInfo, tok: Tokenizer, out: Path
         write = write_adapter_files if info.adapter_only else write_checkpoint_files
         write(model, tmp, tok, meta)
         atomic_write_text(tmp / RUN_FILE, dump_yaml(cfg))
-        if (work / METRICS_FILE).is_file():
-            shutil.copyfile(work / METRICS_FILE, tmp / METRICS_FILE)
+        copy_logs(work, tmp)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..io import atomic_write_text
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import HELP as PRECISION_HELP
+from ..precision import PRECISIONS
 from ..tasks import TASKS, Infer, TaskData, load_finetuned
 
 
@@ -21,8 +24,8 @@ class Config:
     input: str = option(help="data file to predict on (labels not needed)")
     output: str = option(help="JSONL file to write")
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
-    batch_size: int = option(64, help="examples per batch")
-    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
+    batch_size: int = option(64, help="examples per batch", ge=1)
+    precision: str = option(PRECISION_DEFAULT, help=PRECISION_HELP, choices=PRECISIONS)
     max_new_tokens: int = option(32, help="generate: completion length limit")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from ..config import build, dump_yaml, option, to_dict
+from ..config import compose, dump_yaml, load_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
 from ..data.pretrain import make_batch_source
 from ..data.shards import build_shards, open_shards
@@ -26,7 +26,8 @@ from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict, preset
 from ..models.model import PlmModel
 from ..tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
-from ..train import TrainConfig, measure_peak_flops, train
+from ..precision import autocast_dtype
+from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
 from ..train.state import load_safetensors
 
@@ -35,49 +36,35 @@ RUN_FILE = "pretrain.yaml"
 
 
 @dataclass
-class Config:
+class _Options:
     corpus: list[str] = option(help="raw UTF-8 text files; documents are blank-line separated")
     out: str = option(help="run / output directory")
     arch: str = option("bert", help="model family", choices=["bert", "gpt"])
     size: str = option("mini", help="size preset", choices=list(BERT_PRESETS))
-    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (bert) or clm (gpt); default mlm+nsp / clm",
+    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (bert) or clm (gpt); default mlm+nsp / clm; "
+                                   "an mlm-only BERT has no pooler (nothing would train it)",
                                    choices=["mlm", "mlm+nsp", "mlm+sop", "clm"])
     pre_ln: bool = option(False, help="bert: LayerNorm before each sub-layer (GPT-2's layout, the usual choice "
                           "for high learning rates); the model cannot be exported to the HF BERT layout")
     dropout: float | None = option(None, help="hidden and attention dropout of the new model (default: the "
-                                   "preset's 0.1); fine-tuning inherits it")
+                                   "preset's 0.1); fine-tuning inherits it", ge=0, lt=1)
     tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus")
-    vocab_size: int = option(16000, help="vocabulary size when training the tokenizer")
-    seq_len: int = option(128, help="tokens per sequence")
-    batch_size: int = option(32, help="sequences per micro-batch (per rank)")
-    steps: int | None = option(None, help="optimizer steps (or use --budget / --epochs)")
-    epochs: float | None = option(None, help="passes over the corpus")
-    budget: str | None = option(None, help="wall-clock budget, e.g. 20m (saves and stops cleanly)")
-    lr: float = option(5e-4, help="peak learning rate")
-    warmup_ratio: float = option(0.06, help="warmup as a fraction of the steps")
-    schedule: str = option("linear", help="decay after warmup", choices=["linear", "cosine", "constant"])
-    grad_accum: int = option(1, help="micro-batches per optimizer step")
-    weight_decay: float = option(0.01, help="AdamW weight decay")
-    clip_norm: float = option(1.0, help="gradient clipping norm (0: off)")
-    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
-    compile: bool = option(False, help="torch.compile the model")
-    fsdp: bool = option(False, help="under torchrun, shard weights, gradients and optimizer state over the "
-                        "ranks (FSDP) instead of replicating them: for models that do not fit one device")
-    mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM")
+    vocab_size: int = option(16000, help="vocabulary size when training the tokenizer", ge=1)
+    seq_len: int = option(128, help="tokens per sequence", ge=8)
+    batch_size: int = option(32, help="sequences per micro-batch (per rank)", ge=1)
+    mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM", gt=0, lt=1)
     whole_word_mask: bool = option(False, help="mask whole words (WordPiece)")
-    short_seq_prob: float = option(0.1, help="NSP/SOP: probability of a shorter target length")
+    short_seq_prob: float = option(0.1, help="NSP/SOP: probability of a shorter target length", ge=0, le=1)
     doc_per_file: bool = option(False, help="each file is one document")
-    val_fraction: float = option(0.01, help="documents held out for validation")
-    eval_every: int = option(200, help="evaluate every N steps")
-    eval_batches: int = option(20, help="validation batches per evaluation")
-    save_every: int = option(200, help="resumable checkpoint every N steps")
-    keep_last: int = option(2, help="resumable checkpoints to keep")
-    log_every: int = option(10, help="log every N steps")
-    seed: int = option(0, help="random seed")
+    val_fraction: float = option(0.01, help="documents held out for validation", ge=0, lt=1)
+    eval_batches: int = option(20, help="validation batches per evaluation (0: no validation)", ge=0)
     cache_dir: str = option(".plmkit_cache", help="token shard cache directory")
-    resume: bool = option(False, help="continue the run in --out from its last checkpoint")
     overwrite: bool = option(False, help="delete an existing --out and start over")
-    tensorboard: bool = option(False, help="also write TensorBoard scalars")
+
+
+# Training options (plmkit/train/args.py) with another default for pre-training.
+TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
+Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",))
 
 
 def run(cfg: Config) -> int:
@@ -89,22 +76,16 @@ def run(cfg: Config) -> int:
 
 
 def _run(cfg: Config, info: D.DistInfo) -> int:
-    task = cfg.objective or OBJECTIVES[cfg.arch][0]
-    if task not in OBJECTIVES[cfg.arch]:
-        raise PlmkitError(f"objective '{task}' does not fit arch '{cfg.arch}' (choose {', '.join(OBJECTIVES[cfg.arch])})")
-    if cfg.pre_ln and cfg.arch != "bert":
-        raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
-    if cfg.dropout is not None and not 0.0 <= cfg.dropout < 1.0:
-        raise PlmkitError(f"--dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.steps is None and cfg.epochs is None and cfg.budget is None:
-        raise PlmkitError("say how long to train: --steps N, --epochs E or --budget 20m")
+    # Everything that can fail on bad input happens before --out is touched.
+    task, args = _check_request(cfg, info)
     out = Path(cfg.out)
     check_text_files(cfg.corpus)
     _check_out_dir(out, cfg)
-    # Everything that can fail on bad input happens before --out is touched.
     tok = _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
     overrides: dict[str, Any] = {"pre_ln": True} if cfg.pre_ln else {}   # bert only (checked above)
+    if task == "mlm":   # no NSP/SOP: the pooler would get no gradient (and DDP would fail on it)
+        overrides["use_pooler"] = False
     if cfg.dropout is not None:
         overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     model_cfg = preset(cfg.arch, cfg.size, vocab_size=tok.get_vocab_size(with_added_tokens=True),
@@ -126,27 +107,39 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     if info.is_main:
         _start_run_dir(out, cfg, tok)
     D.barrier(info)
-    tcfg = build(TrainConfig, dict(
-        lr=cfg.lr, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule, max_steps=cfg.steps, epochs=cfg.epochs,
-        budget=cfg.budget, grad_accum=cfg.grad_accum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
-        precision=cfg.precision, compile=cfg.compile, eval_every=cfg.eval_every, save_every=cfg.save_every,
-        keep_last=cfg.keep_last, log_every=cfg.log_every, seed=cfg.seed, tensorboard=cfg.tensorboard,
-        fsdp=cfg.fsdp))
     fingerprint = {"model": config_to_dict(model_cfg), "task": task, "shards": shard_dir.name,
                    "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "mlm_prob": cfg.mlm_prob,
                    "whole_word_mask": cfg.whole_word_mask}
-    result = train(model, source, tcfg, out, eval_fn=eval_fn, resume=cfg.resume, fingerprint=fingerprint,
-                   flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
-                   peak_flops=measure_peak_flops() if info.is_main else None)
+    with dropped_unless_resumable(out, enabled=not cfg.resume):
+        # --patience watches the validation loss (the best weights also go to out/best)
+        result = train(model, source, args, out, eval_fn=eval_fn, fingerprint=fingerprint,
+                       metric="loss" if args.patience and eval_fn else None, greater_is_better=False,
+                       flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
+                       peak_flops=measure_peak_flops() if info.is_main else None)
     if info.is_main:
         if result.sharded:  # FSDP left `model` sharded; its full weights are in the last checkpoint
             model = PlmModel(model_cfg, task)
             load_safetensors(model, result.last_checkpoint)
         metrics = {"steps": result.steps, "stopped": result.stopped_reason, **result.last_metrics}
+        if result.resumes:
+            metrics["resumes"] = result.resumes
         _write_final(model, tok, out, cfg, metrics)
         shown = "".join(f", {k} {v:.4g}" for k, v in result.last_metrics.items())
         print(f"done: {result.steps} steps ({result.stopped_reason}){shown}; model in {out}")
     return 0
+
+
+def _check_request(cfg: Config, info: D.DistInfo) -> tuple[str, TrainArgs]:
+    """Settings that are wrong whatever the data: fail before reading or writing anything."""
+    task = cfg.objective or OBJECTIVES[cfg.arch][0]
+    if task not in OBJECTIVES[cfg.arch]:
+        raise PlmkitError(f"objective '{task}' does not fit arch '{cfg.arch}' (choose {', '.join(OBJECTIVES[cfg.arch])})")
+    if cfg.pre_ln and cfg.arch != "bert":
+        raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
+    args = pick(TrainArgs, cfg)
+    check_args(args)
+    autocast_dtype(args.precision, D.default_device(info))      # bf16 where unsupported: refused now
+    return task, args
 
 
 def _check_out_dir(out: Path, cfg: Config) -> None:
@@ -174,20 +167,25 @@ def _start_run_dir(out: Path, cfg: Config, tok) -> None:
         atomic_write_text(out / RUN_FILE, dump_yaml(cfg))
 
 
-# Settings that may change when resuming: how long and how often, not what is trained.
-RESUMABLE = {"steps", "epochs", "budget", "eval_every", "eval_batches", "save_every", "keep_last",
-             "log_every", "resume", "overwrite", "tensorboard", "compile", "cache_dir"}
+# Settings that may change when resuming: the training options the loop allows to change
+# (lr, precision, length, how often to evaluate/save/log), and how to evaluate and cache.
+RESUMABLE = RESUME_FREE | {"eval_batches", "overwrite", "cache_dir"}
+PATHS = ("corpus", "out", "tokenizer")     # compared as resolved paths: ./run is run
 
 
 def _check_same_run(run_file: Path, cfg: Config) -> None:
-    from ..config import load_yaml
-
-    saved = load_yaml(run_file)
-    now = to_dict(cfg)
+    saved, now = _resolved(load_yaml(run_file)), _resolved(to_dict(cfg))
     diff = {k: (saved.get(k), now[k]) for k in now if k not in RESUMABLE and saved.get(k) != now[k]}
     if diff:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
         raise PlmkitError(f"{run_file}: --resume with a changed configuration ({shown})")
+
+
+def _resolved(values: dict[str, Any]) -> dict[str, Any]:
+    def norm(p: Any) -> Any:
+        return str(Path(p).resolve()) if isinstance(p, str) else p
+    return {k: ([norm(p) for p in v] if isinstance(v, list) else norm(v)) if k in PATHS else v
+            for k, v in values.items()}
 
 
 def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:

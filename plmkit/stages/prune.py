@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..compress import prune as P
-from ..config import build, option, to_dict
+from ..config import compose, option, pick, to_dict
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import check_out_dir
@@ -31,12 +31,12 @@ from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer
-from ..train import IndexedBatches, TrainConfig, train
+from ..train import IndexedBatches, TrainArgs, check_args, train
 from ..train.loop import total_steps
 
 
 @dataclass
-class Config:
+class _Options:
     model: str = option(help="fine-tuned checkpoint to prune")
     out: str = option(help="output checkpoint directory")
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
@@ -60,17 +60,20 @@ class Config:
     gradual_steps: int = option(0, help="unstructured: reach --sparsity in N steps of Zhu & Gupta's cubic "
                                 "schedule during recovery (0: at once)")
     include_head: bool = option(False, help="unstructured: also prune the pooler and task head")
-    recover_epochs: float = option(1.0, help="recovery fine-tune after pruning, in passes over --train (0: none)")
-    recover_steps: int | None = option(None, help="cap the recovery fine-tune at this many steps")
-    batch_size: int = option(32, help="examples per batch")
-    eval_batch_size: int = option(64, help="examples per batch when evaluating")
-    lr: float = option(3e-5, help="recovery peak learning rate")
-    warmup_ratio: float = option(0.1, help="recovery warmup as a fraction of the steps")
-    weight_decay: float = option(0.01, help="recovery AdamW weight decay")
-    precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
-    log_every: int = option(10, help="log training metrics every N steps")
-    seed: int = option(0, help="random seed")
+    recover: bool = option(True, help="fine-tune on --train after pruning to recover accuracy (its length: "
+                           "--epochs, --max-steps; --no-recover: prune only)")
+    batch_size: int = option(32, help="examples per batch", ge=1)
+    eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     overwrite: bool = option(False, help="replace an existing --out")
+
+
+# Training options (plmkit/train/args.py) of the recovery fine-tune, with its own defaults: a
+# short run, one pass, a fine-tuning lr. It runs without evaluation and is not resumable (it
+# is short, and pruning comes first), so those options are left out, as are FSDP and
+# layer-wise lr decay.
+TRAIN_DEFAULTS = {"epochs": 1.0, "lr": 3e-5, "warmup_ratio": 0.1, "save_every": 0, "keep_last": 1}
+Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
+                 omit=("resume", "eval_every", "patience", "tensorboard", "fsdp", "layerwise_lr_decay"))
 
 
 @dataclass
@@ -126,7 +129,7 @@ def run(cfg: Config) -> int:
 
 
 def _recovers(cfg: Config) -> bool:
-    return cfg.recover_epochs > 0 or bool(cfg.recover_steps)
+    return cfg.recover
 
 
 def _check_request(cfg: Config) -> None:
@@ -140,18 +143,18 @@ def _check_request(cfg: Config) -> None:
                           "not both")
     if not 0.0 <= cfg.sparsity < 1.0:
         raise PlmkitError(f"--sparsity is the fraction of weights to zero and must be in [0, 1), got {cfg.sparsity}")
-    if cfg.recover_epochs < 0 or (cfg.recover_steps is not None and cfg.recover_steps < 0):
-        raise PlmkitError("--recover-epochs and --recover-steps must be >= 0")
     if cfg.gradual_steps < 0 or cfg.importance_batches < 0:
         raise PlmkitError("--gradual-steps and --importance-batches must be >= 0")
     if cfg.gradual_steps and not (cfg.sparsity and _recovers(cfg)):
         raise PlmkitError("--gradual-steps prunes during the recovery fine-tune: it needs --sparsity and "
-                          "--recover-epochs/--recover-steps > 0")
+                          "the recovery (not --no-recover)")
     if cfg.train is None and structured and cfg.importance == "gradient":
         raise PlmkitError("--heads/--ffn rank heads and neurons by their gradient on task data: give --train FILE "
                           "(or --importance magnitude)")
     if cfg.train is None and _recovers(cfg):
-        raise PlmkitError("the recovery fine-tune needs task data: give --train FILE (or --recover-epochs 0)")
+        raise PlmkitError("the recovery fine-tune needs task data: give --train FILE (or --no-recover)")
+    if _recovers(cfg):
+        check_args(pick(TrainArgs, cfg))
 
 
 def _load(cfg: Config) -> tuple[PlmModel, _Data]:
@@ -222,18 +225,11 @@ def _batches(data: _Data, cfg: Config) -> IndexedBatches:
                           cfg.batch_size, seed=cfg.seed, batches=buckets)
 
 
-def _train_config(cfg: Config) -> TrainConfig:
-    return build(TrainConfig, dict(
-        lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-        epochs=cfg.recover_epochs or None, max_steps=cfg.recover_steps or None, precision=cfg.precision,
-        eval_every=0, save_every=0, keep_last=1, log_every=cfg.log_every, seed=cfg.seed), source="prune")
-
-
 def _schedule(cfg: Config, data: _Data) -> list[tuple[int, float]]:
     """(optimizer step, sparsity) pruning events: one at step 0, or the cubic schedule."""
     if not cfg.gradual_steps:
         return [(0, cfg.sparsity)]
-    steps, _ = total_steps(_train_config(cfg), _batches(data, cfg))
+    steps, _ = total_steps(pick(TrainArgs, cfg), _batches(data, cfg))
     return P.cubic_schedule(cfg.sparsity, cfg.gradual_steps, steps or 1)
 
 
@@ -245,7 +241,7 @@ def _recover(model: PlmModel, linears: dict[str, torch.nn.Linear], schedule: lis
     trained = P.GradualPruning(model, linears, schedule, cfg.scope) if cfg.gradual_steps else model
     print(f"recovery fine-tune on {len(data.train)} features")
     try:
-        result = train(trained, _batches(data, cfg), _train_config(cfg), work)
+        result = train(trained, _batches(data, cfg), pick(TrainArgs, cfg), work, resumable=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     model.eval()

@@ -42,7 +42,7 @@ class Config:
                          "static: activation ranges from calibration data", choices=["dynamic", "static"])
     calibration: str | None = option(None, help="static: labelled data file of the model's task "
                                      "(plain text lines for a model without a task)")
-    calibration_size: int = option(256, help="static: calibration examples used (the first N)")
+    calibration_size: int = option(256, help="static: calibration examples used (the first N)", ge=1)
     eval: str | None = option(None, help="labelled file for accuracy before/after (default: the calibration file)")
     per_channel: bool = option(True, help="one weight scale per output channel")
     reduce_range: bool = option(False, help="7-bit weights (avoids saturation on AVX2 CPUs without VNNI)")
@@ -52,7 +52,7 @@ class Config:
     fuse: bool = option(True, help="dynamic, encoders: fuse attention and GELU (ONNX Runtime's BERT "
                         "optimizer) and quantize the fused attention")
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
-    batch_size: int = option(32, help="examples per calibration / evaluation batch")
+    batch_size: int = option(32, help="examples per calibration / evaluation batch", ge=1)
     opset: int = option(17, help="ONNX opset when a checkpoint is exported first")
     overwrite: bool = option(False, help="replace an existing output directory")
 

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 
 from ..config import option
 from ..errors import PlmkitError
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import HELP as PRECISION_HELP
+from ..precision import PRECISIONS
 
 
 @dataclass
@@ -24,8 +27,8 @@ class Config:
                         "INT8 export (plmkit export --format onnx, plmkit quantize)")
     backend: str | None = option(None, help="inference backend (default: from --model: onnxruntime for an "
                                  "ONNX export, torch otherwise)", choices=["torch", "onnxruntime"])
-    precision: str = option("bf16", help="torch backend: bf16 autocast (as predict) or fp32",
-                            choices=["bf16", "fp32", "auto"])
+    precision: str = option(PRECISION_DEFAULT, help="torch backend (as predict): " + PRECISION_HELP,
+                            choices=PRECISIONS)
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     port: int = option(8080, help="TCP port")
     max_batch: int = option(32, help="most texts per model call")

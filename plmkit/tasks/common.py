@@ -7,7 +7,6 @@ batch of equal lengths runs with no attention mask at all.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -18,6 +17,8 @@ from tqdm import tqdm
 
 from ..data.features import collate, length_bucketed_batches
 from ..models.heads import ModelOutput
+from ..precision import DEFAULT as PRECISION_DEFAULT
+from ..precision import autocast
 from ..tokenizer import special_ids
 from ..train.logging import progress_enabled
 
@@ -39,7 +40,7 @@ class Prep:
 class Infer:
     """How the model is run on evaluation / prediction data."""
     batch_size: int = 64
-    precision: str = "bf16"              # bf16 autocast or fp32
+    precision: str = PRECISION_DEFAULT   # auto | bf16 | fp32 (plmkit.precision)
     max_new_tokens: int = 64             # generation: completion length limit
     progress: str | None = None          # progress-bar label; None: no bar
 
@@ -57,11 +58,6 @@ def pad_id(tok: Tokenizer) -> int:
     """[PAD] / <|pad|> when the vocabulary has one, else EOS (GPT-2), else 0."""
     ids = special_ids(tok)
     return ids.get("pad", ids.get("eos", 0))
-
-
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    enabled = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def forward_batches(model: nn.Module, data: TaskData) -> Iterator[tuple[list[int], ModelOutput]]:

@@ -18,8 +18,9 @@ from ..data.features import EOS_CANDIDATES, IGNORE, collate, configured, encode_
 from ..data.readers import GenExample, _json_objects, _rows, read_generation, read_lines
 from ..errors import InputError, PlmkitError
 from ..models.generate import generate
+from ..precision import autocast
 from ..train.logging import progress_enabled
-from .common import Prep, TaskData, autocast, pad_id
+from .common import Prep, TaskData, pad_id
 
 SEP = "\n"   # between prompt and completion, as in encode_generation
 

@@ -8,12 +8,12 @@ Launch a stage on N processes with::
 process group (NCCL on CUDA, Gloo on CPU), each rank reads its own shard of the batches,
 gradients are averaged by DDP, and only rank 0 logs and writes checkpoints.
 
-FSDP (``TrainConfig.fsdp``, ``--fsdp``) shards parameters, gradients and optimizer state
+FSDP (``TrainArgs.fsdp``, ``--fsdp``) shards parameters, gradients and optimizer state
 over the ranks instead of replicating them, for models whose training state does not fit
 one device::
 
     torchrun --standalone --nproc_per_node=8 -m plmkit.cli pretrain --fsdp --arch bert \\
-        --size base --corpus data/*.txt --out runs/bert-base --steps 100000 --grad-accum 4
+        --size base --corpus data/*.txt --out runs/bert-base --max-steps 100000 --grad-accum 4
 
 :func:`wrap_fsdp` applies FSDP2 ``fully_shard`` to each transformer block
 (``backbone.layers[i]``), then to the root (embeddings, head). Checkpoints stay in the
@@ -82,14 +82,14 @@ def default_device(info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device,
-             find_unused: bool = False) -> nn.Module:
-    """DDP wrapper; rank 0's parameters are broadcast so every rank starts equal."""
+def wrap_ddp(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """DDP wrapper; rank 0's parameters are broadcast so every rank starts equal. Every
+    trainable parameter must get a gradient each step (a model has no part its objective
+    leaves unused: pretrain builds an MLM-only BERT without the pooler NSP would train)."""
     if not info.enabled:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids,
-                                               find_unused_parameters=find_unused)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def fsdp_blocks(model: nn.Module) -> list[nn.Module]:

@@ -1,4 +1,5 @@
-"""Training telemetry: tqdm progress bar, ``metrics.jsonl``, TensorBoard scalars, MFU.
+"""Training telemetry: tqdm progress bar (progress lines off a terminal), ``metrics.jsonl``,
+TensorBoard scalars, MFU.
 
 Model FLOPs utilisation (MFU) = achieved model FLOP/s / peak FLOP/s, with the usual
 estimate of 6 FLOPs per parameter per token for forward + backward (Kaplan et al.;
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -21,6 +23,7 @@ from ..errors import PlmkitError
 from ..io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def count_tokens(batch: Mapping[str, Any]) -> int:
@@ -82,7 +85,7 @@ class MetricsLog:
             except ImportError:
                 raise PlmkitError("tensorboard logging needs the 'tensorboard' package "
                                   "(pip install 'plmkit[tensorboard]'), or pass --no-tensorboard") from None
-            self.writer = SummaryWriter(str(out_dir / "tensorboard"),
+            self.writer = SummaryWriter(str(out_dir / TENSORBOARD_DIR),
                                         purge_step=resume_step + 1 if resume_step else None)
 
     def _truncate(self, resume_step: int | None) -> None:
@@ -116,14 +119,43 @@ class MetricsLog:
             self.writer.close()
 
 
-class Progress:
-    """tqdm bar over optimizer steps; silent off-TTY, with PLMKIT_QUIET=1, or off rank 0."""
+def progress_lines_enabled() -> bool:
+    """Output to a file or a pipe (a log, a recipe's stage log): progress lines go there."""
+    return not sys.stdout.isatty() and os.environ.get("PLMKIT_QUIET", "") != "1"
 
-    def __init__(self, total: int | None, initial: int, enabled: bool) -> None:
+
+def format_seconds(seconds: float) -> str:
+    s = int(round(seconds))
+    h, m = s // 3600, s % 3600 // 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
+
+
+def copy_logs(work: Path, out: Path) -> None:
+    """Copy a run's metrics.jsonl and TensorBoard events from its work directory into ``out``."""
+    if (work / METRICS_FILE).is_file():
+        shutil.copyfile(work / METRICS_FILE, out / METRICS_FILE)
+    if (work / TENSORBOARD_DIR).is_dir():
+        shutil.copytree(work / TENSORBOARD_DIR, out / TENSORBOARD_DIR)
+
+
+class Progress:
+    """Feedback over the optimizer steps, on rank 0: a tqdm bar while stderr is a terminal; while
+    stdout is not one (a log file, a pipe, a recipe's stage log) a line there every ``every``
+    seconds and at the end: step, loss, tokens/s and ETA. Silent with PLMKIT_QUIET=1 and on the
+    other ranks."""
+
+    def __init__(self, total: int | None, initial: int, enabled: bool, *, every: float = 30.0,
+                 world_size: int = 1, budget_s: float | None = None, spent_s: float = 0.0) -> None:
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                         disable=not (enabled and progress_enabled()))
+        self.lines = enabled and every > 0 and progress_lines_enabled()
+        self.total, self.every, self.world = total, every, world_size
+        self.budget_left = None if budget_s is None else budget_s - spent_s
+        self.start = self.last = time.perf_counter()
+        self.first_step, self.step = initial, initial
+        self.loss, self.n, self.tokens = 0.0, 0, 0
 
-    def update(self, record: dict[str, Any] | None) -> None:
+    def update(self, step: int, loss: float, tokens: int, record: dict[str, Any] | None) -> None:
         self.bar.update(1)
         if record is not None:
             post = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}"}
@@ -132,12 +164,30 @@ class Progress:
             if "mfu" in record:
                 post["mfu"] = f"{100 * record['mfu']:.1f}%"
             self.bar.set_postfix(post, refresh=False)
+        if not self.lines:
+            return
+        self.step, self.loss, self.n, self.tokens = step, self.loss + loss, self.n + 1, self.tokens + tokens
+        if time.perf_counter() - self.last >= self.every:
+            self._line()
 
-    def write(self, text: str) -> None:
-        if not self.bar.disable:
-            self.bar.write(text)
+    def _line(self) -> None:
+        now = time.perf_counter()
+        done = f"{self.step}/{self.total} ({100 * self.step / self.total:.0f}%)" if self.total else str(self.step)
+        parts = [f"step {done}", f"loss {self.loss / max(1, self.n):.4f}"]
+        if self.tokens:
+            parts.append(f"{self.tokens * self.world / max(now - self.last, 1e-9):,.0f} tokens/s")
+        per_step = (now - self.start) / max(1, self.step - self.first_step)
+        left = [per_step * (self.total - self.step)] if self.total else []
+        if self.budget_left is not None:
+            left.append(max(0.0, self.budget_left - (now - self.start)))
+        if left:
+            parts.append(f"ETA {format_seconds(min(left))}")
+        print(" | ".join(parts), flush=True)
+        self.last, self.loss, self.n, self.tokens = now, 0.0, 0, 0
 
     def close(self) -> None:
+        if self.lines and self.n:
+            self._line()
         self.bar.close()
 
 

@@ -5,17 +5,25 @@ One optimizer step = ``grad_accum`` micro-batches. Each micro-loss is divided by
 DDP (or FSDP, with ``fsdp``) averages over ranks, hence 2 ranks x 1 micro-batch == 1 rank
 x 2 micro-batches.
 
-Per step: forward/backward under bf16 autocast (optional) -> one all-reduce of
-[loss, over-budget flag] -> non-finite check (before the update, so weights stay good)
--> clip -> AdamW -> LR schedule. Logging, evaluation and checkpoints happen at step
-boundaries; a checkpoint restores everything (weights, optimizer, schedule, RNG, data
-position, counters) so an interrupted run continues exactly as if never stopped.
+Per step: forward/backward under autocast (``plmkit.precision``) -> one all-reduce of
+[loss, over-budget flag] -> non-finite and divergence checks (before the update, so weights
+stay good) -> clip -> AdamW -> LR schedule. Logging, evaluation and checkpoints happen at
+step boundaries; a checkpoint restores everything (weights, optimizer, schedule, RNG, data
+position, counters) so an interrupted run continues exactly as if never stopped. A resume
+may change the options in ``args.RESUME_FREE`` (a lower lr after a divergence, a longer
+run); each change is logged as a ``resume`` event in metrics.jsonl.
+
+The options are ``TrainArgs`` (the flags every training stage shares); what a stage plugs in
+(evaluation, checkpoint format, fingerprint, ...) is a typed ``Hooks``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import math
-import re
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,55 +32,33 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from ..config import option, to_dict
+from ..config import to_dict
 from ..errors import PlmkitError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, read_json, write_json
+from ..precision import autocast_dtype
 from . import dist as D
 from . import state as S
-from .logging import MetricsLog, Progress, Window, count_tokens
-from .optim import LayerOf, build_optimizer, build_scheduler, optimizer_kernel
+from .args import RESUME_FREE, TrainArgs, check_args, parse_budget
+from .logging import METRICS_FILE, MetricsLog, Progress, Window, count_tokens
+from .optim import LayerOf, build_optimizer, build_scheduler, optimizer_kernel, replan
 from .source import Batch, BatchSource
 
 
 @dataclass
-class TrainConfig:
-    lr: float = option(5e-4, help="peak learning rate")
-    weight_decay: float = option(0.01, help="AdamW weight decay (not applied to biases and norm weights)")
-    betas: list[float] = option([0.9, 0.999], help="AdamW betas")
-    eps: float = option(1e-8, help="AdamW epsilon")
-    warmup_steps: int = option(0, help="linear warmup steps (0: use warmup_ratio)")
-    warmup_ratio: float = option(0.0, help="warmup as a fraction of the total steps")
-    schedule: str = option("linear", help="learning-rate decay after warmup",
-                           choices=["linear", "cosine", "constant"])
-    max_steps: int | None = option(None, help="stop after this many optimizer steps")
-    epochs: float | None = option(None, help="stop after this many passes over the data (may be fractional)")
-    budget: str | None = option(None, help="wall-clock limit, e.g. 90s, 20m, 1h30m, counted across "
-                                "resumes; saves and stops cleanly")
-    grad_accum: int = option(1, help="micro-batches per optimizer step")
-    clip_norm: float = option(1.0, help="clip the global gradient norm to this (0: off)")
-    precision: str = option("auto", help="bf16 autocast or fp32 (auto: bf16 on a bf16-capable GPU)",
-                            choices=["auto", "bf16", "fp32"])
-    compile: bool = option(False, help="torch.compile the model")
-    eval_every: int = option(0, help="evaluate every N steps (0: only at the end)")
-    save_every: int = option(500, help="write a resumable checkpoint every N steps (0: only at the end)")
-    keep_last: int = option(2, help="keep the K newest checkpoints (0: keep all)")
-    log_every: int = option(10, help="log training metrics every N steps")
-    seed: int = option(42, help="random seed (rank r uses seed + r)")
-    patience: int | None = option(None, help="early stopping: evaluations without improvement")
-    layerwise_lr_decay: float | None = option(None, help="scale lr by this factor per layer downwards")
-    tensorboard: bool = option(False, help="also write TensorBoard scalars")
-    ddp_find_unused: bool = option(False, help="DDP: allow parameters that get no gradient")
-    fsdp: bool = option(False, help="under torchrun, shard weights, gradients and optimizer state "
-                        "over the ranks (FSDP) instead of replicating them (DDP): for models that "
-                        "do not fit one device; checkpoints keep the same format")
-
-
-# Fields that may change between a checkpoint and its resume: they do not affect the
-# trajectory of the weights (evaluation runs with its RNG streams preserved). The run
-# length (max_steps / epochs / warmup_ratio) is compared through its effect on the
-# schedule instead, so a constant-schedule run can be extended.
-RESUME_FREE = {"budget", "eval_every", "save_every", "keep_last", "log_every", "compile",
-               "patience", "tensorboard", "ddp_find_unused", "max_steps", "epochs", "warmup_ratio"}
+class Hooks:
+    """What a stage plugs into the loop besides the options."""
+    eval_fn: Callable[[nn.Module], dict[str, float]] | None = None
+    metric: str | None = None                    # selects out_dir/best
+    greater_is_better: bool = True
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # stage settings a resume must share
+    save_fn: S.SaveFn = S.save_safetensors
+    load_fn: S.LoadFn = S.load_safetensors
+    layer_of: LayerOf | None = None
+    trainable: Callable[[str], bool] | None = None
+    flops_per_token: float | None = None
+    peak_flops: float | None = None
+    device: torch.device | None = None
+    resumable: bool = True                       # the stage offers --resume (for the stop advice)
 
 
 @dataclass
@@ -87,6 +73,7 @@ class TrainResult:
     last_checkpoint: Path | None
     best_dir: Path | None
     sharded: bool = False  # FSDP: the model's parameters are shards; full weights in last_checkpoint
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # resume events of the whole run
 
 
 @dataclass
@@ -99,61 +86,47 @@ class _Counters:
     bad_evals: int = 0
     last_eval_step: int = -1
     last_metrics: dict[str, float] = field(default_factory=dict)
+    warmup: int | None = None        # warmup steps as first planned (kept when a resume re-plans)
+    loss_ema: float | None = None    # divergence watch: smoothed loss, its best, steps far above it
+    best_ema: float | None = None
+    high_steps: int = 0
 
 
-_BUDGET = re.compile(r"(\d+(?:\.\d*)?)([hms])")
+# A loss counts as "far above its best" above max(FACTOR x best, best + MARGIN), best being the
+# minimum of its exponential moving average (weight EMA of the past).
+DIVERGENCE_FACTOR, DIVERGENCE_MARGIN, EMA = 2.0, 1.0, 0.9
+# Fingerprint keys of older checkpoints that no longer have to match.
+_LEGACY = {"train.warmup", "train.decay_steps", "train.ddp_find_unused"}
 
 
-def parse_budget(text: str) -> float:
-    """'90s' / '20m' / '1h30m' / '45' (seconds) -> seconds."""
-    s = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d*)?", s):
-        return float(s)
-    parts = _BUDGET.findall(s)
-    if not parts or "".join(a + u for a, u in parts) != s:
-        raise PlmkitError(f"budget: cannot parse {text!r} (expected e.g. 90s, 20m, 1h30m)")
-    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[u] for a, u in parts)
-
-
-def check_config(cfg: TrainConfig) -> None:
-    if cfg.lr <= 0:
-        raise PlmkitError(f"lr must be > 0, got {cfg.lr}")
-    if cfg.grad_accum < 1 or cfg.log_every < 1:
-        raise PlmkitError("grad_accum and log_every must be >= 1")
-    if min(cfg.eval_every, cfg.save_every, cfg.keep_last, cfg.warmup_steps) < 0:
-        raise PlmkitError("eval_every, save_every, keep_last and warmup_steps must be >= 0")
-    if len(cfg.betas) != 2:
-        raise PlmkitError(f"betas needs two values, got {cfg.betas}")
-    if cfg.max_steps is None and cfg.epochs is None and cfg.budget is None:
-        raise PlmkitError("set at least one of max_steps, epochs or budget")
-    if cfg.budget is not None:
-        parse_budget(cfg.budget)
-
-
-def total_steps(cfg: TrainConfig, source: BatchSource) -> tuple[int | None, str]:
+def total_steps(args: TrainArgs, source: BatchSource) -> tuple[int | None, str]:
     """The planned number of optimizer steps (None: time budget only) and its reason."""
     plans: list[tuple[int, str]] = []
-    if cfg.max_steps is not None:
-        plans.append((cfg.max_steps, "max_steps"))
-    if cfg.epochs is not None:
+    if args.max_steps is not None:
+        plans.append((args.max_steps, "max_steps"))
+    if args.epochs is not None:
         if not hasattr(source, "__len__"):
             raise PlmkitError("epochs needs a data source of known length; use max_steps")
-        plans.append((math.ceil(cfg.epochs * len(source) / cfg.grad_accum), "epochs"))
+        plans.append((math.ceil(args.epochs * len(source) / args.grad_accum), "epochs"))
     if not plans:
         return None, "budget"
     return min(plans)
 
 
-def _fingerprint(cfg: TrainConfig, warmup: int, total: int | None, info: D.DistInfo,
-                 extra: dict[str, Any] | None) -> dict[str, Any]:
+def _warmup(args: TrainArgs, total: int | None) -> int:
+    if args.warmup_steps or not args.warmup_ratio:
+        return args.warmup_steps
+    assert total is not None  # check_args: warmup_ratio needs a planned length
+    return round(args.warmup_ratio * total)
+
+
+def _fingerprint(args: TrainArgs, info: D.DistInfo, extra: dict[str, Any]) -> dict[str, Any]:
     """What must be equal between a checkpoint and the run resuming from it."""
-    fp: dict[str, Any] = {f"train.{k}": v for k, v in to_dict(cfg).items() if k not in RESUME_FREE}
-    fp["train.warmup"] = warmup
-    fp["train.decay_steps"] = None if cfg.schedule == "constant" else total
-    if not cfg.fsdp:  # absent, not False: checkpoints from before the option still resume
+    fp: dict[str, Any] = {f"train.{k}": v for k, v in to_dict(args).items() if k not in RESUME_FREE}
+    if not args.fsdp:  # absent, not False: checkpoints from before the option still resume
         del fp["train.fsdp"]
     fp["world_size"] = info.world_size
-    fp.update(extra or {})
+    fp.update(extra)
     return fp
 
 
@@ -173,62 +146,60 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
             for k, v in batch.items()}
 
 
-def _bf16(precision: str, device: torch.device) -> bool:
-    if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
-
-
 class _Trainer:
-    def __init__(self, model: nn.Module, source: BatchSource, cfg: TrainConfig, out_dir: Path,
-                 info: D.DistInfo, opts: dict[str, Any]) -> None:
-        self.raw, self.source, self.cfg, self.out_dir, self.info = model, source, cfg, out_dir, info
-        self.o = opts
-        self.device = torch.device(opts["device"]) if opts["device"] else D.default_device(info)
-        self.bf16 = _bf16(cfg.precision, self.device)
-        self.sharded = cfg.fsdp and info.enabled
+    def __init__(self, model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: Path,
+                 info: D.DistInfo, hooks: Hooks) -> None:
+        self.raw, self.source, self.args, self.out_dir, self.info = model, source, args, out_dir, info
+        self.h = hooks
+        self.device = torch.device(hooks.device) if hooks.device else D.default_device(info)
+        self.dtype = autocast_dtype(args.precision, self.device)
+        self.sharded = args.fsdp and info.enabled
         self.ckpt_root = out_dir / "checkpoints"
-        self.save_fn = opts["save_fn"] or S.save_safetensors
-        self.c = _Counters()
         self.history: list[dict[str, Any]] = []
         self.losses: list[float] = []
         self.last_saved = -1
         self.last_checkpoint: Path | None = None
         self.early_stop = False
-        self._lr = cfg.lr  # lr of the latest step (peak-relative), for logging
-        self.budget_s = parse_budget(cfg.budget) if cfg.budget else None
-        self.total, self.total_reason = total_steps(cfg, source)
-        warmup = cfg.warmup_steps
-        if not warmup and cfg.warmup_ratio:
-            if self.total is None:
-                raise PlmkitError("warmup_ratio needs max_steps or epochs; use warmup_steps")
-            warmup = round(cfg.warmup_ratio * self.total)
-        self.fingerprint = _fingerprint(cfg, warmup, self.total, info, opts["fingerprint"])
+        self.save_pending = False
+        self._lr = args.lr  # lr of the latest step (peak-relative), for logging
+        self.budget_s = parse_budget(args.budget) if args.budget else None
+        self.total, self.total_reason = total_steps(args, source)
+        self.eval_every = args.eval_every or self._steps_per_epoch()
+        self.c = _Counters(warmup=_warmup(args, self.total))
+        self.fingerprint = _fingerprint(args, info, hooks.fingerprint)
 
-        S.seed_everything(cfg.seed + info.rank)
-        if opts["trainable"] is not None:
+        S.seed_everything(args.seed + info.rank)
+        if hooks.trainable is not None:
             for name, p in model.named_parameters():
-                p.requires_grad_(bool(opts["trainable"](name)))
+                p.requires_grad_(bool(hooks.trainable(name)))
         # FSDP moves each rank's shard to the device; the whole model may not fit there.
         if self.sharded:
-            D.wrap_fsdp(model, info, self.device, self.bf16)
+            D.wrap_fsdp(model, info, self.device, self.dtype is not None)
         else:
             model.to(self.device)
-        self.opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                   betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, device=self.device,
-                                   layer_of=opts["layer_of"], layerwise_lr_decay=cfg.layerwise_lr_decay)
-        self.sched = build_scheduler(self.opt, schedule=cfg.schedule, warmup=warmup, total=self.total)
-        resumed = self._restore() if opts["resume"] else self._fresh()
-        self.metrics = MetricsLog(out_dir, enabled=info.is_main, tensorboard=cfg.tensorboard,
+        self.opt = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay,
+                                   betas=(args.betas[0], args.betas[1]), eps=args.eps, device=self.device,
+                                   layer_of=hooks.layer_of, layerwise_lr_decay=args.layerwise_lr_decay)
+        self.sched = build_scheduler(self.opt, schedule=args.schedule, warmup=self.c.warmup, total=self.total)
+        resumed = self._restore() if args.resume else self._fresh()
+        self.metrics = MetricsLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard,
                                   resume_step=resumed)
+        if resumed is not None:
+            self._record_resume()
         n_params = sum(p.numel() for p in model.parameters())
-        self.flops_per_token = opts["flops_per_token"] or 6.0 * n_params
-        self.model = torch.compile(model) if cfg.compile else model
+        self.flops_per_token = hooks.flops_per_token or 6.0 * n_params
+        self.model = torch.compile(model) if args.compile else model
         if not self.sharded:
-            self.model = D.wrap_ddp(self.model, info, self.device, cfg.ddp_find_unused)
+            self.model = D.wrap_ddp(self.model, info, self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.t_start = time.perf_counter()
         self.window = Window()
+
+    def _steps_per_epoch(self) -> int:
+        """eval_every 0: once per epoch (0, only at the end, for data without epochs)."""
+        if not hasattr(self.source, "__len__"):
+            return 0
+        return max(1, math.ceil(len(self.source) / self.args.grad_accum))
 
     # ---- setup ----
 
@@ -238,37 +209,66 @@ class _Trainer:
                               "(--resume) or train into a new output directory")
         return None
 
+    def _pick_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
+        """Rank 0: the newest checkpoint whose files are whole, and its train state; a truncated
+        one (a full disk, a copy cut short) is skipped, saying so. A state file plmkit would
+        have to unpickle is refused outright (``state.check_readable``)."""
+        S.remove_partial(self.ckpt_root)
+        for _, path in reversed(S.list_checkpoints(self.ckpt_root)):
+            try:
+                return path, S.check_readable(path)
+            except S.Unreadable as e:
+                print(f"note: skipping checkpoint {path}: {e}; resuming from the one before it",
+                      file=sys.stderr)
+        return None
+
     def _restore(self) -> int | None:
         """Load the newest complete checkpoint, if any; returns its step."""
-        if self.info.is_main:
-            S.remove_partial(self.ckpt_root)
-        latest = S.latest_checkpoint(self.ckpt_root) if self.info.is_main else None
-        path = D.broadcast_object(str(latest) if latest else None, self.info)
+        picked = self._pick_checkpoint() if self.info.is_main else None
+        path = D.broadcast_object(str(picked[0]) if picked else None, self.info)
         if path is None:
             return None  # nothing saved yet: a resumed run starts from scratch
         path = Path(path)
-        S.check_fingerprint(path, self.fingerprint)
-        state = S.load_state(path)
+        ignore = _LEGACY | {f"train.{k}" for k in RESUME_FREE}
+        S.check_fingerprint(path, self.fingerprint, ignore_saved=ignore)
+        state = picked[1] if picked else S.load_state(path)
         if self.sharded:
             S.load_sharded(self.raw, self.opt, path, self.info.is_main)
         else:
-            (self.o["load_fn"] or S.load_safetensors)(self.raw, path)
+            self.h.load_fn(self.raw, path)
             self.opt.load_state_dict(state["optimizer"])
         kernel = optimizer_kernel(self.raw)
         for g in self.opt.param_groups:  # the checkpoint may come from another kind of run
             g["fused"], g["foreach"] = kernel.get("fused"), kernel.get("foreach")
+        planned_warmup = self.c.warmup
+        self.c = _Counters(**state["counters"])
+        if self.c.warmup is None:  # a checkpoint from before warmup was saved
+            self.c.warmup = planned_warmup
         self.sched.load_state_dict(state["scheduler"])
+        replan(self.sched, lr=self.args.lr, schedule=self.args.schedule, warmup=self.c.warmup,
+               total=self.total)
         S.set_rng_state(state["rng"][self.info.rank])
         self.source.load_state_dict(state["data"][self.info.rank])
-        self.c = _Counters(**state["counters"])
         self.last_saved, self.last_checkpoint = self.c.step, path
         return self.c.step
 
+    def _record_resume(self) -> None:
+        """Log what this resume changed (lr, precision, length, ...) as a ``resume`` event."""
+        saved = read_json(self.last_checkpoint / S.CONFIG_FILE)
+        now = to_dict(self.args)
+        changed = {k: [saved[k], now[k]] for k in sorted(RESUME_FREE - {"resume"})
+                   if k in saved and saved[k] != now[k]}
+        if changed:
+            self.metrics.log({"step": self.c.step, "event": "resume", "changed": changed}, "train")
+        if self.info.is_main:
+            shown = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            print(f"resuming from step {self.c.step}" + (f" (changed: {shown})" if shown else ""))
+
     # ---- one optimizer step ----
 
-    def _step(self, batches: Iterator[Batch]) -> tuple[float, bool]:
-        """Run one optimizer step; returns (mean loss over ranks, over budget?)."""
-        accum, info = self.cfg.grad_accum, self.info
+    def _step(self, batches: Iterator[Batch]) -> tuple[float, int, bool]:
+        """Run one optimizer step; returns (mean loss over ranks, tokens, over budget?)."""
+        accum, info = self.args.grad_accum, self.info
         loss_sum = torch.zeros((), device=self.device)
         aux: dict[str, torch.Tensor] = {}
         tokens = 0
@@ -278,7 +278,8 @@ class _Trainer:
             batch = _to_device(batch, self.device)
             # Skip the gradient reduction on all but the last micro-batch.
             with D.grad_sync(self.model, sync=i == accum - 1):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                with torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16,
+                                    enabled=self.dtype is not None):
                     out = self.model(**batch)
                 loss = out.loss.float() / accum
                 loss.backward()
@@ -289,9 +290,10 @@ class _Trainer:
         both = D.all_sum(torch.stack([loss_sum, torch.tensor(over, device=self.device)]), info)
         loss_val = both[0].item() / info.world_size
         if not math.isfinite(loss_val):
-            self._nonfinite(loss_val)
-        if self.cfg.clip_norm > 0:
-            aux["grad_norm"] = D.clip_grad_norm(self.params, self.cfg.clip_norm).detach()
+            self._stop("nonfinite_loss", f"loss is {loss_val} at step {self.c.step + 1}", loss=str(loss_val))
+        self._watch(loss_val)
+        if self.args.clip_norm > 0:
+            aux["grad_norm"] = D.clip_grad_norm(self.params, self.args.clip_norm).detach()
         lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0]["lr_scale"]
         self.opt.step()
         self.sched.step()
@@ -299,18 +301,32 @@ class _Trainer:
         self.c.step += 1
         self.window.add(loss_val, tokens, aux)
         self._lr = lr
-        return loss_val, bool(both[1].item() > 0)
+        return loss_val, tokens, bool(both[1].item() > 0)
 
-    def _nonfinite(self, loss: float) -> None:
+    def _watch(self, loss: float) -> None:
+        """Divergence without NaN: the loss far above its best smoothed value for
+        ``divergence_steps`` steps in a row stops the run as a NaN does. While the loss is
+        that high, due checkpoints wait (``_save_due``), so every checkpoint is a good one."""
+        c = self.c
+        c.loss_ema = loss if c.loss_ema is None else EMA * c.loss_ema + (1 - EMA) * loss
+        c.best_ema = c.loss_ema if c.best_ema is None else min(c.best_ema, c.loss_ema)
+        limit = max(DIVERGENCE_FACTOR * c.best_ema, c.best_ema + DIVERGENCE_MARGIN)
+        c.high_steps = c.high_steps + 1 if loss > limit else 0
+        n = self.args.divergence_steps
+        if n and c.high_steps >= n:
+            self._stop("diverged", f"the loss diverged: {loss:.6g} at step {c.step + 1}, above {limit:.4g} "
+                       f"(2x its best smoothed value {c.best_ema:.4g}) for {n} steps", loss=loss, best=c.best_ema)
+
+    def _stop(self, event: str, what: str, **record: Any) -> None:
         """Stop before the update: the bad state is never applied nor saved."""
         self.opt.zero_grad(set_to_none=True)
-        step = self.c.step + 1
-        self.metrics.log({"step": step, "event": "nonfinite_loss", "loss": str(loss)}, "train")
+        self.metrics.log({"step": self.c.step + 1, "event": event, **record}, "train")
         last = S.latest_checkpoint(self.ckpt_root)
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-        raise PlmkitError(f"training stopped: loss is {loss} at step {step}; {kept}. "
-                          "Lower the learning rate, check the data, or use precision fp32, "
-                          "then resume from the last good checkpoint.")
+        advice = ("then resume from the last good checkpoint (--resume with the new --lr or --precision)"
+                  if self.h.resumable else "then run again")
+        raise PlmkitError(f"training stopped: {what}; {kept}. Lower the learning rate, check the data, "
+                          f"or use precision fp32, {advice}.")
 
     def _elapsed(self) -> float:
         return self.c.train_seconds + time.perf_counter() - self.t_start
@@ -318,13 +334,13 @@ class _Trainer:
     # ---- logging, evaluation, checkpoints ----
 
     def _log(self) -> dict[str, Any] | None:
-        if self.c.step % self.cfg.log_every:
+        if self.c.step % self.args.log_every:
             return None
         tokens = D.all_sum(torch.tensor(self.window.tokens, device=self.device), self.info)
         rec = self.window.record(self.c.step, self._lr, global_tokens=int(tokens),
                                  world_size=self.info.world_size,
                                  flops_per_token=self.flops_per_token,
-                                 peak_flops=self.o["peak_flops"])
+                                 peak_flops=self.h.peak_flops)
         epoch = self.source.state_dict().get("epoch")
         if isinstance(epoch, int):
             rec["epoch"] = epoch
@@ -339,10 +355,10 @@ class _Trainer:
             was_training = self.raw.training
             self.raw.eval()
             # FSDP with bf16 gathers bf16 weights; autocast keeps norms/softmax/loss in fp32.
-            bf16 = self.sharded and self.bf16
+            bf16 = self.sharded and self.dtype is not None
             with S.preserved_rng(), torch.no_grad(), \
                     torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                metrics = {k: float(v) for k, v in self.o["eval_fn"](self.raw).items()}
+                metrics = {k: float(v) for k, v in self.h.eval_fn(self.raw).items()}
             self.raw.train(was_training)
         metrics = D.broadcast_object(metrics, self.info)
         self.c.last_eval_step, self.c.last_metrics = self.c.step, metrics
@@ -352,13 +368,13 @@ class _Trainer:
         self._track_best(metrics)
 
     def _track_best(self, metrics: dict[str, float]) -> None:
-        name = self.o["metric"]
+        name = self.h.metric
         if name is None:
             return
         if name not in metrics:
             raise PlmkitError(f"evaluation returned no metric '{name}' (got: {', '.join(metrics)})")
         value, c = metrics[name], self.c
-        better = c.best is None or (value > c.best if self.o["greater_is_better"] else value < c.best)
+        better = c.best is None or (value > c.best if self.h.greater_is_better else value < c.best)
         if better:
             c.best, c.best_step, c.bad_evals = value, c.step, 0
             save_fn = self._model_writer()
@@ -368,14 +384,14 @@ class _Trainer:
                     write_json(tmp / "best.json", {"step": c.step, name: value})
         else:
             c.bad_evals += 1
-        if self.cfg.patience and c.bad_evals >= self.cfg.patience:
+        if self.args.patience and c.bad_evals >= self.args.patience:
             self.early_stop = True
 
     def _model_writer(self) -> S.SaveFn:
         """The ``save_fn`` rank 0 calls; under FSDP it writes the full weights gathered here
         (a collective: every rank calls this)."""
         if not self.sharded:
-            return self.save_fn
+            return self.h.save_fn
         return S.full_state_writer(S.gather_model(self.raw), S.tied_aliases(self.raw))
 
     def _save(self) -> None:
@@ -391,9 +407,9 @@ class _Trainer:
             state = {"step": self.c.step, "optimizer": None if self.sharded else self.opt.state_dict(),
                      "scheduler": self.sched.state_dict(), "rng": rngs, "data": datas,
                      "counters": dataclasses.asdict(self.c)}
-            S.save_checkpoint(path, model=self.raw, state=state, config=to_dict(self.cfg),
+            S.save_checkpoint(path, model=self.raw, state=state, config=to_dict(self.args),
                               fingerprint=self.fingerprint, save_fn=save_fn, optimizer=optim)
-            S.rotate(self.ckpt_root, self.cfg.keep_last)
+            S.rotate(self.ckpt_root, self.args.keep_last)
         D.barrier(self.info)
         self.last_saved, self.last_checkpoint = self.c.step, path
 
@@ -402,9 +418,16 @@ class _Trainer:
     def _due(self, every: int) -> bool:
         return every > 0 and self.c.step % every == 0
 
+    def _save_due(self) -> bool:
+        """A due checkpoint waits while the loss is far above its best (see ``_watch``)."""
+        self.save_pending = self.save_pending or self._due(self.args.save_every)
+        return self.save_pending and self.c.high_steps == 0
+
     def run(self) -> TrainResult:
         batches = _endless(self.source)
-        progress = Progress(self.total, self.c.step, self.info.is_main)
+        progress = Progress(self.total, self.c.step, self.info.is_main, every=self.args.progress_every,
+                            world_size=self.info.world_size, budget_s=self.budget_s,
+                            spent_s=self.c.train_seconds)
         self.model.train()
         # A resumed run whose time budget is already spent stops without another step.
         spent = self.budget_s is not None and self.c.train_seconds >= self.budget_s
@@ -414,20 +437,21 @@ class _Trainer:
                 if self.total is not None and self.c.step >= self.total:
                     reason = self.total_reason
                     break
-                loss, over_budget = self._step(batches)
+                loss, tokens, over_budget = self._step(batches)
                 self.losses.append(loss)
-                progress.update(self._log())
+                progress.update(self.c.step, loss, tokens, self._log())
                 paused = time.perf_counter()  # keep eval/save time out of tokens/s
-                if self.o["eval_fn"] is not None and self._due(self.cfg.eval_every):
+                if self.h.eval_fn is not None and self._due(self.eval_every):
                     self._evaluate()
-                if self._due(self.cfg.save_every):
+                if self._save_due():
                     self._save()
+                    self.save_pending = False
                 self.window.start += time.perf_counter() - paused
                 if over_budget:
                     reason = "budget"
                 elif self.early_stop:
                     reason = "early_stopping"
-            if self.o["eval_fn"] is not None and self.c.last_eval_step != self.c.step:
+            if self.h.eval_fn is not None and self.c.last_eval_step != self.c.step:
                 self._evaluate()
             if self.last_saved != self.c.step:
                 self._save()
@@ -437,47 +461,78 @@ class _Trainer:
         c = self.c
         best_dir = self.out_dir / "best" if c.best_step is not None else None
         return TrainResult(c.step, reason, dict(c.last_metrics), c.best, c.best_step, self.history,
-                           self.losses, self.last_checkpoint, best_dir, self.sharded)
+                           self.losses, self.last_checkpoint, best_dir, self.sharded, _resumes(self.out_dir))
 
 
-def train(model: nn.Module, source: BatchSource, cfg: TrainConfig, out_dir: str | Path, *,
+def _resumes(out_dir: Path) -> list[dict[str, Any]]:
+    """The run's ``resume`` events, from metrics.jsonl (resumed parts included)."""
+    path = out_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "resume":
+            found.append({"step": rec.get("step"), "changed": rec.get("changed", {})})
+    return found
+
+
+@contextlib.contextmanager
+def dropped_unless_resumable(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Remove ``run_dir`` when training in it fails (PlmkitError) before its first checkpoint:
+    there is nothing to resume, and a leftover directory would block the corrected run. Under
+    torchrun every rank removes it before exiting (torchrun stops the other ranks as soon as
+    one exits, so rank 0 alone might be stopped half-way)."""
+    try:
+        yield
+    except PlmkitError:
+        if enabled and run_dir.is_dir() and not S.list_checkpoints(run_dir / "checkpoints"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str | Path, *,
           eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-          metric: str | None = None, greater_is_better: bool = True, resume: bool = False,
+          metric: str | None = None, greater_is_better: bool = True,
           fingerprint: dict[str, Any] | None = None,
           save_fn: S.SaveFn | None = None, load_fn: S.LoadFn | None = None,
           layer_of: LayerOf | None = None, trainable: Callable[[str], bool] | None = None,
           flops_per_token: float | None = None, peak_flops: float | None = None,
-          device: str | torch.device | None = None) -> TrainResult:
-    """Train ``model`` on ``source`` under ``cfg``; checkpoints and metrics go to ``out_dir``.
+          device: str | torch.device | None = None, resumable: bool = True) -> TrainResult:
+    """Train ``model`` on ``source`` under ``args``; checkpoints and metrics go to ``out_dir``.
 
     ``model(**batch)`` must return an object with ``.loss`` (scalar) and optionally
     ``.aux`` (name -> scalar tensor, logged). ``eval_fn(model)`` runs every
-    ``eval_every`` steps and at the end (rank 0, eval mode, no grad, RNG preserved);
-    ``metric`` names the value that selects ``out_dir/best``. ``save_fn(model, dir)`` /
-    ``load_fn(model, dir)`` write/read the model inside checkpoint dirs (default
-    ``model.safetensors``). ``fingerprint`` holds caller settings (model config, data,
-    task) that must match to resume; resume also refuses changed TrainConfig fields
-    except those in ``RESUME_FREE``. ``trainable(name)`` freezes parameters it rejects.
-    ``peak_flops`` (per device, see ``measure_peak_flops``) enables MFU reporting.
-    With ``cfg.fsdp`` under torchrun the model is sharded in place (see ``dist.wrap_fsdp``)
-    and stays so: ``result.sharded`` is then True and the final full weights are in
-    ``result.last_checkpoint`` (always written at the end); ``eval_fn`` runs on every rank.
-    Raises PlmkitError on a non-finite loss, after keeping the last good checkpoint.
+    ``eval_every`` steps (0: every epoch) and at the end (rank 0, eval mode, no grad, RNG
+    preserved); ``metric`` names the value that selects ``out_dir/best``. ``save_fn(model, dir)``
+    / ``load_fn(model, dir)`` write/read the model inside checkpoint dirs (default
+    ``model.safetensors``). With ``args.resume`` the newest readable checkpoint in ``out_dir``
+    is restored; ``fingerprint`` holds caller settings (model config, data, task) that must
+    match, as must the TrainArgs outside ``RESUME_FREE``. ``trainable(name)`` freezes
+    parameters it rejects. ``peak_flops`` (per device, see ``measure_peak_flops``) enables MFU
+    reporting. With ``args.fsdp`` under torchrun the model is sharded in place (see
+    ``dist.wrap_fsdp``) and stays so: ``result.sharded`` is then True and the final full weights
+    are in ``result.last_checkpoint`` (always written at the end); ``eval_fn`` runs on every rank.
+    Raises PlmkitError on a non-finite or diverging loss, after keeping the last good checkpoint.
     """
-    check_config(cfg)
+    check_args(args)
     if metric is not None and eval_fn is None:
         raise PlmkitError("a best-checkpoint metric needs an evaluation function")
-    if cfg.patience and metric is None:
-        raise PlmkitError("early stopping (patience) needs a metric to watch")
-    if cfg.fsdp and (save_fn is not None or load_fn is not None):
+    if args.patience and metric is None:
+        raise PlmkitError("early stopping (--patience) needs evaluation data and a metric to watch")
+    if args.fsdp and (save_fn is not None or load_fn is not None):
         raise PlmkitError("fsdp writes whole-model checkpoints (model.safetensors); it does not "
                           "support a custom save_fn/load_fn (e.g. adapter-only checkpoints)")
+    hooks = Hooks(eval_fn=eval_fn, metric=metric, greater_is_better=greater_is_better,
+                  fingerprint=dict(fingerprint or {}), save_fn=save_fn or S.save_safetensors,
+                  load_fn=load_fn or S.load_safetensors, layer_of=layer_of, trainable=trainable,
+                  flops_per_token=flops_per_token, peak_flops=peak_flops,
+                  device=torch.device(device) if device is not None else None, resumable=resumable)
     info = D.init_distributed()
-    opts = dict(eval_fn=eval_fn, metric=metric, greater_is_better=greater_is_better,
-                resume=resume, fingerprint=fingerprint, save_fn=save_fn, load_fn=load_fn,
-                layer_of=layer_of, trainable=trainable, flops_per_token=flops_per_token,
-                peak_flops=peak_flops, device=device)
     try:
-        return _Trainer(model, source, cfg, Path(out_dir), info, opts).run()
+        return _Trainer(model, source, args, Path(out_dir), info, hooks).run()
     finally:
         D.cleanup(info)

@@ -109,5 +109,24 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup: 
     if schedule != "constant" and total is None:
         raise PlmkitError(f"schedule '{schedule}' needs max_steps or epochs to know where to "
                           "decay to; with only a time budget use schedule 'constant'")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, schedule=schedule, warmup=warmup, total=total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor(schedule, warmup, total))
+
+
+def _factor(schedule: str, warmup: int, total: int | None) -> Callable[[int], float]:
+    return lambda s: lr_factor(s, schedule=schedule, warmup=warmup, total=total)
+
+
+def replan(scheduler: torch.optim.lr_scheduler.LambdaLR, *, lr: float, schedule: str, warmup: int,
+           total: int | None) -> None:
+    """Re-plan a restored schedule from the step it reached: a new peak ``lr`` and end ``total``
+    (a resume with a lower lr, or a longer run). Unchanged settings give the same lr values
+    the uninterrupted run had (the same product, ``base_lr * factor(step)``)."""
+    if schedule != "constant" and total is None:
+        raise PlmkitError(f"schedule '{schedule}' needs max_steps or epochs to know where to decay to")
+    fn = _factor(schedule, warmup, total)
+    groups = scheduler.optimizer.param_groups
+    scheduler.lr_lambdas = [fn] * len(groups)
+    scheduler.base_lrs = [lr * g["lr_scale"] for g in groups]
+    for g, base in zip(groups, scheduler.base_lrs):
+        g["initial_lr"] = base
+        g["lr"] = base * fn(scheduler.last_epoch)

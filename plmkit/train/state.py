@@ -2,13 +2,14 @@
 
 Layout of ``out_dir/checkpoints/step-N/`` (each written whole via ``atomic_dir``, so a
 directory named ``step-N`` is always complete; a kill mid-write leaves only a hidden
-``.step-N.tmp-*`` directory, removed on the next resume):
+``.step-N.tmp-*`` directory, removed on the next resume; a file cut short later, e.g. by a full
+disk or a copy, makes the resume fall back to the checkpoint before, see ``check_readable``):
 
 * model weights, written by the caller's ``save_fn`` (default ``model.safetensors``);
 * ``train_state.pt``: optimizer, scheduler, per-rank RNG states, per-rank data-source
   states, loop counters. Only tensors and plain Python values, so it loads with
   ``torch.load(weights_only=True)`` (no pickle code execution);
-* ``train_config.json`` (the resolved TrainConfig) and ``fingerprint.json`` (what must
+* ``train_config.json`` (the resolved TrainArgs) and ``fingerprint.json`` (what must
   match to resume);
 * under FSDP, ``optimizer.pt``: the full (unsharded) optimizer state keyed by parameter
   name, apart from ``train_state.pt`` so that only rank 0 reads it. The weights are the
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -102,6 +105,7 @@ def load_safetensors(model: nn.Module, directory: Path) -> None:
         raise PlmkitError(f"{directory}: no {MODEL_FILE}; pass a load_fn matching the save_fn")
     device = next(model.parameters()).device
     dev = device.index if device.type == "cuda" else "cpu"
+    check_safetensors(path)
     try:
         safetensors.torch.load_model(model, str(path), strict=True, device=dev)
     except RuntimeError as e:
@@ -226,15 +230,75 @@ def save_checkpoint(directory: Path, *, model: nn.Module, state: dict[str, Any],
         write_json(tmp / FINGERPRINT_FILE, fingerprint)
 
 
+STATE_KEYS = {"step", "optimizer", "scheduler", "rng", "data", "counters"}
+
+
+class Unreadable(PlmkitError):
+    """A checkpoint file that is cut short or damaged (not one that is unsafe to read)."""
+
+
 def load_state(directory: Path) -> dict[str, Any]:
-    return _load(directory / STATE_FILE)
+    state = _load(directory / STATE_FILE)
+    if not isinstance(state, dict) or not STATE_KEYS <= set(state):
+        raise PlmkitError(f"{directory / STATE_FILE}: not a plmkit train state (expected the keys "
+                          f"{', '.join(sorted(STATE_KEYS))})")
+    return state
 
 
 def _load(path: Path) -> dict[str, Any]:
+    """A ``torch.save`` archive of tensors and plain values. Anything else is refused, not
+    unpickled: a raw pickle (it could run code), or an archive naming other Python objects."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise Unreadable(f"{path}: cannot read ({e.strerror or e})") from None
+    if magic != b"PK\x03\x04":
+        raise PlmkitError(f"{path}: not a torch zip archive (a raw pickle?); plmkit never unpickles "
+                          "checkpoint files, refusing to load it")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise PlmkitError(f"{path}: holds Python objects beyond tensors and plain values; refusing to "
+                          f"unpickle it ({first})") from None
     except (OSError, RuntimeError, EOFError) as e:
-        raise PlmkitError(f"{path}: cannot read train state ({e.__class__.__name__}: {e})") from None
+        raise Unreadable(f"{path}: cannot read train state ({e.__class__.__name__}: {e})") from None
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise ``Unreadable`` when a .safetensors file is cut short: its header must parse and
+    the tensors it lists must end where the file ends (cheap: no tensor is read)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+    except (OSError, ValueError) as e:
+        raise Unreadable(f"{path}: cannot read ({e})") from None
+    if not isinstance(header, dict):
+        raise Unreadable(f"{path}: truncated or damaged safetensors header")
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)]
+    if 8 + n + max(ends, default=0) != size:
+        raise Unreadable(f"{path}: truncated ({size} bytes, the header describes "
+                         f"{8 + n + max(ends, default=0)})")
+
+
+def check_readable(directory: Path) -> dict[str, Any]:
+    """Every file of a checkpoint is whole: ``Unreadable`` if one is cut short (the caller falls
+    back to an older checkpoint); PlmkitError if a state file is unsafe to load. Returns the
+    train state (read here anyway)."""
+    state = load_state(directory)
+    if (directory / OPTIM_FILE).is_file():   # FSDP's full optimizer state: checked, not loaded twice
+        try:
+            zipfile.ZipFile(directory / OPTIM_FILE).close()
+        except (OSError, zipfile.BadZipFile) as e:
+            raise Unreadable(f"{directory / OPTIM_FILE}: truncated or damaged ({e})") from None
+    for path in sorted(directory.glob("*.safetensors")):
+        check_safetensors(path)
+    return state
 
 
 # ---- fingerprints ----
@@ -249,9 +313,13 @@ def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return lines
 
 
-def check_fingerprint(directory: Path, current: dict[str, Any]) -> None:
-    """Refuse to resume when the run's settings differ from those that wrote ``directory``."""
+def check_fingerprint(directory: Path, current: dict[str, Any],
+                      ignore_saved: set[str] | frozenset[str] = frozenset()) -> None:
+    """Refuse to resume when the run's settings differ from those that wrote ``directory``.
+    Keys in ``ignore_saved`` that only the checkpoint has (settings that no longer need to
+    match) are left out."""
     saved = read_json(directory / FINGERPRINT_FILE)
+    saved = {k: v for k, v in saved.items() if k in current or k not in ignore_saved}
     # JSON turns tuples into lists; compare in JSON form on both sides.
     current = _jsonable(current)
     diff = fingerprint_diff(saved, current)
