@@ -143,7 +143,7 @@ def test_distill_logits_hidden_and_attention(family, classifier, work, data):
 
 def test_prune_structured_and_unstructured(family, classifier, work, data, capsys):
     argv = ["prune", "--model", str(classifier), "--train", str(data["train"]), "--heads", "0.5", "--ffn", "0.5",
-            "--out", str(work / "pruned"), "--precision", "fp32", "--batch-size", "16", "--recover-steps", "2"]
+            "--out", str(work / "pruned"), "--precision", "fp32", "--batch-size", "16", "--max-steps", "2"]
     if load_model(classifier).config.share_layers:                      # ALBERT: refused in one line
         assert cli.main(argv) == 1 and "shared layers" in capsys.readouterr().err
     else:
@@ -152,7 +152,7 @@ def test_prune_structured_and_unstructured(family, classifier, work, data, capsy
         assert sum(pruned.config.heads) == 4 and sum(pruned.config.ffn) == 64
         assert pruned.num_parameters() < load_model(classifier).num_parameters()
     _run("prune", "--model", str(classifier), "--train", str(data["train"]), "--sparsity", "0.5",
-         "--out", str(work / "sparse"), "--precision", "fp32", "--batch-size", "16", "--recover-steps", "2")
+         "--out", str(work / "sparse"), "--precision", "fp32", "--batch-size", "16", "--max-steps", "2")
     assert _meta(work / "sparse")["pruning"]["unstructured"]["overall"] == pytest.approx(0.5, abs=0.01)
 
 
