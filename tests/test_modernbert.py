@@ -318,6 +318,15 @@ def test_distill_modernbert_teacher_into_a_bert_student(mb, tmp_path, capsys):
     assert {"hidden_mse", "attention_kl", "embedding_mse"} <= {k.split("/")[-1].removeprefix("train_") for k in terms}
     capsys.readouterr()
     assert cli.main(["evaluate", "--model", str(out), "--data", str(mb["dev"]), "--precision", "fp32"]) == 0
+    # A ModernBERT student from teacher layers: each copied layer must stay local or global.
+    args = ["distill", "--teacher", str(mb["clf"]), "--task", "classify", "--train", str(mb["train"]),
+            "--max-steps", "2", "--batch-size", "16", "--precision", "fp32", "--attention-weight", "1"]
+    assert cli.main([*args, "--student-layers", "1,2", "--out", str(tmp_path / "bad")]) == 1
+    err = capsys.readouterr().err
+    assert "teacher layer 1 is local (window 8) but would be student layer 0, which is global" in err
+    assert not (tmp_path / "bad").exists()
+    assert cli.main([*args, "--student-layers", "0,2", "--out", str(tmp_path / "layers")]) == 0
+    assert load_model(tmp_path / "layers").config.local_window == 8
 
 
 def test_pruned_modernbert_saves_reloads_and_exports(mb, tmp_path, capsys):
