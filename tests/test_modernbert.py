@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 
 from plmkit import cli
 from plmkit.models import layers as L
-from plmkit.models.checkpoint import export_hf, load_model, save_checkpoint
+from plmkit.models.checkpoint import load_model, save_checkpoint
 
 transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install .[hf])")
 transformers.utils.logging.disable_progress_bar()
@@ -197,10 +196,11 @@ def test_export_round_trip_through_transformers(tmp_path, task):
     theirs.save_pretrained(tmp_path / "hf")
     ours = load_model(tmp_path / "hf")
     save_checkpoint(ours, tmp_path / "ours")
-    assert cli.main(["export", "--model", str(tmp_path / "ours"), "--format", "hf", "--out", str(tmp_path / "out")]) == 0
-    back, info = getattr(transformers, ARCH_OF[task]).from_pretrained(str(tmp_path / "out"), output_loading_info=True)
+    out = tmp_path / "out"
+    assert cli.main(["export", "--model", str(tmp_path / "ours"), "--format", "hf", "--out", str(out)]) == 0
+    back, info = getattr(transformers, ARCH_OF[task]).from_pretrained(str(out), output_loading_info=True)
     assert not any(info.values()), info                      # nothing missing, unexpected or mismatched
-    before, after = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(str(tmp_path / "out" / "model.safetensors"))
+    before, after = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "hf", out))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     ids, mask = padded_batch(40)
     with torch.no_grad():
@@ -236,7 +236,8 @@ def mb(tmp_path_factory) -> dict[str, Path]:
     files = {"train": _write_classify(d / "train.tsv", 240, 0), "dev": _write_classify(d / "dev.tsv", 200, 1),
              "ner": _write_conll(d / "ner.txt", 120, 2), "qa": _write_squad(d / "qa.json", 60, 4)}
     corpus = [line.split("\t")[0] for line in files["train"].read_text().splitlines()[1:]]
-    corpus += [" ".join(b.split(" ")[0] for b in block.splitlines()) for block in files["ner"].read_text().split("\n\n")]
+    corpus += [" ".join(line.split(" ")[0] for line in block.splitlines())
+               for block in files["ner"].read_text().split("\n\n")]
     corpus += [p["context"] + " " + q["question"] for a in json.loads(files["qa"].read_text())["data"]
                for p in a["paragraphs"] for q in p["qas"]]
     tok = modernbert_tokenizer(corpus)
