@@ -212,11 +212,13 @@ def test_export_round_trip_through_transformers(tmp_path, task):
 # ----------------------------------------------------------------------------- every stage, through the CLI
 
 def modernbert_tokenizer(corpus: list[str]) -> Tokenizer:
-    """A byte-level BPE with ModernBERT's pipeline: specials at the end of the vocabulary, [CLS] A [SEP] (B [SEP])."""
+    """A byte-level BPE with ModernBERT's pipeline: OLMo's <|padding|> and <|endoftext|> first, BERT's
+    specials at the end of the vocabulary, [CLS] A [SEP] (B [SEP])."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, min_frequency=1, show_progress=False,
+                                                        special_tokens=["<|padding|>", "<|endoftext|>"],
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok.add_special_tokens(SPECIALS)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
