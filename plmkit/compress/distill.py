@@ -175,6 +175,14 @@ def student_from_layers(teacher: PlmModel, layers: list[int]) -> PlmModel:
     c = teacher.config
     cfg = dataclasses.replace(c, num_layers=len(layers), heads=[c.heads[i] for i in layers],
                               ffn=[c.ffn[i] for i in layers])
+    # Local/global follows the layer index (ModernBERT): a copied layer must keep its attention pattern.
+    moved = [(new, old) for new, old in enumerate(layers) if cfg.window(new) != c.window(old)]
+    if moved:
+        new, old = moved[0]
+        kind = lambda w: "global" if w is None else f"local (window {2 * w})"   # noqa: E731
+        raise PlmkitError(f"--student-layers: teacher layer {old} is {kind(c.window(old))} but would be student "
+                          f"layer {new}, which is {kind(cfg.window(new))} (layer i is global when i % "
+                          f"{c.global_every} == 0); choose layers that keep their pattern")
     student = PlmModel(cfg, teacher.task, teacher.head_config)
     shared = getattr(c, "share_layers", False)      # ALBERT: one set of layer weights, kept as is
     new_index = {str(old): str(new) for new, old in enumerate(layers)}

@@ -208,5 +208,6 @@ def export_hf(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer | None,
         (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
         save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position)
+            save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position,
+                           model_input_names=model.config.input_names)
     return Path(out_dir)

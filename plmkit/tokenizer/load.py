@@ -79,6 +79,8 @@ def _bpe_config(tok: Tokenizer) -> dict[str, Any]:
     names = {"bos_token": GPT_EOS, "eos_token": GPT_EOS, "unk_token": GPT_EOS}
     if tok.token_to_id(GPT_PAD) is not None:
         names["pad_token"] = GPT_PAD
+    if tok.token_to_id(BERT_SPECIALS["cls_token"]) is not None:   # a BPE with BERT's specials (ModernBERT)
+        names = {k: t for k, t in BERT_SPECIALS.items() if tok.token_to_id(t) is not None}
     # PreTrainedTokenizerFast takes the pipeline from tokenizer.json as is.
     return {"tokenizer_class": "PreTrainedTokenizerFast", "add_prefix_space": False,
             "do_lower_case": _lowercases(tok), "model_max_length": 1024, **names}
@@ -102,11 +104,13 @@ _CONFIG_OF_KIND: dict[str, Callable[[Tokenizer], dict[str, Any]]] = {
 
 
 def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
-                   model_max_length: int | None = None) -> list[Path]:
+                   model_max_length: int | None = None, model_input_names: list[str] | None = None) -> list[Path]:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into ``out_dir``.
 
     ``out_dir`` must exist (callers create it, usually via ``io.atomic_dir``); files in it are
-    replaced atomically. ``kind`` defaults to ``tokenizer_kind(tok)``. Returns the paths written.
+    replaced atomically. ``kind`` defaults to ``tokenizer_kind(tok)``. ``model_input_names``: what
+    HF's tokenizer returns (a model without segment embeddings must not get token_type_ids).
+    Returns the paths written.
     """
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
@@ -117,6 +121,8 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
     config = _CONFIG_OF_KIND[kind](tok)
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
+    if model_input_names is not None:
+        config["model_input_names"] = list(model_input_names)
     special_map = {k: v for k, v in config.items() if k.endswith("_token")}
     paths = [out_dir / n for n in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")]
     atomic_write_text(paths[0], tok.to_str(pretty=True))

@@ -1,0 +1,98 @@
+"""ModernBERT inference: plmkit INT8 (ONNX Runtime) against transformers fp32 eager, on SST-2.
+
+    python benchmarks/modernbert_int8.py              # ModernBERT-base shape, SST-2 8k fine-tune, bench
+    python benchmarks/modernbert_int8.py --quick      # smoke run: tiny model, 256 sentences
+    python benchmarks/modernbert_int8.py --fresh      # redo every step
+
+The classifier: a random-initialised ModernBERT-base-shaped model (benchmarks/finetune_families.py
+writes it: 22 layers, hidden 768, GeGLU 1152, local window 128, real 50,368 vocabulary, a
+byte-level BPE trained on the sentences) fine-tuned by `plmkit finetune` for one epoch on the first
+8,000 SST-2 train sentences (max length 64, lr 1e-4), so its logits are those of a trained
+classifier. Then `plmkit export --format onnx`, `plmkit quantize` (dynamic INT8; static INT8 from
+256 calibration sentences), and one `plmkit bench` run measures the fp32 PyTorch checkpoint (bf16
+autocast, plmkit's default), the fp32 ONNX graph, both INT8 graphs and the transformers fp32 eager
+baseline (the checkpoint exported to HF, `ModernBertForSequenceClassification`,
+attn_implementation="eager"), on SST-2 train sentences 60,000-62,000: latency at batch 1 and
+throughput at batch 32, medians of 3 passes, each row in its own process.
+Every step is a plmkit CLI command; outputs land in bench_out/modernbert_int8/ (git-ignored) and
+are reused when the script runs again. Goal (issue 13): INT8 >= 4x transformers fp32 eager.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_sst2 import OUT, REPO, step, sst2_slices  # noqa: E402
+from finetune_families import DATA, build_model_dir  # noqa: E402
+
+
+def pipeline(work: Path, quick: bool, threads: int) -> dict:
+    n_train, held_range = (256, (60_000, 60_200)) if quick else (8000, (60_000, 62_000))
+    train, held = sst2_slices(work, n_train, held_range)
+    if not (work / "init").exists():
+        build_model_dir("modernbert", "quick" if quick else "base", train, work / "init")
+    log: dict = {}
+    clf, onnx, dyn, static = (work / n for n in ("classifier", "onnx", "int8-dynamic", "int8-static"))
+    step("finetune", clf, ["finetune", "--model", str(work / "init"), "--task", "classify", "--train", str(train),
+                           "--out", str(clf), "--epochs", "1", "--lr", "1e-4", "--max-length", "64",
+                           "--batch-size", "32", "--seed", "0"], log)
+    step("export onnx", onnx, ["export", "--model", str(clf), "--format", "onnx", "--out", str(onnx)], log)
+    step("quantize dynamic", dyn, ["quantize", "--model", str(onnx), "--method", "dynamic", "--out", str(dyn)], log)
+    step("quantize static", static, ["quantize", "--model", str(clf), "--method", "static", "--calibration",
+                                     str(train), "--calibration-size", "256", "--out", str(static)], log)
+    out = work / "bench.json"
+    cmd = ["bench", "--models", str(clf), str(onnx), str(dyn), str(static), "--data", str(held),
+           "--batch-sizes", "1", "32", "--repeats", "1" if quick else "3", "--threads", str(threads),
+           "--out", str(out)]
+    print(f"  bench: plmkit {' '.join(cmd)}", flush=True)
+    if subprocess.run(["plmkit", *cmd], text=True, env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
+        sys.exit("plmkit bench failed")
+    return json.loads(out.read_text())
+
+
+def markdown(result: dict) -> str:
+    lines = ["| variant | kind | precision | params | size MB | p50 ms (b=1) | p95 ms (b=1) | ex/s (b=32) | speedup "
+             "| peak RSS MB | accuracy |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['name']} | {r['kind']} | {r['precision']} | {r['params'] / 1e6:.2f}M | {r['size_mb']:.1f} "
+                     f"| {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput']:.1f} "
+                     f"| {r['speedup']:.2f}x | {r['peak_rss_mb']:.0f} | {r['metric']:.4f} |")
+    rows = {Path(r["path"]).name if not r["baseline"] else "baseline": r for r in result["rows"]}
+    base = rows["baseline"]
+    lines += ["", "| INT8 vs transformers fp32 eager | latency b=1 | throughput b=32 | goal >= 4x (throughput) |",
+              "|---|---|---|---|"]
+    for name in ("int8-dynamic", "int8-static"):
+        r = rows[name]
+        lat, thr = base["latency_p50_ms"] / r["latency_p50_ms"], r["throughput"] / base["throughput"]
+        lines.append(f"| {name} | {lat:.2f}x | {thr:.2f}x | {'met' if thr >= 4 else '**not met**'} |")
+    m = result["machine"]
+    lines += ["", f"load average before / after bench: {m['load_avg_before']} / {m['load_avg_after']}"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model, 256 sentences, 1 pass")
+    ap.add_argument("--fresh", action="store_true", help="delete cached models and redo every step")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
+    args = ap.parse_args()
+    if not (DATA / "sst2" / "train.tsv").is_file():
+        sys.exit(f"data not found: {DATA / 'sst2' / 'train.tsv'} (the shared data folder beside the repo)")
+    work = OUT / ("modernbert_int8_quick" if args.quick else "modernbert_int8")
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"== ModernBERT INT8: {work.relative_to(REPO)}", flush=True)
+    summary = markdown(pipeline(work, args.quick, args.threads))
+    (work / "summary.md").write_text(summary)
+    print(summary)
+
+
+if __name__ == "__main__":
+    main()
