@@ -206,4 +206,4 @@ def state_to_hf(state: State, cfg: ModelConfig, task: str) -> State:
 
 
 # The families register themselves on import (the order fixes nothing but the listing).
-from . import bert, gpt2  # noqa: E402,F401
+from . import bert, gpt2, llama  # noqa: E402,F401
