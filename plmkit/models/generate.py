@@ -54,7 +54,7 @@ def generate(model: PlmModel, input_ids: Tensor, max_new_tokens: int = 50, tempe
     real tokens (positions then count each row's real tokens, as transformers' generate does). A row
     that has finished is filled with its first EOS id until the others finish.
     """
-    if not model.can_generate:
+    if not getattr(model, "can_generate", False):
         raise PlmkitError(f"generation needs a decoder with a language-model head, got a '{model.task}' "
                           f"{model.family}")
     limit = model.config.max_position
