@@ -97,8 +97,3 @@ def encode_chat(tok: Tokenizer, template: ChatTemplate, examples: Sequence[ChatE
         ids = enc.ids[:max_length]
         features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels[:max_length]})
     return features
-
-
-def chat_prompt_ids(tok: Tokenizer, template: ChatTemplate, messages: list[dict[str, Any]]) -> list[int]:
-    """The ids a model continues to answer ``messages``: the rendering with the generation prompt."""
-    return tok.encode(template.render(messages, add_generation_prompt=True), add_special_tokens=False).ids

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from ..data.chat import ChatExample, chat_prompt_ids, encode_chat, is_chat_file, read_chat
+from ..data.chat import ChatExample, encode_chat, is_chat_file, read_chat
 from ..data.features import IGNORE, collate, configured, encode_generation, length_bucketed_batches
 from ..data.readers import GenExample, _json_objects, _rows, read_generation, read_lines
 from ..errors import InputError, PlmkitError
@@ -106,7 +106,7 @@ class GenerateTask:
             room = model.config.max_position - data.infer.max_new_tokens
             prompts = []
             for ex in chats:
-                ids = chat_prompt_ids(tok, template, _history(ex))
+                ids = template.prompt_ids(tok, _history(ex))
                 if len(ids) > room:
                     raise InputError(ex.source or "<chat>", f"the conversation's prompt has {len(ids)} tokens; with "
                                      f"{data.infer.max_new_tokens} new tokens it exceeds the model's context of "

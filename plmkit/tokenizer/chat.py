@@ -102,6 +102,11 @@ class ChatTemplate:
         except jinja2.TemplateError as e:
             raise ChatError(f"the chat template failed: {e}") from None
 
+    def prompt_ids(self, tok: Tokenizer, messages: list[Message]) -> list[int]:
+        """The ids a model continues to answer ``messages``: the rendering with the generation prompt,
+        tokenized as ``apply_chat_template`` does (no special tokens added: the template has its own)."""
+        return tok.encode(self.render(messages, add_generation_prompt=True), add_special_tokens=False).ids
+
     @cached_property
     def turn_end(self) -> str:
         """The text the template puts after an assistant message's content ('<|im_end|>\\n')."""
@@ -203,3 +208,16 @@ def end_ids(tok: Tokenizer, model_eos: int | list[int] | None) -> list[int]:
     config = [model_eos] if isinstance(model_eos, int) else list(model_eos or [])
     ids = [i for i in config if i in added] + [special_ids(tok).get("eos")] + stop_token_ids(tok, chat_template(tok))
     return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def encode_prompt(tok: Tokenizer, text: str | None = None, messages: list[Message] | None = None) -> list[int]:
+    """What a decoder continues: ``messages`` rendered by the tokenizer's chat template (with the
+    generation prompt), or ``text`` after the tokenizer's special prefix (BOS), as ``tokenizer(text)``
+    in transformers. ``tok`` as ``load_tokenizer`` returned it (it carries the template)."""
+    if messages is None:
+        return special_prefix(tok) + tok.encode(text or "", add_special_tokens=False).ids
+    template = chat_template(tok)
+    if template is None:
+        raise PlmkitError("the model's tokenizer has no chat_template (tokenizer_config.json): give a plain "
+                          "prompt instead of messages")
+    return template.prompt_ids(tok, messages)
