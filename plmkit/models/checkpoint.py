@@ -135,9 +135,14 @@ def _load_adapter(path: Path, raw: dict[str, Any], meta: dict[str, Any], task: s
                           "(it holds only the adapter weights; restore the parent, or 'plmkit merge' "
                           "while it exists to get a standalone model)")
     head_config = raw.get("head_config", {})
-    model = replace_head(load_model(parent, task=saved_task, head_config=head_config), saved_task, head_config)
+    state = _read_safetensors(path / ADAPTER_WEIGHTS)
+    model = load_model(parent, task=saved_task, head_config=head_config)
+    if any(k.startswith("head.") for k in state):    # a trained head: a fresh one of the saved shape, loaded below
+        replace_head(model, saved_task, head_config)
+    else:                                             # a frozen pre-trained head (an LM head): the parent's
+        model.head_config = dict(head_config)
     restore_strategy(model, meta.get("strategy"), source=str(path / "plmkit.json"))
-    load_adapter_state(model, _read_safetensors(path / ADAPTER_WEIGHTS), source=str(path / ADAPTER_WEIGHTS))
+    load_adapter_state(model, state, source=str(path / ADAPTER_WEIGHTS))
     if dtype is not None:
         model.to(dtype)
     return model
