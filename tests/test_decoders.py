@@ -188,3 +188,23 @@ def test_decoder_prune_and_distill_through_the_cli(tmp_path):
                  "--precision", "fp32"]) == 0
     student = load_model(tmp_path / "student")
     assert student.config.num_layers == 2 and student.config.layout == "qwen2"
+
+
+def test_eval_lm_perplexity_equals_transformers_loss(tmp_path, capsys):
+    from plmkit.tokenizer import load_tokenizer
+
+    d = make_hf_decoder(tmp_path / "llama", "llama", "llama3")
+    text = "The quick brown fox jumps over the lazy dog. I like green apples and red pears. " * 3
+    (tmp_path / "doc.txt").write_text(text.strip() + "\n")
+    tok = load_tokenizer(d)
+    stream = tok.encode(text.strip(), add_special_tokens=False).ids + [tok.token_to_id("<|end_of_text|>")]
+    n = len(stream) // 16                                                  # eval-lm's blocks, all in one batch
+    capsys.readouterr()
+    assert main(["eval-lm", "--model", str(d), "--data", str(tmp_path / "doc.txt"), "--seq-len", "16",
+                 "--batch-size", str(n), "--cache-dir", str(tmp_path / "cache")]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    blocks = torch.tensor(stream[:n * 16]).view(n, 16)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(d)).eval()
+    with torch.no_grad():
+        want = float(hf(input_ids=blocks, labels=blocks).loss)
+    assert abs(got["loss"] - want) < 1e-3 and abs(got["perplexity"] - float(torch.tensor(want).exp())) < 1e-2
