@@ -348,7 +348,7 @@ def test_pruned_modernbert_saves_reloads_and_exports(mb, tmp_path, capsys):
 
     out = tmp_path / "pruned"
     assert cli.main(["prune", "--model", str(mb["clf"]), "--train", str(mb["train"]), "--heads", "0.5",
-                     "--ffn", "0.5", "--recover-steps", "2", "--batch-size", "16", "--precision", "fp32",
+                     "--ffn", "0.5", "--max-steps", "2", "--batch-size", "16", "--precision", "fp32",
                      "--out", str(out)]) == 0
     pruned, parent = load_model(out).eval(), load_model(mb["clf"])
     assert sum(pruned.config.heads) == 6 and sum(pruned.config.ffn) == 72

@@ -60,10 +60,15 @@ def parent_dir(path: Path, meta: dict[str, Any]) -> Path:
 def attach(parent: PlmModel, path: Path, task: str, head_config: dict[str, Any],
            meta: dict[str, Any]) -> PlmModel:
     """The loaded ``parent`` with the adapter checkpoint in ``path`` on it: a fresh ``task``
-    head, the recorded strategy re-applied, then the saved weights (head included) copied in."""
-    model = replace_head(parent, task, head_config)
+    head when the adapter trained one (else the parent's frozen pre-trained head, e.g. an untied
+    LM head), the recorded strategy re-applied, then the saved weights copied in."""
+    state = read_safetensors(path / ADAPTER_WEIGHTS)
+    if any(k.startswith("head.") for k in state):
+        model = replace_head(parent, task, head_config)
+    else:
+        model, model.head_config = parent, dict(head_config)
     restore_strategy(model, meta.get("strategy"), source=str(path / "plmkit.json"))
-    load_adapter_state(model, read_safetensors(path / ADAPTER_WEIGHTS), source=str(path / ADAPTER_WEIGHTS))
+    load_adapter_state(model, state, source=str(path / ADAPTER_WEIGHTS))
     return model
 
 

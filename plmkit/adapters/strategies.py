@@ -82,6 +82,16 @@ def _is_head(name: str) -> bool:
     return name.startswith("head.")
 
 
+# A language-model head comes pre-trained with the model (an untied lm_head: Llama, Qwen): LoRA,
+# adapters and BitFit leave it frozen, as PEFT does; probe still trains it. (A tied one is the
+# word embedding matrix and never counts as head.)
+PRETRAINED_HEADS = ("head.lm_head.",)
+
+
+def _is_new_head(name: str) -> bool:
+    return _is_head(name) and not name.startswith(PRETRAINED_HEADS)
+
+
 def _full(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
     return Plan(lambda name: True)
 
@@ -101,17 +111,17 @@ def _freeze(model: nn.Module, n: int | None, cfg: AdapterSettings) -> Plan:
 
 
 def _bitfit(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
-    return Plan(lambda name: _is_head(name) or name.endswith(".bias"))
+    return Plan(lambda name: _is_new_head(name) or name.endswith(".bias"))
 
 
 def _lora(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
     wrapped = inject_lora(model, list(cfg.lora_targets), cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
-    return Plan(lambda name: _is_head(name) or ".lora_A." in name or ".lora_B." in name, wrapped)
+    return Plan(lambda name: _is_new_head(name) or ".lora_A." in name or ".lora_B." in name, wrapped)
 
 
 def _adapter(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
     wrapped = inject_adapters(model, cfg.adapter_size, cfg.adapter_activation)
-    return Plan(lambda name: _is_head(name) or ".adapter." in name, wrapped)
+    return Plan(lambda name: _is_new_head(name) or ".adapter." in name, wrapped)
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -46,7 +46,11 @@ LOGITS: dict[str, tuple[tuple[str, str], ...]] = {
     "classify": (("logits", "labels"),),
     "token": (("logits", "labels"),),
     "span": (("start_logits", "start_positions"), ("end_logits", "end_positions")),
+    "clm": (("logits", "labels"),),
 }
+# Next-token heads: position t predicts label t + 1 (as the CLM head shifts its labels); the KL covers
+# the positions whose label is kept (the completion, or the assistant turns of a chat).
+SHIFTED = {"clm"}
 PROJECTIONS = "distill_projections.safetensors"   # beside the student in the loop's checkpoints
 
 
@@ -215,6 +219,22 @@ def student_from_preset(teacher: PlmModel, size: str) -> PlmModel:
                     teacher.task, teacher.head_config)
 
 
+def student_from_model(teacher: PlmModel, path: str) -> PlmModel:
+    """A pre-trained student (plmkit or HF directory), e.g. Qwen2.5-0.5B for a Qwen2.5-1.5B teacher: it
+    must share the teacher's tokenizer (it reads the teacher's token ids)."""
+    from ..models.checkpoint import load_model
+    from ..tokenizer import load_tokenizer
+
+    student = load_model(path, task=teacher.task, head_config=teacher.head_config)
+    if getattr(student, "plmkit_strategy", None) is not None:
+        raise PlmkitError(f"{path}: the student is an adapter checkpoint: merge it first (plmkit merge)")
+    if student.family != teacher.family or student.config.vocab_size != teacher.config.vocab_size:
+        raise PlmkitError(f"{path}: a {student.family} with a vocabulary of {student.config.vocab_size} cannot "
+                          f"learn from a {teacher.family} with {teacher.config.vocab_size}: student and teacher "
+                          "must share the tokenizer")
+    return student
+
+
 def student_from_config(teacher: PlmModel, path: str) -> PlmModel:
     """A fresh student from a JSON file of EncoderConfig (DecoderConfig) fields; the vocabulary
     and positions default to the teacher's (the student uses the teacher's tokenizer)."""
@@ -339,9 +359,12 @@ class DistillModule(nn.Module):
         ces, kls = [], []
         for attr, key in LOGITS[self.student.task]:
             target = labels[key]
+            s_logits, t_logits = getattr(s, attr), getattr(t, attr)
             if self.student.task == "span":        # as the span head: positions beyond the input clamp
-                target = target.clamp(0, getattr(s, attr).size(1) - 1)
-            ce, kl = kd_terms(getattr(s, attr), getattr(t, attr), target, T)
+                target = target.clamp(0, s_logits.size(1) - 1)
+            if self.student.task in SHIFTED:
+                s_logits, t_logits, target = s_logits[:, :-1], t_logits[:, :-1], target[:, 1:]
+            ce, kl = kd_terms(s_logits, t_logits, target, T)
             ces.append(ce)
             kls.append(kl)
         ce, kl = torch.stack(ces).mean(), torch.stack(kls).mean()

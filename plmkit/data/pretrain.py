@@ -61,6 +61,9 @@ class TokenIds:
         for role, names in _ROLE_TOKENS.items():
             found = [tokenizer.token_to_id(n) for n in names]
             roles[role] = next((i for i in found if i is not None), None)
+        from ..tokenizer.load import special_ids     # the source's own EOS name first (Llama 3: <|end_of_text|>)
+
+        roles["eos"] = special_ids(tokenizer).get("eos", roles["eos"])
         special = tuple(sorted(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special))
         return cls(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), special=special, **roles)
 

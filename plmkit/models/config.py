@@ -88,7 +88,7 @@ class ModelConfig:
     # --- special tokens and the HF layout this config exports to
     pad_token_id: int | None = 0
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None   # a list: any of them ends generation (Llama 3)
     layout: str = "bert"                      # key of the converter in models/hf/ (export --format hf)
 
     def __post_init__(self) -> None:
@@ -157,7 +157,7 @@ class DecoderConfig(ModelConfig):
     use_pooler: bool = False
     pad_token_id: int | None = None
     bos_token_id: int | None = 50256
-    eos_token_id: int | None = 50256
+    eos_token_id: int | list[int] | None = 50256
     layout: str = "gpt2"
 
 

@@ -5,6 +5,7 @@
     POST /v1/qa        {"question": "...", "context": "..."}     -> {answer, score, start, end}
     POST /v1/embed     {"texts": [...], "normalize": false}      -> {"embeddings": [[...]], "dimensions": H}
     POST /v1/generate  {"prompt": "...", "max_new_tokens": 50, temperature, top_k, top_p, seed}
+                       or {"messages": [{"role", "content"}, ...], ...}: the model's chat template renders them
     GET  /health, GET /metrics (Prometheus text), GET /openapi.json, GET /docs
 
 Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON, 404 an endpoint the
@@ -116,8 +117,15 @@ class EmbedResponse(BaseModel):
     dimensions: int
 
 
+class ChatMessage(_Strict):
+    role: str
+    content: str
+
+
 class GenerateRequest(_Strict):
-    prompt: str
+    prompt: str | None = Field(None, description="text to continue (or give messages)")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description="a conversation, rendered by the "
+                                               "model's chat template with the generation prompt (or give prompt)")
     max_new_tokens: int = Field(50, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0: greedy")
     top_k: int | None = Field(None, ge=1)
@@ -341,9 +349,13 @@ def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callab
     @app.post("/v1/generate", response_model=GenerateResponse, dependencies=[Depends(need("generate"))])
     async def generate(req: GenerateRequest) -> dict[str, Any]:
         """Continue the prompt (KV cache; temperature 0 is greedy)."""
-        _check_text(req.prompt, limits, "prompt")
+        if (req.prompt is None) == (req.messages is None):
+            raise HTTPException(422, "give exactly one of 'prompt' and 'messages'")
+        messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
+        for k, text in enumerate([req.prompt] if messages is None else [m["content"] for m in messages]):
+            _check_text(text, limits, "prompt" if messages is None else f"messages[{k}].content")
         return (await infer("generate", lambda: served.prepare_generate(
-            req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed)))[0]
+            req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed, messages)))[0]
 
 
 # Several uvicorn worker processes import the app by name and build it from the environment.

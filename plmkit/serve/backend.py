@@ -38,7 +38,8 @@ from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import PRECISIONS, autocast, resolve
 from ..tasks.common import Prep, pad_id
-from ..tokenizer import load_tokenizer, special_ids
+from ..tokenizer import load_tokenizer
+from ..tokenizer.chat import encode_prompt, end_ids
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -163,7 +164,7 @@ class ServedModel:
         self.enc = configured(self.tok, self.max_length)
         self.plain = configured(self.tok, None)
         self.pad = pad_id(self.tok)
-        self.eos = special_ids(self.tok).get("eos")
+        self.eos = end_ids(self.tok, getattr(model.config, "eos_token_id", None))   # every id that ends an answer
         self.vocab_size = model.config.vocab_size
 
     # -- which endpoints this model answers ---------------------------------------------
@@ -212,17 +213,20 @@ class ServedModel:
         windows = prepare_qa_features(self.tok, [ex], self.max_length, self.prep.doc_stride)
         return [Item(sum(len(w["input_ids"]) for w in windows), {"windows": windows, "context": context})]
 
-    def prepare_generate(self, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-                         top_p: float | None, seed: int | None) -> list[Item]:
+    def prepare_generate(self, prompt: str | None, max_new_tokens: int, temperature: float, top_k: int | None,
+                         top_p: float | None, seed: int | None, messages: list[dict] | None = None) -> list[Item]:
         limit = self.config.max_position
         if 0 < temperature < MIN_TEMPERATURE:        # logits / 1e-300 overflow to inf, then NaN
             raise PlmkitError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}")
         if max_new_tokens >= limit:
             raise PlmkitError(f"max_new_tokens must be below the model's context of {limit} tokens, "
                               f"got {max_new_tokens}")
-        ids = self.plain.encode(prompt, add_special_tokens=False).ids
+        ids = encode_prompt(self.tok, prompt, messages)      # BOS when the tokenizer adds one; chat template
         if not ids:
             raise PlmkitError("prompt is empty after tokenisation")
+        if messages is not None and len(ids) > limit - max_new_tokens:
+            raise PlmkitError(f"the conversation has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it "
+                              f"exceeds the model's context of {limit} tokens")
         ids = ids[-(limit - max_new_tokens):]                # keep the end of a long prompt
         params = {"max_new_tokens": max_new_tokens, "temperature": temperature,
                   "top_k": min(top_k, self.vocab_size) if top_k else None, "top_p": top_p}
@@ -338,7 +342,7 @@ def _run_generate(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[
                               generator=gen)[:, ids.size(1):].tolist()
     out = []
     for row in new:
-        stop = row.index(sm.eos) if sm.eos is not None and sm.eos in row else len(row)
+        stop = min([row.index(e) for e in sm.eos if e in row] or [len(row)])
         out.append({"text": sm.tok.decode(row[:stop]), "tokens": stop,
                     "finish_reason": "eos" if stop < len(row) else "length"})
     return out

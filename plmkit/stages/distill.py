@@ -1,4 +1,4 @@
-"""Distil a fine-tuned teacher into a smaller student (classify, ner, qa).
+"""Distil a fine-tuned teacher into a smaller student (classify, ner, qa, generate).
 
 Reads top to bottom: check the flags -> the teacher, its task, tokenizer and preprocessing
 settings -> read and encode the data with the teacher's settings -> the student (chosen
@@ -51,6 +51,8 @@ class _Options:
     student_size: str | None = option(None, help="fresh student of this preset size", choices=list(BERT_PRESETS))
     student_config: str | None = option(None, help="fresh student from a JSON file of model config fields "
                                         "(hidden_size, num_layers, num_heads, intermediate_size, ...)")
+    student_model: str | None = option(None, help="pre-trained student directory (plmkit or HF) sharing the "
+                                       "teacher's tokenizer, e.g. a smaller model of the same family")
     temperature: float = option(2.0, help="softmax temperature of the soft targets")
     alpha: float = option(0.5, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft targets")
     hidden_weight: float = option(0.0, help="weight of the hidden-state MSE of mapped layers (0: off)")
@@ -161,14 +163,19 @@ def _fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str,
 
 def _check_request(cfg: Config) -> D.DistillSpec:
     """Settings that are wrong whatever the model: fail before reading anything."""
-    chosen = [f for f in ("student_layers", "student_size", "student_config") if getattr(cfg, f) is not None]
+    chosen = [f for f in ("student_layers", "student_size", "student_config", "student_model")
+              if getattr(cfg, f) is not None]
     if len(chosen) != 1:
         raise PlmkitError("choose the student with exactly one of --student-layers (e.g. 0,2,4), "
-                          "--student-size or --student-config" + (f" (got {len(chosen)})" if chosen else ""))
+                          "--student-size, --student-config or --student-model"
+                          + (f" (got {len(chosen)})" if chosen else ""))
     if cfg.student_layers is not None:
         D.parse_layers(cfg.student_layers)
     spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight)
     spec.check()
+    if cfg.cache_teacher and cfg.task == "generate":
+        raise PlmkitError("--cache-teacher would store a vocabulary-sized distribution per token for generate; "
+                          "drop it (the teacher then runs live)")
     if cfg.cache_teacher and spec.intermediate:
         raise PlmkitError("--cache-teacher stores only the teacher's logits; it cannot serve --hidden-weight, "
                           "--attention-weight or --embedding-weight (drop those, or the cache)")
@@ -200,6 +207,8 @@ def _build_student(teacher: PlmModel, cfg: Config) -> tuple[PlmModel, str]:
         return D.student_from_layers(teacher, layers), f"teacher layers {layers}"
     if cfg.student_size is not None:
         return D.student_from_preset(teacher, cfg.student_size), f"fresh preset '{cfg.student_size}'"
+    if cfg.student_model is not None:
+        return D.student_from_model(teacher, cfg.student_model), f"pre-trained {cfg.student_model}"
     return D.student_from_config(teacher, cfg.student_config), f"fresh config {cfg.student_config}"
 
 

@@ -9,7 +9,8 @@ from ..config import option
 from ..errors import PlmkitError
 from ..loading import load
 from ..models.generate import generate
-from ..tokenizer import load_tokenizer, special_ids
+from ..tokenizer import load_tokenizer
+from ..tokenizer.chat import encode_prompt, end_ids
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Config:
     top_p: float | None = option(None, help="nucleus sampling mass")
     seed: int = option(0, help="random seed")
     no_cache: bool = option(False, help="recompute every position (slow; for checking the cache)")
+    chat: bool = option(False, help="send the prompt as a user message through the model's chat template "
+                        "and print only the answer")
 
 
 def run(cfg: Config) -> int:
@@ -29,11 +32,19 @@ def run(cfg: Config) -> int:
     if model.family != "decoder":
         raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, this one is a {model.family}")
     tok = load_tokenizer(cfg.model)
-    ids = tok.encode(cfg.prompt, add_special_tokens=False).ids
+    # BOS when the tokenizer adds one (Llama); with --chat, the template's rendering of one user turn
+    turn = [{"role": "user", "content": cfg.prompt}]
+    ids = encode_prompt(tok, messages=turn) if cfg.chat else encode_prompt(tok, cfg.prompt)
     if not ids:
         raise PlmkitError("the prompt is empty after tokenisation")
+    stops = end_ids(tok, model.config.eos_token_id)
     out = generate(model, torch.tensor([ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                   eos_token_id=special_ids(tok).get("eos"), generator=torch.Generator().manual_seed(cfg.seed),
+                   eos_token_id=stops, generator=torch.Generator().manual_seed(cfg.seed),
                    use_cache=not cfg.no_cache)
-    print(tok.decode(out[0].tolist(), skip_special_tokens=False))
+    row = out[0].tolist()
+    if cfg.chat:   # the answer alone, up to the end of the turn
+        new = row[len(ids):]
+        print(tok.decode(new[:min([new.index(s) for s in stops if s in new] or [len(new)])]).strip())
+    else:
+        print(tok.decode(row, skip_special_tokens=False))
     return 0

@@ -9,6 +9,11 @@ model: WordPiece, byte-level BPE, SentencePiece Unigram, with the template it ca
 old BERT one with only ``vocab.txt`` (+ optional ``tokenizer_config.json``), or an old GPT-2 /
 RoBERTa one with ``vocab.json`` + ``merges.txt``. ``save_tokenizer`` writes BERT's and GPT-2's
 configs as before; any other vocabulary is saved under the special tokens it has.
+
+What ``tokenizer.json`` cannot hold and decoders need (the chat template, the names of the special
+tokens: Llama 3's ``<|eot_id|>``, Qwen's ``<|im_end|>``) is read from the source directory's
+``tokenizer_config.json`` (and ``chat_template.jinja``), travels with the loaded tokenizer
+(``source_config``) and is written back by ``save_tokenizer``.
 """
 from __future__ import annotations
 
@@ -40,11 +45,41 @@ SENTENCEPIECE_FILES = ("spiece.model", "sentencepiece.bpe.model", "tokenizer.mod
 _KIND_OF_MODEL = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram", "WordLevel": "wordlevel"}
 
 
+# tokenizer_config.json fields kept from the source directory: they travel with the Tokenizer object
+# as an attribute (tokenizers.Tokenizer takes one) and save_tokenizer writes them back.
+KEPT_FIELDS = ("chat_template", "bos_token", "eos_token", "pad_token", "unk_token")
+_SOURCE_ATTR = "plmkit_source_config"
+
+
+def source_config(tok: Tokenizer) -> dict[str, Any]:
+    """The kept tokenizer_config.json fields of the directory ``tok`` was loaded from ({} if none)."""
+    return dict(getattr(tok, _SOURCE_ATTR, None) or {})
+
+
+def _read_source_config(directory: Path) -> dict[str, Any]:
+    cfg_file = directory / "tokenizer_config.json"
+    cfg = read_json(cfg_file) if cfg_file.is_file() else {}
+    kept = {}
+    for key in KEPT_FIELDS:
+        value = cfg.get(key) if isinstance(cfg, dict) else None
+        value = value.get("content") if isinstance(value, dict) and key.endswith("_token") else value
+        if value is not None:
+            kept[key] = value
+    jinja = directory / "chat_template.jinja"      # where transformers >= 4.50 saves the template
+    if jinja.is_file():
+        kept["chat_template"] = jinja.read_text(encoding="utf-8")
+    return kept
+
+
 def special_ids(tok: Tokenizer) -> dict[str, int]:
-    """Ids of the special roles this vocabulary has: a subset of pad/unk/cls/sep/mask/bos/eos."""
+    """Ids of the special roles this vocabulary has: a subset of pad/unk/cls/sep/mask/bos/eos.
+    The source's tokenizer_config.json names win (Llama 3's eos is <|eot_id|> or <|end_of_text|>)."""
     out = {}
+    for role, name in ((k[:-6], v) for k, v in source_config(tok).items() if k.endswith("_token")):
+        if isinstance(name, str) and tok.token_to_id(name) is not None:
+            out[role] = tok.token_to_id(name)
     for role, candidates in _ROLE_TOKENS.items():
-        for token in candidates:
+        for token in candidates if role not in out else ():
             i = tok.token_to_id(token)
             if i is not None:
                 out[role] = i
@@ -118,7 +153,7 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
     kind = kind or tokenizer_kind(tok)
     if kind not in _CONFIG_OF_KIND:
         raise PlmkitError(f"cannot save a '{kind}' tokenizer (known: {', '.join(_CONFIG_OF_KIND)})")
-    config = _CONFIG_OF_KIND[kind](tok)
+    config = _with_source(_CONFIG_OF_KIND[kind](tok), tok)
     if model_max_length is not None:
         config["model_max_length"] = model_max_length
     if model_input_names is not None:
@@ -129,6 +164,16 @@ def save_tokenizer(tok: Tokenizer, out_dir: str | Path, kind: str | None = None,
     write_json(paths[1], config)
     write_json(paths[2], special_map)
     return paths
+
+
+def _with_source(config: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
+    """The generated config with the source's kept fields over it; a generated special-token name
+    the vocabulary lacks (GPT-2's <|endoftext|> in a Llama vocabulary) is dropped."""
+    src = source_config(tok)
+    if not src:
+        return config
+    config = {k: v for k, v in config.items() if not (k.endswith("_token") and tok.token_to_id(v) is None)}
+    return {**config, **src}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
@@ -155,6 +200,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                           "or vocab.json + merges.txt)")
     tok.no_padding()
     tok.no_truncation()
+    kept = _read_source_config(path) if path.is_dir() else {}
+    if kept:
+        setattr(tok, _SOURCE_ATTR, kept)
     return tok
 
 

@@ -212,4 +212,4 @@ def state_to_hf(state: State, cfg: ModelConfig, task: str) -> State:
 
 
 # The families register themselves on import (the order fixes nothing but the listing).
-from . import albert, bert, distilbert, electra, ernie, gpt2, modernbert, roberta  # noqa: E402,F401
+from . import albert, bert, distilbert, electra, ernie, gpt2, llama, modernbert, roberta  # noqa: E402,F401
