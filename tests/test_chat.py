@@ -9,7 +9,7 @@ import pytest
 
 from decoders import STYLES, make_hf_decoder, write_tokenizer
 from plmkit.cli import main
-from plmkit.data.chat import ChatExample
+from plmkit.tasks.chat import ChatExample
 from plmkit.data.features import IGNORE
 from plmkit.tasks import Prep
 from plmkit.tasks.generate import TASK

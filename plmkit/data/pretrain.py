@@ -56,14 +56,15 @@ class TokenIds:
     eos: int | None = None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Tokenizer) -> TokenIds:
+    def from_tokenizer(cls, tokenizer: Tokenizer, eos: int | None = None) -> TokenIds:
+        """``eos``: the id the tokenizer's source names EOS (Llama 3: <|end_of_text|>), when known
+        (``tokenizer.special_ids``); else the first of the usual names the vocabulary has."""
         roles: dict[str, int | None] = {}
         for role, names in _ROLE_TOKENS.items():
             found = [tokenizer.token_to_id(n) for n in names]
             roles[role] = next((i for i in found if i is not None), None)
-        from ..tokenizer.load import special_ids     # the source's own EOS name first (Llama 3: <|end_of_text|>)
-
-        roles["eos"] = special_ids(tokenizer).get("eos", roles["eos"])
+        if eos is not None:
+            roles["eos"] = eos
         special = tuple(sorted(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special))
         return cls(vocab_size=tokenizer.get_vocab_size(with_added_tokens=True), special=special, **roles)
 
@@ -454,11 +455,12 @@ def make_batch_source(task: str, shards: TokenShards, tokenizer: Tokenizer, *, s
                       batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                       shuffle: bool = True, loop: bool = True, short_seq_prob: float = 0.1,
                       mlm_prob: float = 0.15, mask_frac: float = 0.8, random_frac: float = 0.1,
-                      whole_word: bool = False) -> PretrainBatches:
-    """The batch source for a pre-training ``task`` ("mlm", "mlm+nsp", "mlm+sop", "clm")."""
+                      whole_word: bool = False, eos: int | None = None) -> PretrainBatches:
+    """The batch source for a pre-training ``task`` ("mlm", "mlm+nsp", "mlm+sop", "clm");
+    ``eos`` as in ``TokenIds.from_tokenizer``."""
     if task not in EXAMPLE_SETS:
         raise PlmkitError(f"unknown pre-training task {task!r} (choose from {', '.join(EXAMPLE_SETS)})")
-    ids = TokenIds.from_tokenizer(tokenizer)
+    ids = TokenIds.from_tokenizer(tokenizer, eos)
     examples = EXAMPLE_SETS[task](shards, ids, seq_len, short_seq_prob)
     masker = None
     if task.startswith("mlm"):

@@ -10,7 +10,7 @@ from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
 from ..eval.lm import evaluate_lm
 from ..loading import load
-from ..tokenizer import load_tokenizer
+from ..tokenizer import load_tokenizer, special_ids
 
 
 @dataclass
@@ -35,7 +35,8 @@ def run(cfg: Config) -> int:
     tok = load_tokenizer(cfg.model)
     shard_dir = build_shards([cfg.data], tok, cfg.cache_dir, val_fraction=0.0, newlines=task == "clm")
     source = make_batch_source(task, open_shards(shard_dir, "train"), tok, seq_len=cfg.seq_len,
-                               batch_size=cfg.batch_size, seed=cfg.seed, shuffle=False, loop=False)
+                               batch_size=cfg.batch_size, seed=cfg.seed, shuffle=False, loop=False,
+                               eos=special_ids(tok).get("eos"))
     metrics = evaluate_lm(model.eval(), source, cfg.max_batches)
     print(json.dumps({"model": cfg.model, "data": cfg.data, **metrics}))
     return 0

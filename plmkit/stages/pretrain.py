@@ -25,7 +25,7 @@ from ..io import atomic_dir, atomic_write_text
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict, preset
 from ..models.model import PlmModel
-from ..tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from ..tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
 from ..precision import autocast_dtype
 from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
@@ -100,7 +100,8 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
               f"on {sum(Path(p).stat().st_size for p in cfg.corpus) / 1e6:.1f} MB of text")
 
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
-                  short_seq_prob=cfg.short_seq_prob, mlm_prob=cfg.mlm_prob, whole_word=cfg.whole_word_mask)
+                  short_seq_prob=cfg.short_seq_prob, mlm_prob=cfg.mlm_prob, whole_word=cfg.whole_word_mask,
+                  eos=special_ids(tok).get("eos"))
     source = make_batch_source(task, open_shards(shard_dir, "train"), tok, rank=info.rank,
                                world_size=info.world_size, **common)
     eval_fn = _eval_fn(task, shard_dir, tok, cfg, common)

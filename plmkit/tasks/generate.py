@@ -2,7 +2,7 @@
 
 Prompt/completion: the input is ``[BOS] prompt \\n completion EOS`` with the loss on the
 completion only (BOS when the tokenizer adds one to every text, as Llama's do; EOS is the
-tokenizer's own). Chats (JSONL ``{"messages": [...]}``, data/chat.py): the tokenizer's chat
+tokenizer's own). Chats (JSONL ``{"messages": [...]}``, tasks/chat.py): the tokenizer's chat
 template renders the conversation and the loss covers the assistant turns only. Scores: the
 loss per completion token (lower is better; it selects the best checkpoint) and exact match of
 the greedy completion (of the last assistant turn, for chats) against the gold one
@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from ..data.chat import ChatExample, encode_chat, is_chat_file, read_chat
+from .chat import ChatExample, encode_chat, is_chat_file, read_chat
 from ..data.features import IGNORE, collate, configured, encode_generation, length_bucketed_batches
 from ..data.readers import GenExample, _json_objects, _rows, read_generation, read_lines
 from ..errors import InputError, PlmkitError

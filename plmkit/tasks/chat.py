@@ -18,8 +18,8 @@ from tokenizers import Tokenizer
 
 from ..errors import InputError, PlmkitError
 from ..tokenizer.chat import ChatError, ChatTemplate
-from .features import IGNORE, configured
-from .readers import _json_objects, read_lines
+from ..data.features import IGNORE, configured
+from ..data.readers import _json_objects, read_lines
 
 ROLES = ("system", "user", "assistant", "tool")
 
