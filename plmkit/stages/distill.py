@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from ..compress import distill as D
 from ..config import build, dump_yaml, option, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..models.checkpoint import write_checkpoint_files
@@ -191,7 +191,7 @@ def _build_student(teacher: PlmModel, cfg: Config) -> tuple[PlmModel, str]:
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     """Length-bucketed, dynamically padded batches (as finetune's) that also carry their feature
     indices, which the teacher logit cache is keyed by."""
-    buckets = length_bucketed_batches([len(f["input_ids"]) for f in features], cfg.batch_size, seed=cfg.seed)
+    buckets = length_bucketed_batches(feature_lengths(features), cfg.batch_size, seed=cfg.seed)
     pad = pad_id(tok)
 
     def make(idx: list[int]) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ from .. import __version__
 from ..adapters import AdapterSettings, adapter_state_dict, apply_strategy, strategy_meta
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo
 from ..config import build, dump_yaml, option, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
 from ..models.checkpoint import ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, replace_head, write_checkpoint_files
@@ -222,7 +222,7 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
-    lengths = [len(f["input_ids"]) for f in features]
+    lengths = feature_lengths(features)
     buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
     pad = pad_id(tok)
     return IndexedBatches(len(features), lambda idx: collate([features[i] for i in idx], pad),

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 
 from ..compress import prune as P
 from ..config import build, option, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import check_out_dir
 from ..models.checkpoint import load_model, load_tokenizer, save_checkpoint
@@ -211,7 +211,7 @@ def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], 
 def _batches(data: _Data, cfg: Config) -> IndexedBatches:
     """Length-bucketed, dynamically padded task batches (as plmkit finetune builds them)."""
     feats = data.train
-    buckets = length_bucketed_batches([len(f["input_ids"]) for f in feats], cfg.batch_size, seed=cfg.seed)
+    buckets = length_bucketed_batches(feature_lengths(feats), cfg.batch_size, seed=cfg.seed)
     pad = pad_id(data.tok)
     return IndexedBatches(len(feats), lambda idx: collate([feats[i] for i in idx], pad),
                           cfg.batch_size, seed=cfg.seed, batches=buckets)

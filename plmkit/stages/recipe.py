@@ -12,7 +12,9 @@ A recipe is YAML::
 In strings, ``${run}`` is the run directory, ``${out}`` this stage's directory, ``${vars.NAME}``
 a variable and ``${recipe_dir}`` the recipe's own directory; a string that is exactly one
 ``${vars.NAME}`` takes the variable's value with its type. A stage's ``out`` defaults to
-``${out}``; ``overwrite`` and ``resume`` are the runner's to set.
+``${out}``, and what a stage writes must stay inside ``${out}`` (symlinks and ``..``
+resolved): the runner replaces stage outputs, so anything else is refused before any stage
+runs. ``overwrite`` and ``resume`` are the runner's to set.
 
 Skipping: each completed stage leaves ``RUN/<name>/.recipe-stage.json`` with a fingerprint of its
 resolved config, the fingerprints of the stages it reads (a path into ``RUN/<other>``, or
@@ -47,6 +49,7 @@ from ..io import atomic_write_text, write_json
 STAMP = ".recipe-stage.json"
 STATE_DIR = ".recipe"
 RUNNER_FIELDS = {"overwrite", "resume"}      # set by the runner, not part of a stage's identity
+OUTPUT_FIELDS = ("out", "output")            # options that name what a stage writes
 RECIPE_ONLY = {"reinit": "plmkit.stages.reinit", "synthetic": "plmkit.stages.synthetic"}
 HASH_LIMIT = 256 * 2**20                     # bigger input files are fingerprinted by size and mtime
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -183,8 +186,24 @@ def _build_step(raw: Any, index: int, earlier: list[Step], variables: dict[str, 
     if "out" in fields and values.get("out") is None:
         values["out"] = context["out"]
     cfg = build(module.Config, values, source=src)
+    _check_outputs(cfg, run_dir.resolve() / name, src)
     deps, inputs = _references(cfg, name, earlier, run_dir, src)
     return Step(name, str(raw["stage"]), module, cfg, deps, inputs)
+
+
+def _check_outputs(cfg: Any, stage_dir: Path, src: str) -> None:
+    """A stage writes only inside its own directory RUN/<name>: the runner replaces its output
+    (``overwrite``) and clears that directory, so an ``out`` anywhere else (an absolute path,
+    ``${run}/../x``, a symlink out of the run, another stage's directory) could delete
+    what is not the run's. Paths are compared after resolving ``..`` and symlinks."""
+    for key in OUTPUT_FIELDS:
+        value = getattr(cfg, key, None)
+        if not isinstance(value, str) or not value:
+            continue
+        target = Path(value).expanduser().resolve()
+        if not target.is_relative_to(stage_dir):
+            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory {stage_dir}; "
+                              "a recipe stage writes only to ${out} or a path inside it")
 
 
 def _stage_module(kind: str, src: str) -> Any:
