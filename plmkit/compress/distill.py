@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_weights
 from torch import Tensor, nn
 
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from ..models.checkpoint import WEIGHTS, write_checkpoint_files
 from ..models.config import config_from_dict, config_to_dict, preset
 from ..models.heads import IGNORE, ModelOutput
@@ -216,7 +216,8 @@ def student_from_config(teacher: PlmModel, path: str) -> PlmModel:
     if not isinstance(given, dict):
         raise PlmkitError(f"{file}: expected a JSON object of model config fields")
     if given.get("family", teacher.family) != teacher.family:
-        raise PlmkitError(f"{file}: a {given['family']} student cannot learn from a {teacher.family} teacher")
+        raise PlmkitError(f"{file}: {a_or_an(given['family'])} student cannot learn from "
+                          f"{a_or_an(teacher.family)} teacher")
     vocab = teacher.config.vocab_size
     if given.get("vocab_size", vocab) != vocab:
         raise PlmkitError(f"{file}: vocab_size {given['vocab_size']} differs from the teacher's tokenizer ({vocab})")

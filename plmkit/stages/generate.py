@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import option
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from ..models.checkpoint import load_model
 from ..models.generate import generate
 from ..tokenizer import load_tokenizer, special_ids
@@ -27,13 +27,18 @@ class Config:
 def run(cfg: Config) -> int:
     model = load_model(cfg.model)
     if model.family != "decoder":
-        raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, this one is a {model.family}")
+        raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, "
+                          f"this one is {a_or_an(model.family)}")
     tok = load_tokenizer(cfg.model)
     ids = tok.encode(cfg.prompt, add_special_tokens=False).ids
     if not ids:
         raise PlmkitError("the prompt is empty after tokenisation")
+    eos = special_ids(tok).get("eos")
     out = generate(model, torch.tensor([ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                   eos_token_id=special_ids(tok).get("eos"), generator=torch.Generator().manual_seed(cfg.seed),
+                   eos_token_id=eos, generator=torch.Generator().manual_seed(cfg.seed),
                    use_cache=not cfg.no_cache)
-    print(tok.decode(out[0].tolist(), skip_special_tokens=False))
+    new = out[0, len(ids):].tolist()
+    if eos in new:               # generation ends at the end-of-text token: it is not part of the text
+        new = new[:new.index(eos)]
+    print(tok.decode(ids + new, skip_special_tokens=False))
     return 0

@@ -393,13 +393,15 @@ def _runner_fields(cfg: Any, resume: bool) -> Any:
 
 
 class _Tee(io.TextIOBase):
-    """Stage output to the log file, and to the terminal unless quiet."""
+    """Stage output to the log file, and to the terminal unless quiet. The log is flushed at
+    every write, so ``tail -f RUN/.recipe/logs/STAGE.log`` follows a stage while it runs."""
 
     def __init__(self, log: io.TextIOBase, echo: Any | None) -> None:
         self.log, self.echo = log, echo
 
     def write(self, text: str) -> int:
         self.log.write(text)
+        self.log.flush()
         if self.echo is not None:
             self.echo.write(text)
         return len(text)
