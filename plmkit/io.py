@@ -46,6 +46,16 @@ def check_input_file(path: str | Path, what: str = "file") -> Path:
     return path
 
 
+def check_input_dir(path: str | Path, what: str = "directory") -> Path:
+    """Refuse a missing input directory, or a file given where a directory is expected."""
+    path = Path(path)
+    if not path.exists():
+        raise PlmkitError(f"{path}: {what} not found")
+    if not path.is_dir():
+        raise PlmkitError(f"{path}: not a directory; expected a {what}")
+    return path
+
+
 def check_out_dir(path: str | Path, overwrite: bool) -> Path:
     """Refuse an existing, non-empty output directory unless ``overwrite``."""
     path = Path(path)

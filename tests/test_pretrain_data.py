@@ -342,3 +342,21 @@ def test_real_text_all_tasks(tmp_path):
         assert batch["input_ids"].shape == (8, 128) and batch["input_ids"].max() < tok.get_vocab_size()
         if task != "clm":
             assert (batch["labels"] != IGNORE_INDEX).any()
+
+
+def test_one_huge_line_becomes_bounded_segments(tmp_path, tokenizer):
+    """A corpus on one line is read in pieces (cut after a space): each its own segment of the same
+    document, so tokenising never holds the whole line (50 MB took 5.7 GB before)."""
+    from plmkit.data.corpus import iter_lines, iter_segments
+
+    words = [f"word{i % 97}" for i in range(200_000)]                       # 1.4 MB on line 2
+    p = tmp_path / "one.txt"
+    p.write_text("first line\n" + " ".join(words) + "\n\nnext doc\n", encoding="utf-8")
+    lines = list(iter_lines(p, max_bytes=4096))
+    assert {n for n, _ in lines} == {1, 2, 3, 4} and len(lines) > 50        # line 2 came in pieces
+    assert all(len(t.encode()) <= 4096 for _, t in lines)
+    assert " ".join(t for n, t in lines if n == 2).split() == words
+    docs = [d for d, _ in iter_segments([p])]
+    assert docs[0] == 0 and docs[-1] == 1 and set(docs) == {0, 1}
+    shards = open_shards(build_shards([p], tokenizer, tmp_path / "cache", val_fraction=0.0))
+    assert shards.n_docs == 2 and shards.n_segments == 4      # line 2: two pieces of at most 1 MiB

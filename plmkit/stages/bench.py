@@ -19,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..config import option, to_dict
 from ..errors import PlmkitError
@@ -82,6 +83,11 @@ def _variants(cfg: Config) -> tuple[list[bench.Variant], str | None]:
         raise PlmkitError(f"{source}: the baseline does task '{bench.task_of_dir(source)[1]}', "
                           f"the models do '{base.task}'")
     return [base, *variants], None
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options."""
+    _check(cfg)
 
 
 def run(cfg: Config) -> int:

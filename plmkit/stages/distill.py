@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
@@ -79,6 +79,11 @@ class Config:
     seed: int = option(0, help="random seed")
     max_length: int | None = option(None, help="tokens per example (default: the teacher's setting)")
     overwrite: bool = option(False, help="replace an existing --out")
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
+    _check_request(cfg)
 
 
 def run(cfg: Config) -> int:

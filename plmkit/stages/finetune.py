@@ -22,7 +22,7 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -100,6 +100,18 @@ def _copied_fields(cls: type) -> list[tuple[str, Any, Any]]:
 # taken from AdapterSettings so the two can never disagree.
 Config = dataclasses.make_dataclass("Config", _copied_fields(AdapterSettings), bases=(_Options,))
 Config.__module__ = __name__
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options and the data files parse
+    (those an earlier stage writes are read when the stage runs)."""
+    task, prep = TASKS[cfg.task], _prep(cfg)
+    if pending(cfg.train):
+        return
+    if cfg.eval and pending(cfg.eval):
+        task.read(cfg.train, prep)
+    else:
+        _read_data(task, prep, cfg)
 
 
 def run(cfg: Config) -> int:

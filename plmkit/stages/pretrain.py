@@ -11,7 +11,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
@@ -78,6 +78,13 @@ class Config:
     resume: bool = option(False, help="continue the run in --out from its last checkpoint")
     overwrite: bool = option(False, help="delete an existing --out and start over")
     tensorboard: bool = option(False, help="also write TensorBoard scalars")
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the corpus files are UTF-8 text."""
+    ready = [p for p in cfg.corpus if not pending(p)]
+    if ready:
+        check_text_files(ready)
 
 
 def run(cfg: Config) -> int:

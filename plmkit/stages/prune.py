@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
@@ -77,6 +77,11 @@ class _Data:
     tok: Tokenizer
     train: list[dict[str, Any]] | None      # encoded training features
     eval: TaskData | None
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
+    _check_request(cfg)
 
 
 def run(cfg: Config) -> int:
