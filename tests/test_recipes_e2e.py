@@ -40,12 +40,12 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("recipe-data")
     sst2 = data_path("sst2", "train.tsv").read_text(encoding="utf-8").splitlines()
     (d / "sst2_train.tsv").write_text("\n".join(sst2[:97]) + "\n", encoding="utf-8")          # header + 96
-    (d / "sst2_eval.tsv").write_text("\n".join([sst2[0], *sst2[5000:5048]]) + "\n", encoding="utf-8")
+    (d / "sst2_eval.tsv").write_text("\n".join([sst2[0], *sst2[5000:5032]]) + "\n", encoding="utf-8")
     (d / "conll_train.txt").write_text(_conll_sentences(data_path("conll2003", "train.txt"), 64), encoding="utf-8")
     (d / "conll_eval.txt").write_text(_conll_sentences(data_path("conll2003", "valid.txt"), 32), encoding="utf-8")
     squad = json.loads(data_path("squad", "train-half.json").read_text(encoding="utf-8"))
     (d / "squad_train.json").write_text(json.dumps(_squad_slice(squad, 0, 3, 4)), encoding="utf-8")
-    (d / "squad_eval.json").write_text(json.dumps(_squad_slice(squad, 1, 2, 4)), encoding="utf-8")
+    (d / "squad_eval.json").write_text(json.dumps(_squad_slice(squad, 1, 1, 4)), encoding="utf-8")
     shakespeare = data_path("corpus", "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()
     (d / "shakespeare.txt").write_text("\n".join(shakespeare[:1500]) + "\n", encoding="utf-8")
 

@@ -120,7 +120,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():   # a bad line is skipped
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -135,11 +135,17 @@ def safetensors_params(path: Path) -> int | None:
     if not path.is_file():
         return None
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        try:
+            header = json.loads(f.read(min(n, 100 << 20)))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None                       # not a safetensors file: the size is unknown, not an error
+    if not isinstance(header, dict):
+        return None
     total = 0
     for name, info in header.items():
-        if name != "__metadata__":
+        if name != "__metadata__" and isinstance(info, dict):
             count = 1
             for d in info.get("shape", []):
                 count *= d
