@@ -247,16 +247,16 @@ def test_cli_writes_dir_refuses_existing_and_overwrites(corpus, tmp_path, capsys
 
 def test_one_huge_line_is_trained_on_in_pieces(tmp_path):
     """A corpus on one line (a whole book without newlines) is read in pieces cut after spaces:
-    no batch handed to the trainer is bigger than ~1 MiB, and no word is cut."""
+    no piece is bigger than 64 KiB, no batch much bigger than 1 MiB, and no word is cut."""
     from plmkit.data.corpus import MAX_PIECE_BYTES
-    from plmkit.tokenizer.train import iter_line_batches
+    from plmkit.tokenizer.train import _BATCH_CHARS, iter_line_batches
 
-    words = [f"w{i % 5000}x" for i in range(600_000)]                 # ~4.5 MB, one line, no newline
+    words = [f"w{i % 5000}x" for i in range(300_000)]                 # ~2.2 MB, one line, no newline
     (tmp_path / "one.txt").write_text(" ".join(words), encoding="utf-8")
     batches = list(iter_line_batches([tmp_path / "one.txt"]))
     pieces = [p for b in batches for p in b]
-    assert len(pieces) > 4 and all(len(p.encode()) <= MAX_PIECE_BYTES for p in pieces)
-    assert all(sum(len(p) for p in b) <= 2 * MAX_PIECE_BYTES for b in batches)
+    assert len(pieces) > 30 and all(len(p.encode()) <= MAX_PIECE_BYTES for p in pieces)
+    assert len(batches) > 1 and all(sum(len(p) for p in b) <= _BATCH_CHARS + MAX_PIECE_BYTES for b in batches)
     assert "".join(pieces).split() == words                           # cut between words only
     tok = train_tokenizer([tmp_path / "one.txt"], vocab_size=300, show_progress=False)
     assert tok.get_vocab_size() == 300 and tok.decode(tok.encode("w17x w4999x").ids) == "w17x w4999x"

@@ -23,7 +23,7 @@ from ..io import check_input_file
 _BOM = b"\xef\xbb\xbf"
 
 
-MAX_PIECE_BYTES = 1 << 20  # longer lines are handed on in pieces of at most this size
+MAX_PIECE_BYTES = 1 << 16  # longer lines are handed on in pieces of at most this size (64 KiB)
 
 
 def _check_file(path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -251,7 +252,7 @@ def _text_example(path: Path, line: int, rec: dict[str, Any], cols: dict[str, st
     if label is not None:
         if isinstance(label, bool) or not isinstance(label, (str, int)):
             raise InputError(path, f"label must be a name or an integer, got {label!r}", line)
-        label = str(label).strip()
+        label = sys.intern(str(label).strip())      # one string per label name, not per row
         if not label:
             raise InputError(path, "empty label", line)
     return TextExample(text=text, text_pair=pair, label=label, line=line, source=str(path))

@@ -125,6 +125,8 @@ def run(cfg: Config) -> int:
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
     train_feats = task.encode(tok, train_ex, head_config, prep)
+    n_train = len(train_ex)
+    del train_ex              # the features hold what training needs (1M examples: ~200 MB of text)
     infer = Infer(cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens)
     eval_data = (TaskData(eval_ex, task.encode(tok, eval_ex, head_config, prep), tok, head_config, infer)
                  if eval_ex else None)
@@ -135,7 +137,7 @@ def run(cfg: Config) -> int:
     model = _load_model(cfg, task, head_config, prep)
     settings = build(AdapterSettings, {f.name: getattr(cfg, f.name) for f in dataclasses.fields(AdapterSettings)})
     info = apply_strategy(model, cfg.strategy, settings)
-    print(f"fine-tuning {cfg.model} for {task.name} ({len(train_ex)} train / {len(eval_ex or [])} eval examples, "
+    print(f"fine-tuning {cfg.model} for {task.name} ({n_train} train / {len(eval_ex or [])} eval examples, "
           f"{len(train_feats)} train features), strategy {info.spec}: {info.summary()}")
 
     # 3. Length-bucketed batches: similar lengths share a batch, padded only to their longest.

@@ -14,8 +14,9 @@ Two pipelines, one registry (kind -> spec):
   ``decode(encode(x)) == x``. Specials: <|endoftext|>=0 (and <|pad|>=1 when asked).
 
 The corpus is streamed line by line in batches through ``train_from_iterator``; memory
-holds one batch of lines (at most ~1 M characters; an over-long line comes in pieces) plus
-the trainer's word counts, never a whole file.
+holds a few batches of lines (at most ~1 M characters each; a line over 64 KiB comes in
+pieces, since the trainer buffers 256 sequences ahead) plus the trainer's word counts, never a
+whole file.
 """
 from __future__ import annotations
 
