@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from plmkit.data.corpus import check_text_files, iter_documents
@@ -361,3 +363,30 @@ def test_one_huge_line_becomes_bounded_segments(tmp_path, tokenizer):
     shards = open_shards(build_shards([p], tokenizer, tmp_path / "cache", val_fraction=0.0))
     pieces = sum(1 for n, _ in iter_lines(p) if n == 2)                      # of at most 64 KiB
     assert pieces > 4 and shards.n_docs == 2 and shards.n_segments == 2 + pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.sampled_from(["ab", "c", " ", "  ", "\t", "\r\n", "\n", "\n\n", "é", "€"]), max_size=60),
+       limit=st.sampled_from([3, 4, 7, 16]))
+def test_reading_in_pieces_keeps_documents_and_text(parts, limit):
+    """However lines are cut into pieces, the documents and their text are those of whole lines:
+    a blank piece of a long line is no blank line (which would end the document)."""
+    import functools
+    import tempfile
+
+    import plmkit.data.corpus as corpus
+
+    whole_lines = corpus.iter_lines
+
+    def docs(path: Path, max_bytes: int) -> list[str] | str:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(corpus, "iter_lines", functools.partial(whole_lines, max_bytes=max_bytes))
+            try:
+                return ["".join("".join(doc).split()) for doc in corpus.iter_documents([path])]
+            except InputError as e:
+                return str(e).split(": ", 1)[1]
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "c.txt"
+        p.write_bytes("".join(parts).encode("utf-8"))
+        assert docs(p, limit) == docs(p, 1 << 20)

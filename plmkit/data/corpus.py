@@ -73,7 +73,7 @@ def iter_lines(path: str | Path, max_bytes: int = MAX_PIECE_BYTES) -> Iterator[t
     """
     path = Path(path)
     _check_file(path)
-    n, first = 1, True
+    n, first, said = 1, True, False          # said: this line has yielded text
     with path.open("rb") as f:
         for raw, ends in _pieces(f, max_bytes):
             if b"\x00" in raw:
@@ -85,8 +85,14 @@ def iter_lines(path: str | Path, max_bytes: int = MAX_PIECE_BYTES) -> Iterator[t
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(path, f"not valid UTF-8 (byte {e.start} of the line)", line=n) from None
-            yield n, text.rstrip("\r\n")
-            n += ends
+            text = text.rstrip("\r\n")
+            if text.strip():
+                yield n, text
+                said = True
+            elif ends and not said:      # a blank line, once; a blank piece of a long line is none
+                yield n, ""
+            if ends:
+                n, said = n + 1, False
 
 
 def iter_segments(paths: Iterable[str | Path], doc_per_file: bool = False) -> Iterator[tuple[int, str]]:

@@ -70,7 +70,7 @@ class FeatureTable(Sequence[dict[str, Any]]):
     vocabulary fits, else int32), ``starts`` [N + 1] where each begins, ``type_ids`` the
     segment ids (uint8, pairs only) and ``labels`` [N] (int64, absent for unlabelled data).
     ``table[i]`` is the same dict of lists the other tasks' features are (attention mask all
-    ones: features are unpadded); a slice or a list of indices is a list of such dicts.
+    ones: features are unpadded); a slice is a list of such dicts.
     """
 
     def __init__(self, ids: np.ndarray, starts: np.ndarray, type_ids: np.ndarray | None,
