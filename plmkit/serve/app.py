@@ -205,8 +205,9 @@ class BodyLimitMiddleware:
 
 
 class JsonOnlyMiddleware:
-    """415 for a POST whose Content-Type is missing or not JSON, before the body is read
-    (FastAPI would otherwise parse a body without Content-Type as JSON)."""
+    """415 for a POST whose Content-Type is missing or not JSON (FastAPI would parse a body
+    without Content-Type as JSON). It sits inside the body limit, so the body it drains before
+    answering has been read (and size-checked) already."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -215,6 +216,8 @@ class JsonOnlyMiddleware:
         if scope["type"] == "http" and scope["method"] == "POST":
             ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
             if "json" not in ctype.lower():
+                while (await receive()).get("more_body", False):
+                    pass
                 got = f"got Content-Type {ctype!r}" if ctype else "got no Content-Type header"
                 return await _refuse(send, 415, f"the body must be JSON (Content-Type: application/json), {got}")
         await self.app(scope, receive, send)
@@ -310,8 +313,8 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.add_middleware(JsonOnlyMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)      # added last = outermost
     return app
 
