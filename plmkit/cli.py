@@ -3,7 +3,8 @@
 Each subcommand is a stage module exposing ``Config`` (a dataclass: its fields are the
 flags and the YAML keys) and ``run(cfg)``; the table of them, ``COMMANDS``, lives with the
 stages (``plmkit.stages``), where the recipe runner reads it too. Modules are imported lazily
-so ``plmkit --help`` stays fast. User errors (``PlmkitError``) become one line on stderr and exit code 1.
+so ``plmkit --help`` stays fast. User errors (``PlmkitError``, and an ``OSError`` naming a path the
+system refused) become one line on stderr and exit code 1.
 """
 from __future__ import annotations
 
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
         result = module.run(cfg)
     except PlmkitError as e:
         print(f"plmkit: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        # A path the system refused (read-only, /proc, a full disk): one line naming it. An
+        # OSError without a path is no user error we can explain: it stays a traceback.
+        if e.filename is None:
+            raise
+        print(f"plmkit: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("plmkit: interrupted", file=sys.stderr)

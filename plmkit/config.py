@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import PlmkitError
+from .io import check_input_file
 
 T = TypeVar("T")
 
@@ -158,11 +159,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    path = check_input_file(path, "config file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlmkitError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise PlmkitError(f"{path}: not a YAML text file (byte 0x{e.object[e.start]:02x} is not UTF-8)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -21,3 +21,8 @@ class InputError(PlmkitError):
         self.line = line
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+
+def a_or_an(word: str) -> str:
+    """``word`` with its indefinite article, for messages: "an encoder", "a decoder"."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"

@@ -146,3 +146,19 @@ def test_models_of_different_tasks_are_refused(models, tmp_path):
                                                   "finetune_task": "ner"}), tmp_path / "ner")
     with pytest.raises(PlmkitError, match="same task"):
         stage.run(_cfg(models, models=[str(models["ck"]), str(ner)]))
+
+
+def test_missing_transformers_baseline_is_said_in_the_table_and_the_json(models, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
+    stage.run(_cfg(models, models=[str(models["int8"])], batch_sizes=[4], max_examples=8))
+    out = capsys.readouterr().out
+    table_end = out.rindex("int8")
+    assert "note: no transformers baseline row: transformers is not installed" in out[table_end:]
+    result = json.loads((models["dir"] / "bench.json").read_text())
+    assert [r["name"] for r in result["rows"]] == ["int8"]
+    assert result["notes"] == ["no transformers baseline row: transformers is not installed (pip install "
+                               "'plmkit[hf]'); speedups are relative to the first row"]

@@ -44,3 +44,19 @@ def test_demo_end_to_end_then_skips(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *TINY]) == 0       # nothing changed: every stage skipped
     text = capsys.readouterr().out
     assert "0 stage(s) ran" in text and "model variants" in text
+
+
+def test_demo_table_says_why_the_transformers_row_is_missing(tmp_path, capsys):
+    """The demo runs its stages quietly: a missing baseline row must be explained in its own table."""
+    from plmkit.stages.demo import print_results
+
+    row = {"name": "finetune", "params": 1e6, "size_mb": 4.0, "latency_p50_ms": 1.0, "throughput": 100.0,
+           "speedup": 1.0, "metric": 0.9}
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench.json").write_text(json.dumps({
+        "metric_name": "accuracy", "batch_sizes": [1, 32], "rows": [row],
+        "notes": ["no transformers baseline row: transformers is not installed (pip install 'plmkit[hf]')"]}))
+    print_results(tmp_path, 60.0)
+    out = capsys.readouterr().out
+    assert "finetune" in out and "(no transformers baseline row: transformers is not installed" in out
+    assert out.index("transformers is not installed") < out.index("demo finished")

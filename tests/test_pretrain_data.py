@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from plmkit.data.corpus import check_text_files, iter_documents
@@ -342,3 +344,49 @@ def test_real_text_all_tasks(tmp_path):
         assert batch["input_ids"].shape == (8, 128) and batch["input_ids"].max() < tok.get_vocab_size()
         if task != "clm":
             assert (batch["labels"] != IGNORE_INDEX).any()
+
+
+def test_one_huge_line_becomes_bounded_segments(tmp_path, tokenizer):
+    """A corpus on one line is read in pieces (cut after a space): each its own segment of the same
+    document, so tokenising never holds the whole line (50 MB took 5.7 GB before)."""
+    from plmkit.data.corpus import iter_lines, iter_segments
+
+    words = [f"word{i % 97}" for i in range(50_000)]                        # 340 KB on line 2
+    p = tmp_path / "one.txt"
+    p.write_text("first line\n" + " ".join(words) + "\n\nnext doc\n", encoding="utf-8")
+    lines = list(iter_lines(p, max_bytes=4096))
+    assert {n for n, _ in lines} == {1, 2, 3, 4} and len(lines) > 50        # line 2 came in pieces
+    assert all(len(t.encode()) <= 4096 for _, t in lines)
+    assert " ".join(t for n, t in lines if n == 2).split() == words
+    docs = [d for d, _ in iter_segments([p])]
+    assert docs[0] == 0 and docs[-1] == 1 and set(docs) == {0, 1}
+    shards = open_shards(build_shards([p], tokenizer, tmp_path / "cache", val_fraction=0.0))
+    pieces = sum(1 for n, _ in iter_lines(p) if n == 2)                      # of at most 64 KiB
+    assert pieces > 4 and shards.n_docs == 2 and shards.n_segments == 2 + pieces
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.sampled_from(["ab", "c", " ", "  ", "\t", "\r\n", "\n", "\n\n", "é", "€"]), max_size=60),
+       limit=st.sampled_from([3, 4, 7, 16]))
+def test_reading_in_pieces_keeps_documents_and_text(parts, limit):
+    """However lines are cut into pieces, the documents and their text are those of whole lines:
+    a blank piece of a long line is no blank line (which would end the document)."""
+    import functools
+    import tempfile
+
+    import plmkit.data.corpus as corpus
+
+    whole_lines = corpus.iter_lines
+
+    def docs(path: Path, max_bytes: int) -> list[str] | str:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(corpus, "iter_lines", functools.partial(whole_lines, max_bytes=max_bytes))
+            try:
+                return ["".join("".join(doc).split()) for doc in corpus.iter_documents([path])]
+            except InputError as e:
+                return str(e).split(": ", 1)[1]
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "c.txt"
+        p.write_bytes("".join(parts).encode("utf-8"))
+        assert docs(p, limit) == docs(p, 1 << 20)

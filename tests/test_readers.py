@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plmkit.data.features import (IGNORE, collate, configured, encode_classification, encode_generation,
-                                  encode_ner, length_bucketed_batches, word_predictions)
+                                  encode_ner, feature_lengths, length_bucketed_batches, word_predictions)
 from plmkit.data.readers import (GenExample, TextExample, TokenExample, build_label_map, read_classification,
                                  read_generation, read_ner, read_squad)
 from plmkit.errors import InputError, PlmkitError
@@ -182,6 +183,12 @@ def test_empty_and_missing_files(tmp_path):
 @pytest.mark.parametrize("name,content,line,words", [
     ("n.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', 1, "2 tokens but 1 tags"),
     ("n.conll", "EU B-ORG\nrejects\n", 2, "token without a tag"),
+    # a POS column shifted in: the tag column would silently become "NNP"
+    ("n.conll", "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-PER\n", 4, "3 columns where line 1 has 4"),
+    ("n.conll", "EU B-ORG\n\nrejects VBZ O\n", 3, "3 columns where line 1 has 2"),
+    # a classification TSV given to --task ner
+    ("n.tsv", "sentence\tlabel\nhide new secretions from the parental units\t0\n", 2, "table of sentences"),
+    ("n.tsv", "a fine film\t1\nbad film\t0\n", 1, "table of sentences"),
 ])
 def test_malformed_ner(tmp_path, name, content, line, words):
     path = write(tmp_path, name, content)
@@ -290,3 +297,22 @@ def test_length_bucketing_covers_everything_once_with_little_padding():
     assert batches != length_bucketed_batches(lengths, 16, seed=1)
     ordered = length_bucketed_batches(lengths, 16, seed=0, shuffle=False)
     assert sorted(i for b in ordered for i in b) == list(range(len(lengths)))
+
+
+def test_classification_features_are_compact_and_read_as_dicts(tok):
+    """A million rows must not cost a million Encoding objects and Python int lists: the token ids
+    sit in one uint16 array, and each feature reads back as the same dict of lists as before."""
+    ex = [TextExample(f"film number {i} was {'good' if i % 2 else 'bad'}", label=str(i % 2)) for i in range(9)]
+    ex.append(TextExample("short", "a second sentence", label="0"))
+    feats = encode_classification(tok, ex, ["0", "1"], max_length=16)
+    want = [tok.encode(e.text, e.text_pair) for e in ex]     # tok pads to 128: compare the real tokens
+    assert len(feats) == len(ex)
+    for f, w, e in zip(feats, want, ex):
+        n = sum(w.attention_mask)
+        assert f == {"input_ids": w.ids[:n], "attention_mask": [1] * n, "token_type_ids": w.type_ids[:n],
+                     "labels": int(e.label)}
+    assert feats.ids.dtype == np.uint16 and feats.ids.nbytes == 2 * sum(len(f["input_ids"]) for f in feats)
+    assert feats[-1] == feats[len(ex) - 1] and feats[1:3] == [feats[1], feats[2]]
+    assert feature_lengths(feats) == [len(f["input_ids"]) for f in feats]
+    batch = collate([feats[i] for i in (0, 9)], pad_id=0)
+    assert batch["input_ids"].shape == (2, max(len(feats[0]["input_ids"]), len(feats[9]["input_ids"])))

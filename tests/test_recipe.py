@@ -37,7 +37,7 @@ stages:
     config: {teacher: "${run}/finetune", task: classify, train: "${vars.train}", student_layers: "0"}
   - name: prune
     stage: prune
-    config: {model: "${run}/distill", heads: 0.5}
+    config: {model: "${run}/distill", heads: 0.5, train: "${vars.train}"}
   - name: report
     stage: report
     config: {run: "${run}", out: "${out}/report.html"}
@@ -193,3 +193,90 @@ def test_shipped_recipes_validate(path, tmp_path):
     steps = R.plan(data, path, tmp_path / "run", sets)
     assert [s.name for s in steps] == [s.get("name") or s["stage"].split()[0] for s in data["stages"]]
     assert data.get("description")
+
+
+@pytest.mark.parametrize("out", ["/tmp/plmkit-elsewhere", "${run}/../outside", "${run}/tokenizer",
+                                 "${run}", "${out}/../pretrain"])
+def test_stage_output_outside_its_directory_is_refused_before_any_work(setup, calls, capsys, tmp_path, out):
+    """The runner forces --overwrite: an out: anywhere else could delete what is not the run's."""
+    victim = tmp_path / "outside"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    data = yaml.safe_load(RECIPE)
+    data["stages"][2]["config"]["out"] = out
+    setup["recipe"].write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert _run(setup) == 1
+    err = capsys.readouterr().err
+    assert "stage 'finetune'" in err and "writes outside the stage's directory" in err, err
+    assert calls == [] and not setup["run"].exists()
+    assert (victim / "precious.txt").read_text() == "mine"
+
+
+def test_stage_directory_symlinked_out_of_the_run_is_refused(setup, calls, capsys, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("mine")
+    setup["run"].mkdir()
+    (setup["run"] / "finetune").symlink_to(elsewhere, target_is_directory=True)
+    assert _run(setup) == 1
+    assert "writes outside the stage's directory" in capsys.readouterr().err
+    assert calls == [] and (elsewhere / "precious.txt").read_text() == "mine"
+
+
+def test_output_inside_the_stage_directory_is_fine(setup, calls):
+    data = yaml.safe_load(RECIPE)
+    data["stages"][2]["config"]["out"] = "${out}/model"
+    setup["recipe"].write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert _run(setup) == 0
+    assert dict(calls)["finetune"].out == str(setup["run"].resolve() / "finetune" / "model")
+
+
+SIMILARITY = """
+name: sim
+vars: {sentences: null, word: apple, train: null, model: null}
+stages:
+  - name: finetune
+    stage: finetune
+    config: {model: "${vars.model}", task: classify, train: "${vars.train}"}
+  - name: similarity
+    stage: similarity
+    config: {model: "${run}/finetune", sentences: "${vars.sentences}", word: "${vars.word}"}
+"""
+
+
+@pytest.mark.parametrize("word, train, message", [
+    ("bank", "sentence\tlabel\ngood\t1\nbad\t0\n", "sentences.txt:1: the word 'bank' is not in this sentence"),
+    ("apple", "sentence\tlabel\ngood\t1\nbad\t0\t7\n", "stage 'finetune': ", ),
+    ("apple", None, "train.tsv: file not found"),
+])
+def test_dry_run_validates_inputs_without_running(tmp_path, calls, capsys, word, train, message):
+    """--dry-run (and every run, before its first stage) parses what it can: data, options, the word."""
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("An apple a day.\nApple makes phones.\n", encoding="utf-8")
+    if train is not None:
+        (tmp_path / "train.tsv").write_text(train, encoding="utf-8")
+    recipe = tmp_path / "sim.yaml"
+    recipe.write_text(SIMILARITY, encoding="utf-8")
+    sets = [f"sentences={sentences}", f"word={word}", f"train={tmp_path / 'train.tsv'}", f"model={tmp_path}"]
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(recipe), "--out", str(tmp_path / "run"), *extra, "--set", *sets]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (tmp_path / "run").exists() and calls == []
+    if train and "bad\t0\t7" in train:
+        assert "train.tsv:3: expected 2 columns, found 3" in err
+
+
+def test_stage_log_is_written_while_the_stage_runs(setup, calls, monkeypatch):
+    seen = {}
+    ft = importlib.import_module(MODULES["finetune"])
+    fake = ft.run
+
+    def chatty(cfg):
+        print("epoch 1 of 3 ...")
+        log = setup["run"].resolve() / R.STATE_DIR / "logs" / "finetune.log"
+        seen["log"] = log.read_text(encoding="utf-8")      # read mid-stage, as `tail -f` would
+        return fake(cfg)
+    monkeypatch.setattr(ft, "run", chatty)
+    assert _run(setup, "--quiet") == 0
+    assert seen["log"] == "epoch 1 of 3 ...\n"

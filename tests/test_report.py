@@ -40,6 +40,22 @@ def test_svg_functions_are_well_formed_and_escaped():
     assert charts[2].count("<polyline") == 1                            # the Pareto front, joined
 
 
+@pytest.mark.parametrize("chart", [
+    lambda: svg.line_chart({"loss": [(100, 0.85)]}, title="t", x_label="step", y_label="loss"),
+    lambda: svg.scatter([{"x": 500, "y": 0.85, "label": "only"}], title="t", x_label="ex/s", y_label="acc"),
+], ids=["line", "scatter"])
+def test_a_single_point_sits_mid_chart_between_ticks(chart):
+    """One eval point or one bench row: the axes get room on both sides instead of starting at the value."""
+    text = chart()
+    (cx, cy), = [(float(x), float(y)) for x, y in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', text)]
+    x0, x1 = svg.MARGIN["left"], svg.WIDTH - svg.MARGIN["right"]
+    y1, y0 = svg.MARGIN["top"], svg.HEIGHT - svg.MARGIN["bottom"]
+    assert x0 + 0.25 * (x1 - x0) < cx < x1 - 0.25 * (x1 - x0)
+    assert y1 + 0.25 * (y0 - y1) < cy < y0 - 0.25 * (y0 - y1)
+    ticks = [float(t) for t in re.findall(r'text-anchor="end" fill="#555">([\d.]+)<', text)]
+    assert min(ticks) < 0.85 < max(ticks) and max(ticks) - min(ticks) < 0.5      # round ticks around it
+
+
 def test_pareto_front():
     # (throughput, accuracy): b dominates a; c is faster but worse; d has no metric.
     assert pareto_front([(1, 0.8), (2, 0.9), (5, 0.7), (9, None)]) == [False, True, True, False]

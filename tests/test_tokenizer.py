@@ -5,6 +5,7 @@ Trains on ~300 KB slices of the shared corpus (vocab 1000), so the whole file ru
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -240,3 +241,53 @@ def test_cli_writes_dir_refuses_existing_and_overwrites(corpus, tmp_path, capsys
     assert cfg.kind == "bpe" and cfg.lowercase is False and cfg.vocab_size == 600
     assert main(args[:-4] + ["--vocab-size", "700", "--out", str(out), "--overwrite"]) == 0
     assert load_tokenizer(out).get_vocab_size() == 700
+
+
+# ---- one huge line, progress ----
+
+def test_one_huge_line_is_trained_on_in_pieces(tmp_path):
+    """A corpus on one line (a whole book without newlines) is read in pieces cut after spaces:
+    no piece is bigger than 64 KiB, no batch much bigger than 1 MiB, and no word is cut."""
+    from plmkit.data.corpus import MAX_PIECE_BYTES
+    from plmkit.tokenizer.train import _BATCH_CHARS, iter_line_batches
+
+    words = [f"w{i % 5000}x" for i in range(300_000)]                 # ~2.2 MB, one line, no newline
+    (tmp_path / "one.txt").write_text(" ".join(words), encoding="utf-8")
+    batches = list(iter_line_batches([tmp_path / "one.txt"]))
+    pieces = [p for b in batches for p in b]
+    assert len(pieces) > 30 and all(len(p.encode()) <= MAX_PIECE_BYTES for p in pieces)
+    assert len(batches) > 1 and all(sum(len(p) for p in b) <= _BATCH_CHARS + MAX_PIECE_BYTES for b in batches)
+    assert "".join(pieces).split() == words                           # cut between words only
+    tok = train_tokenizer([tmp_path / "one.txt"], vocab_size=300, show_progress=False)
+    assert tok.get_vocab_size() == 300 and tok.decode(tok.encode("w17x w4999x").ids) == "w17x w4999x"
+
+
+def test_progress_bar_knows_the_number_of_lines(tmp_path):
+    """The trainer's bar read 'N / 0': it is told how many sequences come (here 600 lines)."""
+    import pty
+    import re
+    import subprocess
+    import sys
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world foo\nbar baz qux\n" * 300, encoding="utf-8")
+    code = (f"from plmkit.tokenizer.train import train_tokenizer\n"
+            f"train_tokenizer([{str(corpus)!r}], vocab_size=100, show_progress=True)\n")
+    main_fd, sub_fd = pty.openpty()                  # the bar draws only on a terminal
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=sub_fd, env={**os.environ, "PLMKIT_QUIET": "0"})
+    os.close(sub_fd)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main_fd, 65536)
+        except OSError:                              # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0
+    bars = re.findall(r"sequences\D*?(\d+)\s*/\s*(\d+)", b"".join(chunks).decode("utf-8", "replace"))
+    assert bars and all(total == "600" for _, total in bars), bars[-3:]
+    assert bars[-1] == ("600", "600")

@@ -17,6 +17,7 @@ first occurrence in a sentence is used.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +49,19 @@ def read_sentences(path: str | Path) -> list[Sentence]:
     if len(rows) < 2:
         raise PlmkitError(f"{path}: needs at least 2 sentences to compare, found {len(rows)}")
     return rows
+
+
+def first_without(sentences: Sequence[Sentence], word: str) -> Sentence | None:
+    """The first sentence that lacks ``word`` as a whole word, compared without case and accents,
+    or None. No tokenizer needed (a recipe checks this before the model exists); as loose as the
+    loosest tokenizer's match, so a sentence it flags has no match for any model."""
+    key = _plain(word.strip())
+    pattern = re.compile(rf"(?<!\w){re.escape(key)}(?!\w)")
+    return next((s for s in sentences if not pattern.search(_plain(s.text))), None)
+
+
+def _plain(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
 
 
 def _normalizer(tok: Tokenizer):

@@ -21,7 +21,6 @@ projection). Student layer i is matched to teacher layer ``layer_map[i]``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,8 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_weights
 from torch import Tensor, nn
 
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
+from ..io import check_input_file, read_json
 from ..models.checkpoint import WEIGHTS, write_checkpoint_files
 from ..models.config import config_from_dict, config_to_dict, preset
 from ..models.heads import IGNORE, ModelOutput
@@ -239,16 +239,10 @@ def student_from_config(teacher: PlmModel, path: str) -> PlmModel:
     """A fresh student from a JSON file of EncoderConfig (DecoderConfig) fields; the vocabulary
     and positions default to the teacher's (the student uses the teacher's tokenizer)."""
     file = Path(path)
-    try:
-        given = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PlmkitError(f"{file}: student config not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PlmkitError(f"{file}: not valid JSON ({e.__class__.__name__})") from None
-    if not isinstance(given, dict):
-        raise PlmkitError(f"{file}: expected a JSON object of model config fields")
+    given = read_json(check_input_file(file, "student config"))     # a JSON object, or one line why
     if given.get("family", teacher.family) != teacher.family:
-        raise PlmkitError(f"{file}: a {given['family']} student cannot learn from a {teacher.family} teacher")
+        raise PlmkitError(f"{file}: {a_or_an(given['family'])} student cannot learn from "
+                          f"{a_or_an(teacher.family)} teacher")
     vocab = teacher.config.vocab_size
     if given.get("vocab_size", vocab) != vocab:
         raise PlmkitError(f"{file}: vocab_size {given['vocab_size']} differs from the teacher's tokenizer ({vocab})")

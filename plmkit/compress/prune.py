@@ -147,7 +147,7 @@ def _group_sums(model: PlmModel, per_head: list[Tensor]) -> list[Tensor]:
 @torch.no_grad()
 def magnitude_importance(model: PlmModel) -> Importance:
     """L2 norm of the weights each unit owns: q/k/v rows + o columns, fc1 row + fc2 column."""
-    d, H = model.config.head_dim, model.config.hidden_size
+    d = model.config.head_dim
     heads, ffns = [], []
     for b in blocks(model):
         a, g = b.attn, b.attn.n_kv

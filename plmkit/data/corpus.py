@@ -8,46 +8,91 @@ split documents at, so one sentence or paragraph per line works best.
 Files are streamed line by line in binary mode (``iter_segments`` keeps one line in
 memory, ``iter_documents`` one document), and every line is checked as it is read: a
 NUL byte (binary file) or invalid UTF-8 raises ``InputError`` naming ``file:line``.
+A line longer than ``MAX_PIECE_BYTES`` (a whole book on one line) is read in pieces cut
+after a space, each its own segment, so memory stays bounded by the piece, not the line.
 """
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import InputError, PlmkitError
+from ..io import check_input_file
 
 _BOM = b"\xef\xbb\xbf"
 
 
+MAX_PIECE_BYTES = 1 << 16  # longer lines are handed on in pieces of at most this size (64 KiB)
+
+
 def _check_file(path: Path) -> None:
-    """The cheap checks that need no reading: exists, is a file, is not empty."""
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if not path.is_file():
-        raise InputError(path, "not a regular file")
+    """The cheap checks that need no reading: a readable regular file, not empty."""
+    try:
+        check_input_file(path)
+    except PlmkitError as e:
+        raise InputError(path, str(e).removeprefix(f"{path}: ")) from None
     if path.stat().st_size == 0:
         raise InputError(path, "file is empty")
-    if not os.access(path, os.R_OK):
-        raise InputError(path, "file is not readable")
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` with the line ending removed, validating as we go."""
+def _cut(raw: bytes) -> int:
+    """Where to cut a piece of an over-long line: after its last space or tab when that keeps
+    at least half of it, else at the last UTF-8 character boundary."""
+    space = max(raw.rfind(b" "), raw.rfind(b"\t")) + 1
+    if space >= len(raw) // 2:
+        return space
+    i = len(raw) - 1
+    while i > 0 and len(raw) - i < 4 and raw[i] & 0xC0 == 0x80:  # back to the last lead byte
+        i -= 1
+    lead = raw[i]
+    need = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return i if 0 < i and len(raw) - i < need else len(raw)
+
+
+def _pieces(f: BinaryIO, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """(bytes, ends a line): whole lines, or pieces of at most ``limit`` bytes of a longer one."""
+    carry = b""
+    while True:
+        raw = carry + f.readline(max(limit - len(carry), 1))
+        if len(raw) == len(carry) and not carry:
+            return
+        if raw.endswith(b"\n") or len(raw) < limit:
+            carry = b""
+            yield raw, True
+            continue
+        cut = _cut(raw)
+        raw, carry = raw[:cut], raw[cut:]
+        yield raw, False
+
+
+def iter_lines(path: str | Path, max_bytes: int = MAX_PIECE_BYTES) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` with the line ending removed, validating as we go.
+
+    A line longer than ``max_bytes`` comes as several pieces with the same line number.
+    """
     path = Path(path)
     _check_file(path)
+    n, first, said = 1, True, False          # said: this line has yielded text
     with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
+        for raw, ends in _pieces(f, max_bytes):
             if b"\x00" in raw:
                 raise InputError(path, "binary file (NUL byte); expected UTF-8 text", line=n)
-            if n == 1 and raw.startswith(_BOM):
+            if first and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
+            first = False
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(path, f"not valid UTF-8 (byte {e.start} of the line)", line=n) from None
-            yield n, text.rstrip("\r\n")
+            text = text.rstrip("\r\n")
+            if text.strip():
+                yield n, text
+                said = True
+            elif ends and not said:      # a blank line, once; a blank piece of a long line is none
+                yield n, ""
+            if ends:
+                n, said = n + 1, False
 
 
 def iter_segments(paths: Iterable[str | Path], doc_per_file: bool = False) -> Iterator[tuple[int, str]]:

@@ -1,16 +1,21 @@
 """Turn reader examples into token features, batch them, and bucket them by length.
 
 A feature is a dict of plain Python lists/ints, unpadded: padding happens per batch in
-``collate`` (dynamic padding), so a batch of short sentences costs little. Keys match the
+``collate`` (dynamic padding), so a batch of short sentences costs little. Classification
+features live in a ``FeatureTable`` (the token ids of all examples in one compact numpy
+array) that hands out those dicts on access: a million examples cost ~100 MB, not GBs of
+Python lists and tokenizer ``Encoding`` objects. Keys match the
 model's batch keys (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``,
 ``start_positions``, ``end_positions``); extra keys (``word_ids``, ``offset_mapping``,
 ``example_id``) are bookkeeping for post-processing and are left out by ``collate``.
 """
 from __future__ import annotations
 
+import itertools
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 
@@ -55,14 +60,88 @@ def _label_id(ids: dict[str, int], name: str, source: str, line: int) -> int:
     return ids[name]
 
 
+ENCODE_CHUNK = 4096  # examples per encode_batch call: bounds the tokenizer's Encoding objects
+
+
+class FeatureTable(Sequence[dict[str, Any]]):
+    """Unpadded classification features of many examples, stored flat.
+
+    ``ids`` [sum of lengths] holds every example's token ids back to back (uint16 when the
+    vocabulary fits, else int32), ``starts`` [N + 1] where each begins, ``type_ids`` the
+    segment ids (uint8, pairs only) and ``labels`` [N] (int64, absent for unlabelled data).
+    ``table[i]`` is the same dict of lists the other tasks' features are (attention mask all
+    ones: features are unpadded); a slice is a list of such dicts.
+    """
+
+    def __init__(self, ids: np.ndarray, starts: np.ndarray, type_ids: np.ndarray | None,
+                 labels: np.ndarray | None):
+        self.ids, self.starts, self.type_ids, self.labels = ids, starts, type_ids, labels
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"feature {i} out of range ({n} features)")
+        i %= n
+        a, b = int(self.starts[i]), int(self.starts[i + 1])
+        feat: dict[str, Any] = {"input_ids": self.ids[a:b].tolist(), "attention_mask": [1] * (b - a),
+                                "token_type_ids": (self.type_ids[a:b].tolist() if self.type_ids is not None
+                                                   else [0] * (b - a))}
+        if self.labels is not None:
+            feat["labels"] = int(self.labels[i])
+        return feat
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+
+def feature_lengths(features: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Token count of every feature (read from the table's offsets when it is a FeatureTable)."""
+    if isinstance(features, FeatureTable):
+        return features.lengths().tolist()
+    return [len(f["input_ids"]) for f in features]
+
+
 def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label_map: LabelMap | None,
-                          max_length: int) -> list[dict[str, Any]]:
+                          max_length: int) -> FeatureTable:
     """[CLS] text [SEP] (text_pair [SEP]) truncated to ``max_length``; ``labels`` is an int.
 
-    Examples without a label (prediction data) get no ``labels`` key.
+    Examples without a label (prediction data) get no ``labels`` key. Encoded
+    ``ENCODE_CHUNK`` examples at a time, each chunk packed into arrays at once.
     """
     tok = configured(tok, max_length)
     ids = label_ids(label_map) if label_map is not None else {}
+    dtype = np.uint16 if tok.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.int32
+    pairs = any(ex.text_pair is not None for ex in examples)
+    id_parts, type_parts, lengths = [], [], []
+    for c in range(0, len(examples), ENCODE_CHUNK):
+        chunk = examples[c:c + ENCODE_CHUNK]
+        encodings = _encode_texts(tok, chunk)
+        lens = [len(e.ids) for e in encodings]
+        total = sum(lens)
+        id_parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, total))
+        if pairs:
+            type_parts.append(np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings),
+                                          np.uint8, total))
+        lengths.extend(lens)
+    starts = np.zeros(len(examples) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=starts[1:])
+    labelled = label_map is not None and any(ex.label is not None for ex in examples)
+    labels = (np.fromiter((_label_id(ids, ex.label, ex.source, ex.line) for ex in examples), np.int64,
+                          len(examples)) if labelled else None)
+    return FeatureTable(np.concatenate(id_parts) if id_parts else np.zeros(0, dtype),
+                        starts, np.concatenate(type_parts) if pairs else None, labels)
+
+
+def _encode_texts(tok: Tokenizer, examples: Sequence[TextExample]) -> list[Any]:
+    """Encodings in example order; single texts and pairs go to the tokenizer separately."""
     singles = [i for i, ex in enumerate(examples) if ex.text_pair is None]
     pairs = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
     encodings: list[Any] = [None] * len(examples)
@@ -70,14 +149,7 @@ def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label
         encodings[i] = enc
     for i, enc in zip(pairs, tok.encode_batch([(examples[i].text, examples[i].text_pair) for i in pairs])):
         encodings[i] = enc
-    features = []
-    for ex, enc in zip(examples, encodings):
-        feat: dict[str, Any] = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
-                                "token_type_ids": enc.type_ids}
-        if ex.label is not None and label_map is not None:
-            feat["labels"] = _label_id(ids, ex.label, ex.source, ex.line)
-        features.append(feat)
-    return features
+    return encodings
 
 
 def encode_ner(tok: Tokenizer, examples: Sequence[TokenExample], label_map: LabelMap | None,

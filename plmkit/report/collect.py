@@ -68,18 +68,47 @@ def collect(run_dir: str | Path) -> Run:
 
 def _read_stage(path: Path, root: Path) -> Stage | None:
     meta = _read_optional(path / "plmkit.json") or {}
+    _check_objects(path / "plmkit.json", meta, ("metrics", "pruning", "strategy", "size_bytes"))
     stamp = _read_optional(path / STAMP) or {}
     extra = {}
     for name in ("bench.json", *ANALYSIS_FILES):
         found = _read_optional(path / name)
         if found is not None:
             extra[name] = found
+    if "bench.json" in extra:
+        _check_bench(path / "bench.json", extra["bench.json"])
     records = _read_metrics(path / "metrics.jsonl")
     if not (meta or records or extra or stamp):
         return None
     name = path.name if path != root else (meta.get("stage") or path.name)
     kind = meta.get("stage") or stamp.get("stage") or ("bench" if "bench.json" in extra else "")
     return Stage(name, path, kind, meta, records, stamp, extra)
+
+
+# bench.json row fields the report reads as numbers (each may be null: not measured).
+_BENCH_NUMBERS = ("params", "size_mb", "latency_p50_ms", "latency_p95_ms", "throughput", "metric", "speedup",
+                  "batch_size")
+
+
+def _check_objects(path: Path, data: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise PlmkitError(f"{path}: '{key}' must be a JSON object, found {type(data[key]).__name__}")
+
+
+def _check_bench(path: Path, bench: dict[str, Any]) -> None:
+    """The shape the report relies on: ``rows`` a list of objects with a name and numbers."""
+    rows = bench.get("rows", [])
+    if not isinstance(rows, list):
+        raise PlmkitError(f"{path}: 'rows' must be a list of result rows, found {type(rows).__name__}")
+    _check_objects(path, bench, ("machine",))
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise PlmkitError(f"{path}: rows[{i}] must be an object with a 'name' string")
+        for key in _BENCH_NUMBERS:
+            value = row.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise PlmkitError(f"{path}: rows[{i}].{key} must be a number, found {value!r}")
 
 
 def _read_optional(path: Path) -> Any:
@@ -91,7 +120,7 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():   # a bad line is skipped
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -106,11 +135,17 @@ def safetensors_params(path: Path) -> int | None:
     if not path.is_file():
         return None
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        try:
+            header = json.loads(f.read(min(n, 100 << 20)))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None                       # not a safetensors file: the size is unknown, not an error
+    if not isinstance(header, dict):
+        return None
     total = 0
     for name, info in header.items():
-        if name != "__metadata__":
+        if name != "__metadata__" and isinstance(info, dict):
             count = 1
             for d in info.get("shape", []):
                 count *= d

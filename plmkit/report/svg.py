@@ -76,6 +76,15 @@ def _empty(kind: str, title: str, message: str = "no data") -> str:
     return "\n".join(parts + ["</svg>"])
 
 
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """A range for the axis: a single value (one point, a flat series) gets room on both sides
+    (10% of its size), so it sits mid-axis between round ticks instead of on the frame."""
+    if hi > lo or not math.isfinite(lo):
+        return lo, hi
+    d = 0.1 * abs(lo) or 1.0
+    return lo - d, hi + d
+
+
 class _Axes:
     """Maps data coordinates into the plot area and draws grid, ticks and axis labels."""
 
@@ -91,9 +100,9 @@ class _Axes:
             lo, hi = lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo)
             if y_from_zero and min(ys) >= 0:
                 lo = 0.0
-        self.yticks = nice_ticks(lo, hi)
+        self.yticks = nice_ticks(*_widen(lo, hi))
         self.ylo, self.yhi = self.yticks[0], self.yticks[-1]
-        self.xticks = nice_ticks(min(xs), max(xs)) if xs else [0.0, 1.0]
+        self.xticks = nice_ticks(*_widen(min(xs), max(xs))) if xs else [0.0, 1.0]
         self.xlo, self.xhi = (min(xs), max(xs)) if xs and max(xs) > min(xs) else (self.xticks[0], self.xticks[-1])
         self.xticks = [t for t in self.xticks if self.xlo - 1e-12 <= t <= self.xhi + 1e-12] or [self.xlo]
 

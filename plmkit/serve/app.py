@@ -6,12 +6,15 @@
     POST /v1/embed     {"texts": [...], "normalize": false}      -> {"embeddings": [[...]], "dimensions": H}
     POST /v1/generate  {"prompt": "...", "max_new_tokens": 50, temperature, top_k, top_p, seed}
                        or {"messages": [{"role", "content"}, ...], ...}: the model's chat template renders them
-    GET  /health, GET /metrics (Prometheus text), GET /openapi.json, GET /docs
+    GET  /health, GET /metrics (Prometheus text), GET /openapi.json
+
+There is no /docs page: FastAPI's page loads Swagger UI from a CDN, which is blank offline; the
+OpenAPI document at /openapi.json opens in any OpenAPI viewer.
 
 Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON, 404 an endpoint the
-model's task cannot answer, 413 a body over --max-body-bytes, 415 a body sent as another
-Content-Type than JSON, 422 wrong types, empty lists or a limit exceeded, 503 the request
-timed out or the server is shutting down.
+model's task cannot answer, 413 a body over --max-body-bytes, 415 a POST without
+``Content-Type: application/json``, 422 wrong types, empty lists or a limit exceeded, 503
+the request timed out or the server is shutting down.
 """
 from __future__ import annotations
 
@@ -209,6 +212,25 @@ class BodyLimitMiddleware:
                                  "(--max-body-bytes)")
 
 
+class JsonOnlyMiddleware:
+    """415 for a POST whose Content-Type is missing or not JSON (FastAPI would parse a body
+    without Content-Type as JSON). It sits inside the body limit, so the body it drains before
+    answering has been read (and size-checked) already."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            if "json" not in ctype.lower():
+                while (await receive()).get("more_body", False):
+                    pass
+                got = f"got Content-Type {ctype!r}" if ctype else "got no Content-Type header"
+                return await _refuse(send, 415, f"the body must be JSON (Content-Type: application/json), {got}")
+        await self.app(scope, receive, send)
+
+
 async def _refuse(send: Callable, status: int, detail: str) -> None:
     """Answer without reading (the rest of) the body; the connection closes afterwards."""
     body = json.dumps({"detail": detail}).encode()
@@ -259,16 +281,12 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
         yield
         await batcher.close()          # in-flight requests are done by now (uvicorn drains them first)
 
-    app = FastAPI(title="plmkit serve", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="plmkit serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=f"Inference for {served.path.name} ({served.task}, {served.family}).")
     app.state.served, app.state.limits, app.state.metrics = served, limits, metrics
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        ctype = request.headers.get("content-type", "")
-        if ctype and "json" not in ctype.lower():        # FastAPI leaves such a body unparsed
-            return JSONResponse({"detail": f"the body must be JSON (Content-Type: application/json), "
-                                           f"got Content-Type {ctype!r}"}, status_code=415)
         status, detail = _validation_message(exc)
         return JSONResponse({"detail": detail}, status_code=status)
 
@@ -303,6 +321,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(JsonOnlyMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)      # added last = outermost
     return app

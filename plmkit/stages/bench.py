@@ -6,7 +6,8 @@ Each row: parameters, weights on disk, latency p50/p95 at the smallest batch siz
 throughput at the largest (32) on the real sentences of FILE, peak RSS of the process that
 measured it, and the task metric on FILE (as ``plmkit evaluate`` computes it). The baseline
 row runs ``transformers.AutoModelFor...`` in fp32 with eager attention on an HF export of the
-original model; every row's ``speedup`` is its throughput over the baseline's. How batches
+original model; every row's ``speedup`` is its throughput over the baseline's (when that row
+cannot run, the table and the JSON's ``notes`` say why). How batches
 are formed and timed is described in ``plmkit/bench/__init__.py``. The table is printed and the
 rows are written as JSON (atomically).
 """
@@ -18,11 +19,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..config import option, to_dict
 from ..errors import PlmkitError
 from .. import bench
-from ..io import write_json
+from ..io import check_out_file, write_json
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS, resolve
@@ -60,8 +62,9 @@ def _check(cfg: Config) -> None:
         raise PlmkitError("--warmup must be >= 0 and --max-examples >= 1")
 
 
-def _variants(cfg: Config, precision: str) -> list[bench.Variant]:
-    """Every row to measure, checked: one task for all, data of that task, the baseline first."""
+def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | None]:
+    """Every row to measure, checked: one task for all, data of that task, the baseline first;
+    and, when the baseline row was asked for but cannot run, why (it goes under the table)."""
     variants = [bench.make_variant(m, precision) for m in cfg.models]
     tasks = {v.task for v in variants}
     if len(tasks) > 1:
@@ -69,27 +72,34 @@ def _variants(cfg: Config, precision: str) -> list[bench.Variant]:
                           + ", ".join(f"{v.path} ({v.task})" for v in variants))
     bench.unique_names(variants)
     if not cfg.hf_baseline:
-        return variants
+        return variants, None
     if importlib.util.find_spec("transformers") is None:
-        print("transformers is not installed: no baseline row (pip install 'plmkit[hf]'); "
-              "speedups are relative to the first row")
-        return variants
+        return variants, ("no transformers baseline row: transformers is not installed (pip install "
+                          "'plmkit[hf]'); speedups are relative to the first row")
     source = bench.baseline_source(variants, cfg.baseline)
     if source is None:
-        print("no PyTorch checkpoint among --models or their parents: no baseline row (pass --baseline DIR)")
-        return variants
+        return variants, ("no transformers baseline row: no PyTorch checkpoint among --models or their "
+                          "parents (pass --baseline DIR)")
     base = bench.Variant(f"transformers-fp32-eager ({source.name})", str(source), "transformers", "fp32",
                          variants[0].task, str(source), baseline=True)
     if bench.task_of_dir(source)[1] != base.task:
         raise PlmkitError(f"{source}: the baseline does task '{bench.task_of_dir(source)[1]}', "
                           f"the models do '{base.task}'")
-    return [base, *variants]
+    return [base, *variants], None
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options."""
+    _check(cfg)
 
 
 def run(cfg: Config) -> int:
     _check(cfg)
+    out = check_out_file(cfg.out or "bench.json", overwrite=True)   # a directory fails now, not after timing
     precision = resolve(cfg.precision, "cpu")      # rows name what ran: bf16 or fp32
-    variants = _variants(cfg, precision)
+    variants, missing_baseline = _variants(cfg, precision)
+    if missing_baseline:
+        print(missing_baseline)
     n = bench.check_data(variants[-1], cfg.data, cfg.max_examples)
     threads = cfg.threads or os.cpu_count() or 1
     settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
@@ -113,8 +123,11 @@ def run(cfg: Config) -> int:
     result = {"data": cfg.data, "task": task, "metric_name": bench.metric_name(task),
               "batch_sizes": settings.batch_sizes, "examples": n, "machine": machine,
               "speedup_reference": reference, "config": to_dict(cfg), "rows": rows}
-    out = cfg.out or "bench.json"
+    if missing_baseline:
+        result["notes"] = [missing_baseline]
     write_json(out, result)
     print(bench.format_table(rows, result["metric_name"], max(settings.batch_sizes)))
+    if missing_baseline:
+        print(f"note: {missing_baseline}")
     print(f"wrote {out}")
     return 0

@@ -84,6 +84,8 @@ def print_results(out: Path, elapsed: float) -> None:
             for r in bench["rows"]]
     print("\nmodel variants on the held-out generated sentences:")
     print(_format(head, body))
+    for note in bench.get("notes", []):      # e.g. why the transformers baseline row is missing
+        print(f"  ({note})")
     rows = []
     for name, start in (("finetune", "pre-trained"), ("finetune_scratch", "from scratch")):
         meta = out / name / "plmkit.json"

@@ -18,14 +18,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
 
 from ..compress import distill as D
 from ..config import compose, dump_yaml, option, pick, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..models.checkpoint import write_checkpoint_files
@@ -74,6 +74,11 @@ class _Options:
 TRAIN_DEFAULTS = {"epochs": 3.0, "lr": 1e-4, "warmup_ratio": 0.1, "keep_last": 1}
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "layerwise_lr_decay"))
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
+    _check_request(cfg)
 
 
 def run(cfg: Config) -> int:
@@ -215,7 +220,7 @@ def _build_student(teacher: PlmModel, cfg: Config) -> tuple[PlmModel, str]:
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     """Length-bucketed, dynamically padded batches (as finetune's) that also carry their feature
     indices, which the teacher logit cache is keyed by."""
-    buckets = length_bucketed_batches([len(f["input_ids"]) for f in features], cfg.batch_size, seed=cfg.seed)
+    buckets = length_bucketed_batches(feature_lengths(features), cfg.batch_size, seed=cfg.seed)
     pad = pad_id(tok)
 
     def make(idx: list[int]) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -29,7 +29,7 @@ from ..adapters import AdapterSettings, apply_strategy, strategy_meta
 from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo
 from ..config import compose, dump_yaml, option, pick, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import load, peek
@@ -76,6 +76,18 @@ Config = compose("Config", __name__, _Options, AdapterSettings, TrainArgs, defau
                  omit=("fsdp",))
 
 
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options and the data files parse
+    (those an earlier stage writes are read when the stage runs)."""
+    task, prep = TASKS[cfg.task], _prep(cfg)
+    if pending(cfg.train):
+        return
+    if cfg.eval and pending(cfg.eval):
+        task.read(cfg.train, prep)
+    else:
+        _read_data(task, prep, cfg)
+
+
 def run(cfg: Config) -> int:
     task = TASKS[cfg.task]
     args = pick(TrainArgs, cfg)
@@ -90,6 +102,8 @@ def run(cfg: Config) -> int:
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
     train_feats = task.encode(tok, train_ex, head_config, prep)
+    n_train = len(train_ex)
+    del train_ex              # the features hold what training needs (1M examples: ~200 MB of text)
     infer = Infer(cfg.eval_batch_size, cfg.precision, cfg.max_new_tokens)
     eval_data = (TaskData(eval_ex, task.encode(tok, eval_ex, head_config, prep), tok, head_config, infer)
                  if eval_ex else None)
@@ -100,7 +114,7 @@ def run(cfg: Config) -> int:
     model = _load_model(cfg, task, head_config, prep)
     settings = pick(AdapterSettings, cfg)
     info = apply_strategy(model, cfg.strategy, settings)
-    print(f"fine-tuning {cfg.model} for {task.name} ({len(train_ex)} train / {len(eval_ex or [])} eval examples, "
+    print(f"fine-tuning {cfg.model} for {task.name} ({n_train} train / {len(eval_ex or [])} eval examples, "
           f"{len(train_feats)} train features), strategy {info.spec}: {info.summary()}")
 
     # 3. Length-bucketed batches: similar lengths share a batch, padded only to their longest.
@@ -202,7 +216,7 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
-    lengths = [len(f["input_ids"]) for f in features]
+    lengths = feature_lengths(features)
     buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
     pad = pad_id(tok)
     return IndexedBatches(len(features), lambda idx: collate([features[i] for i in idx], pad),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import option
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from ..loading import load
 from ..models.generate import generate
 from ..tokenizer import load_tokenizer
@@ -30,7 +30,8 @@ class Config:
 def run(cfg: Config) -> int:
     model = load(cfg.model, needs_torch="generation (the KV cache)")
     if model.family != "decoder":
-        raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, this one is a {model.family}")
+        raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, "
+                          f"this one is {a_or_an(model.family)}")
     tok = load_tokenizer(cfg.model)
     # BOS when the tokenizer adds one (Llama); with --chat, the template's rendering of one user turn
     turn = [{"role": "user", "content": cfg.prompt}]
@@ -41,10 +42,11 @@ def run(cfg: Config) -> int:
     out = generate(model, torch.tensor([ids]), cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
                    eos_token_id=stops, generator=torch.Generator().manual_seed(cfg.seed),
                    use_cache=not cfg.no_cache)
-    row = out[0].tolist()
-    if cfg.chat:   # the answer alone, up to the end of the turn
-        new = row[len(ids):]
-        print(tok.decode(new[:min([new.index(s) for s in stops if s in new] or [len(new)])]).strip())
+    new = out[0, len(ids):].tolist()
+    # generation ends at the end-of-text (or end-of-turn) token: it is not part of the text
+    new = new[:min([new.index(s) for s in stops if s in new] or [len(new)])]
+    if cfg.chat:   # the answer alone
+        print(tok.decode(new).strip())
     else:
-        print(tok.decode(row, skip_special_tokens=False))
+        print(tok.decode(ids + new, skip_special_tokens=False))
     return 0

@@ -3,7 +3,8 @@
 classify -> {"text", "label", "score"}; ner -> {"tokens", "tags", "entities"};
 qa -> {"id", "question", "answer"}; generate -> {"prompt", "completion"}.
 Input is the task's training format with the labels optional; the output file is
-written atomically (a reader never sees half of it).
+written atomically (a reader never sees half of it), and an existing one is replaced only
+with --overwrite.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_out_file
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS
@@ -27,9 +28,11 @@ class Config:
     batch_size: int = option(64, help="examples per batch", ge=1)
     precision: str = option(PRECISION_DEFAULT, help=PRECISION_HELP, choices=PRECISIONS)
     max_new_tokens: int = option(32, help="generate: completion length limit")
+    overwrite: bool = option(False, help="replace an existing --output file")
 
 
 def run(cfg: Config) -> int:
+    check_out_file(cfg.output, cfg.overwrite)     # before the model loads and the data is read
     model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
     examples = task.read(cfg.input, prep, require_labels=False)
     features = task.encode(tok, examples, model.head_config, prep)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
@@ -65,6 +65,13 @@ class _Options:
 # Training options (plmkit/train/args.py) with another default for pre-training.
 TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",))
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the corpus files are UTF-8 text."""
+    ready = [p for p in cfg.corpus if not pending(p)]
+    if ready:
+        check_text_files(ready)
 
 
 def run(cfg: Config) -> int:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tokenizers import Tokenizer
 
 from ..compress import prune as P
 from ..config import compose, option, pick, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import check_out_dir
 from ..loading import load
@@ -82,6 +82,11 @@ class _Data:
     tok: Tokenizer
     train: list[dict[str, Any]] | None      # encoded training features
     eval: TaskData | None
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
+    _check_request(cfg)
 
 
 def run(cfg: Config) -> int:
@@ -219,7 +224,7 @@ def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], 
 def _batches(data: _Data, cfg: Config) -> IndexedBatches:
     """Length-bucketed, dynamically padded task batches (as plmkit finetune builds them)."""
     feats = data.train
-    buckets = length_bucketed_batches([len(f["input_ids"]) for f in feats], cfg.batch_size, seed=cfg.seed)
+    buckets = length_bucketed_batches(feature_lengths(feats), cfg.batch_size, seed=cfg.seed)
     pad = pad_id(data.tok)
     return IndexedBatches(len(feats), lambda idx: collate([feats[i] for i in idx], pad),
                           cfg.batch_size, seed=cfg.seed, batches=buckets)

@@ -12,7 +12,9 @@ A recipe is YAML::
 In strings, ``${run}`` is the run directory, ``${out}`` this stage's directory, ``${vars.NAME}``
 a variable and ``${recipe_dir}`` the recipe's own directory; a string that is exactly one
 ``${vars.NAME}`` takes the variable's value with its type. A stage's ``out`` defaults to
-``${out}``; ``overwrite`` and ``resume`` are the runner's to set.
+``${out}``, and what a stage writes must stay inside ``${out}`` (symlinks and ``..``
+resolved): the runner replaces stage outputs, so anything else is refused before any stage
+runs. ``overwrite`` and ``resume`` are the runner's to set.
 
 Skipping: each completed stage leaves ``RUN/<name>/.recipe-stage.json`` with a fingerprint of its
 resolved config, the fingerprints of the stages it reads (a path into ``RUN/<other>``, or
@@ -20,6 +22,11 @@ resolved config, the fingerprints of the stages it reads (a path into ``RUN/<oth
 whose fingerprint matches is skipped; any change re-runs it, and through the fingerprints
 everything that reads it. An interrupted stage has no stamp: the next run starts it again, with
 ``resume`` where the stage has it. ``--from STAGE`` re-runs STAGE and every stage after it.
+
+Before any stage runs (and all that ``--dry-run`` does), every stage is checked as far as it can be
+without running: inputs from outside the run exist, and stages that define
+``check_inputs(cfg, pending)`` parse their data and check their options (the similarity stage:
+every sentence has the word).
 """
 from __future__ import annotations
 
@@ -42,11 +49,14 @@ import yaml
 
 from ..config import build, load_yaml, option, to_dict
 from ..errors import PlmkitError
-from ..io import atomic_write_text, write_json
+from ..io import atomic_write_text, check_input_dir, check_input_file, write_json
 
 STAMP = ".recipe-stage.json"
 STATE_DIR = ".recipe"
 RUNNER_FIELDS = {"overwrite", "resume"}      # set by the runner, not part of a stage's identity
+OUTPUT_FIELDS = ("out", "output")            # options that name what a stage writes ...
+INPUT_FILES = ("corpus", "train", "eval", "data", "calibration", "input", "sentences")   # ... and reads
+INPUT_DIRS = ("model", "teacher", "models", "baseline")
 RECIPE_ONLY = {"reinit": "plmkit.stages.reinit", "synthetic": "plmkit.stages.synthetic"}
 HASH_LIMIT = 256 * 2**20                     # bigger input files are fingerprinted by size and mtime
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -93,6 +103,7 @@ def execute(recipe: dict[str, Any], recipe_path: Path, run_dir: Path, overrides:
     if from_stage is not None and from_stage not in [s.name for s in steps]:
         raise PlmkitError(f"{recipe_path}: --from {from_stage}: no such stage "
                           f"(stages: {', '.join(s.name for s in steps)})")
+    check_steps(steps, recipe_path, run_dir)
     if not dry_run:
         write_json(run_dir / STATE_DIR / "state.json", {"recipe": str(recipe_path.resolve()),
                                                          "order": [s.name for s in steps]})
@@ -183,8 +194,24 @@ def _build_step(raw: Any, index: int, earlier: list[Step], variables: dict[str, 
     if "out" in fields and values.get("out") is None:
         values["out"] = context["out"]
     cfg = build(module.Config, values, source=src)
+    _check_outputs(cfg, run_dir.resolve() / name, src)
     deps, inputs = _references(cfg, name, earlier, run_dir, src)
     return Step(name, str(raw["stage"]), module, cfg, deps, inputs)
+
+
+def _check_outputs(cfg: Any, stage_dir: Path, src: str) -> None:
+    """A stage writes only inside its own directory RUN/<name>: the runner replaces its output
+    (``overwrite``) and clears that directory, so an ``out`` anywhere else (an absolute path,
+    ``${run}/../x``, a symlink out of the run, another stage's directory) could delete
+    what is not the run's. Paths are compared after resolving ``..`` and symlinks."""
+    for key in OUTPUT_FIELDS:
+        value = getattr(cfg, key, None)
+        if not isinstance(value, str) or not value:
+            continue
+        target = Path(value).expanduser().resolve()
+        if not target.is_relative_to(stage_dir):
+            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory {stage_dir}; "
+                              "a recipe stage writes only to ${out} or a path inside it")
 
 
 def _stage_module(kind: str, src: str) -> Any:
@@ -261,6 +288,28 @@ def _references(cfg: Any, name: str, earlier: list[Step], run_dir: Path, src: st
                               f"{', '.join(names) or 'none'})")
         deps.append(top)
     return list(dict.fromkeys(deps)), list(dict.fromkeys(inputs))
+
+
+def check_steps(steps: list[Step], recipe_path: Path, run_dir: Path) -> None:
+    """Validate what can be validated without running anything (``--dry-run`` does only this):
+    every input a stage reads from outside the run exists (``INPUT_FILES`` / ``INPUT_DIRS``),
+    and a stage module's ``check_inputs(cfg, pending)``, where it has one, parses its inputs and
+    checks its options. ``pending(path)`` is true for paths inside the run: an earlier stage
+    writes them, so they are checked when it has."""
+    def pending(path: str) -> bool:
+        return Path(path).expanduser().resolve().is_relative_to(run_dir)
+
+    for step in steps:
+        try:
+            for key, is_dir in [(k, False) for k in INPUT_FILES] + [(k, True) for k in INPUT_DIRS]:
+                for path in _strings(getattr(step.cfg, key, None)):
+                    if path and not pending(path):
+                        (check_input_dir if is_dir else check_input_file)(path)
+            hook = getattr(step.module, "check_inputs", None)
+            if hook is not None:
+                hook(step.cfg, pending)
+        except PlmkitError as e:
+            raise PlmkitError(f"{recipe_path}: stage '{step.name}': {e}") from None
 
 
 # --------------------------------------------------------------------------- fingerprints and stamps
@@ -374,13 +423,15 @@ def _runner_fields(cfg: Any, resume: bool) -> Any:
 
 
 class _Tee(io.TextIOBase):
-    """Stage output to the log file, and to the terminal unless quiet."""
+    """Stage output to the log file, and to the terminal unless quiet. The log is flushed at
+    every write, so ``tail -f RUN/.recipe/logs/STAGE.log`` follows a stage while it runs."""
 
     def __init__(self, log: io.TextIOBase, echo: Any | None) -> None:
         self.log, self.echo = log, echo
 
     def write(self, text: str) -> int:
         self.log.write(text)
+        self.log.flush()
         if self.echo is not None:
             self.echo.write(text)
         return len(text)

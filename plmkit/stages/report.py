@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import option
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_out_file
 from ..report.collect import collect
 from ..report.html import render
 
@@ -20,11 +20,12 @@ from ..report.html import render
 class Config:
     run: str = option(help="run directory (plmkit run's RUN, or a directory of stage outputs)", positional=True)
     out: str | None = option(None, help="HTML file to write (default: RUN/report.html)")
+    overwrite: bool = option(False, help="replace an existing report file")
 
 
 def run(cfg: Config) -> int:
+    out = check_out_file(Path(cfg.out) if cfg.out else Path(cfg.run) / "report.html", cfg.overwrite)
     data = collect(cfg.run)
-    out = Path(cfg.out) if cfg.out else Path(cfg.run) / "report.html"
     atomic_write_text(out, render(data))
     print(f"report: {out}")
     return 0

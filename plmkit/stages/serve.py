@@ -9,10 +9,14 @@ build the app from ``PLMKIT_SERVE_CONFIG``; /metrics then reports the process th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import threading
 from dataclasses import asdict, dataclass
+from typing import Any, Iterator
 
 from ..config import option
 from ..errors import PlmkitError
@@ -95,12 +99,38 @@ def run(cfg: Config) -> int:
           f"http://{cfg.host}:{cfg.port}  endpoints: {', '.join(served.endpoints()) or 'none'}", flush=True)
     common = dict(host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                   timeout_graceful_shutdown=int(cfg.timeout_s) + 5)
-    if cfg.workers == 1:
-        uvicorn.run(create_app(served, limits), **common)
-    else:
-        del served                                       # each worker process loads its own copy
-        os.environ[ENV_CONFIG] = json.dumps({"model": cfg.model, "backend": cfg.backend, "precision": cfg.precision,
-                                             "threads": threads,
-                                             "limits": asdict(limits)})
-        uvicorn.run("plmkit.serve.app:app_from_env", factory=True, workers=cfg.workers, **common)
+    with _sigterm_is_a_clean_stop():
+        if cfg.workers == 1:
+            uvicorn.run(create_app(served, limits), **common)
+        else:
+            del served                                   # each worker process loads its own copy
+            os.environ[ENV_CONFIG] = json.dumps({"model": cfg.model, "backend": cfg.backend,
+                                                 "precision": cfg.precision, "threads": threads,
+                                                 "limits": asdict(limits)})
+            uvicorn.run("plmkit.serve.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived outside uvicorn's own handler."""
+
+
+@contextlib.contextmanager
+def _sigterm_is_a_clean_stop() -> Iterator[None]:
+    """Exit 0 after SIGTERM. uvicorn catches SIGTERM, drains, then raises the signal again
+    with the previous handler in place; with Python's default that kills the process (exit
+    143). Our handler turns it (and one arriving before uvicorn listens) into a normal return."""
+    if threading.current_thread() is not threading.main_thread():
+        yield                                            # signals belong to the main thread
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except _Terminated:
+        print("stopped (SIGTERM)", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

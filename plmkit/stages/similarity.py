@@ -15,10 +15,13 @@ file:line, before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from ..analysis.embed import load_for_analysis
-from ..analysis.similarity import DEFAULT_SENTENCES, format_table, read_sentences, similarity_result, similarity_svg
+from ..analysis.similarity import (DEFAULT_SENTENCES, first_without, format_table, read_sentences,
+                                   similarity_result, similarity_svg)
 from ..config import dump_yaml, option
+from ..errors import InputError
 from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
 
 
@@ -33,6 +36,17 @@ class Config:
     overwrite: bool = option(False, help="replace an existing output directory")
     batch_size: int = option(32, help="sentences per batch")
     max_length: int = option(512, help="tokens per sentence; longer sentences are truncated")
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the sentences parse and each has the word."""
+    source = cfg.sentences or str(DEFAULT_SENTENCES)
+    if pending(source):
+        return
+    missing = first_without(read_sentences(source), cfg.word)
+    if missing is not None:
+        raise InputError(source, f"the word {cfg.word!r} is not in this sentence as a whole word: "
+                                 f"{missing.text[:80]!r}", missing.line)
 
 
 def run(cfg: Config) -> int:

@@ -10,9 +10,11 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..config import dump_yaml, option
+from ..data.corpus import check_text_files
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..tokenizer.load import save_tokenizer
 from ..tokenizer.train import KINDS, default_lowercase, train_tokenizer
@@ -33,6 +35,13 @@ class Config:
     model_max_length: int | None = option(None, help="max sequence length recorded for transformers "
                                                      "(default: 512 wordpiece, 1024 bpe)")
     overwrite: bool = option(False, help="replace an existing output directory")
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the corpus files are UTF-8 text."""
+    ready = [p for p in cfg.corpus if not pending(p)]
+    if ready:
+        check_text_files(ready)
 
 
 def run(cfg: Config) -> int:

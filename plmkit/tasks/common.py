@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from torch import nn
 from tqdm import tqdm
 
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import autocast
@@ -65,7 +65,7 @@ def forward_batches(model: nn.Module, data: TaskData) -> Iterator[tuple[list[int
 
     Yields (feature indices, outputs); labels are not passed, so no loss is computed.
     """
-    lengths = [len(f["input_ids"]) for f in data.features]
+    lengths = feature_lengths(data.features)
     batches = length_bucketed_batches(lengths, data.infer.batch_size, seed=0, shuffle=False)
     device = next(model.parameters()).device
     pad = pad_id(data.tok)

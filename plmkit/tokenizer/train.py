@@ -14,7 +14,9 @@ Two pipelines, one registry (kind -> spec):
   ``decode(encode(x)) == x``. Specials: <|endoftext|>=0 (and <|pad|>=1 when asked).
 
 The corpus is streamed line by line in batches through ``train_from_iterator``; memory
-holds one batch of lines plus the trainer's word counts, never a whole file.
+holds a few batches of lines (at most ~1 M characters each; a line over 64 KiB comes in
+pieces, since the trainer buffers 256 sequences ahead) plus the trainer's word counts, never a
+whole file.
 """
 from __future__ import annotations
 
@@ -27,14 +29,15 @@ from typing import Callable, Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from ..errors import PlmkitError
-from ..data.corpus import check_text_files
+from ..data.corpus import check_text_files, iter_lines
 
 BERT_SPECIALS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
                  "sep_token": "[SEP]", "mask_token": "[MASK]"}
 GPT_EOS = "<|endoftext|>"
 GPT_PAD = "<|pad|>"
 
-_BATCH_LINES = 1000  # lines per batch handed to the Rust trainer
+_BATCH_LINES = 1000  # lines per batch handed to the Rust trainer ...
+_BATCH_CHARS = 1 << 20  # ... and at most about this many characters
 
 
 def bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
@@ -127,21 +130,31 @@ def _spec(kind: str) -> KindSpec:
     return KINDS[kind]
 
 
-def iter_line_batches(paths: Iterable[str | Path], batch_lines: int = _BATCH_LINES) -> Iterator[list[str]]:
-    """Yield batches of non-blank lines (newline stripped) from UTF-8 files, one file after another."""
+def iter_line_batches(paths: Iterable[str | Path], batch_lines: int = _BATCH_LINES,
+                      batch_chars: int = _BATCH_CHARS) -> Iterator[list[str]]:
+    """Yield batches of non-blank lines (newline stripped) from UTF-8 files, one file after another.
+
+    A batch holds at most ``batch_lines`` lines and stops growing past ``batch_chars``
+    characters; a line longer than ``corpus.MAX_PIECE_BYTES`` comes in pieces (cut after a
+    space), so one huge line costs no more memory than many short ones.
+    """
     batch: list[str] = []
+    chars = 0
     for path in paths:
-        # utf-8-sig drops a leading byte-order mark; files were checked by check_text_files.
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    batch.append(line)
-                    if len(batch) >= batch_lines:
-                        yield batch
-                        batch = []
+        for _, line in iter_lines(path):
+            if line.strip():
+                batch.append(line)
+                chars += len(line)
+                if len(batch) >= batch_lines or chars >= batch_chars:
+                    yield batch
+                    batch, chars = [], 0
     if batch:
         yield batch
+
+
+def count_sequences(paths: Iterable[str | Path]) -> int:
+    """How many sequences ``iter_line_batches`` yields: the length of the progress bar."""
+    return sum(len(b) for b in iter_line_batches(paths))
 
 
 def progress_enabled() -> bool:
@@ -170,7 +183,10 @@ def train_tokenizer(files: Iterable[str | Path], kind: str = "wordpiece", vocab_
                         show_progress=progress_enabled() if show_progress is None else show_progress)
     tok, trainer = spec.build(opts)  # option errors before the (possibly long) file scan
     paths = check_text_files(files)
-    tok.train_from_iterator(iter_line_batches(paths), trainer=trainer)
+    # The trainer's progress bar needs the number of sequences up front (else "N / 0"): one
+    # counting pass, only when the bar is shown.
+    length = count_sequences(paths) if opts.show_progress else None
+    tok.train_from_iterator(iter_line_batches(paths), trainer=trainer, length=length)
     if spec.finish is not None:
         spec.finish(tok)
     return tok
