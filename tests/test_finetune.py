@@ -187,6 +187,52 @@ def test_classify_end_to_end_labels_as_names(tmp_path, encoder_dir, files, capsy
     assert [r["label"] for r in rows] == ["pos", "neg"] and all(0.5 <= r["score"] <= 1 for r in rows)
 
 
+def test_long_texts_are_counted_and_windows_pool_their_predictions(tmp_path, encoder_dir, files, capsys):
+    """A text longer than --max-length is no longer cut silently: the warning counts them; windows
+    (stored in the checkpoint) give one prediction per example, the mean of its windows' logits."""
+    rng = random.Random(3)
+    rows = ["sentence\tlabel"] + [f"{_sentence(rng, True)}\tpos" for _ in range(4)]
+    rows += [" ".join(_sentence(rng, y) for _ in range(12)) + f"\t{'pos' if y else 'neg'}" for y in (True, False, True)]
+    long_file = tmp_path / "long.tsv"
+    long_file.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    out = tmp_path / "win"
+    _finetune(encoder_dir, "classify", files["train"], out, "--epochs", "1", "--eval", str(long_file))
+    err = capsys.readouterr().err
+    assert f"warning: 3 of 7 examples in {long_file} are longer than max_length 48" in err and "truncated" in err
+    assert "train.tsv are longer" not in err                      # the short training file gets no warning
+    _finetune(encoder_dir, "classify", files["train"], out, "--epochs", "1", "--long-text", "windows",
+              "--doc-stride", "8", "--overwrite")
+    assert json.loads((out / "config.json").read_text())["head_config"]["preprocess"]["long_text"] == "windows"
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), "--input", str(long_file), "--output", str(tmp_path / "p.jsonl"),
+                 "--precision", "fp32"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 3 of 7 examples" in err and "windows overlapping by 8 tokens" in err
+    pred = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(pred) == 7
+    # the same pooling by hand: every window through the model, logits averaged per example
+    from plmkit.data.features import collate, encode_classification
+    from plmkit.data.readers import read_classification
+    from plmkit.tasks import load_finetuned
+
+    model, _, prep, tok = load_finetuned(str(out))
+    feats = encode_classification(tok, read_classification(str(long_file)), None, 48, "windows", 8)
+    with torch.no_grad():
+        logits = torch.cat([model(**{k: v for k, v in collate([f], 0).items()}).logits for f in feats])
+    ids = torch.tensor([f["example_id"] for f in feats])
+    assert ids.tolist().count(6) > 1                               # the long examples have several windows
+    for i, row in enumerate(pred):
+        mean = logits[ids == i].mean(0).softmax(-1)
+        assert row["score"] == pytest.approx(mean.max().item(), abs=1e-5)
+        assert row["label"] == ["neg", "pos"][int(mean.argmax())]
+    metrics = _evaluate(capsys, out, long_file)
+    assert metrics["examples"] == 7 and sum(map(sum, metrics["confusion_matrix"])) == 7
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(long_file), "--long-text", "head-tail"]) == 0
+    assert "kept their first and last tokens" in capsys.readouterr().err
+
+
 def test_classify_sentence_pairs(tmp_path, encoder_dir, files, capsys):
     out = tmp_path / "pairs"
     _finetune(encoder_dir, "classify", files["pairs"], out, "--eval-fraction", "0.2", "--epochs", "1")

@@ -55,29 +55,99 @@ def _label_id(ids: dict[str, int], name: str, source: str, line: int) -> int:
     return ids[name]
 
 
-def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label_map: LabelMap | None,
-                          max_length: int) -> list[dict[str, Any]]:
-    """[CLS] text [SEP] (text_pair [SEP]) truncated to ``max_length``; ``labels`` is an int.
+# How a classification text longer than max_length becomes features (``--long-text``).
+LONG_TEXT = ("truncate", "head-tail", "windows")
+# head-tail keeps this share of the token budget from the start and the rest from the end:
+# Sun et al. 2019 ("How to Fine-Tune BERT for Text Classification?") found 128 head + 382 tail
+# tokens of 510 the best way to fit IMDb reviews into 512 positions.
+HEAD_SHARE = 128 / 510
 
-    Examples without a label (prediction data) get no ``labels`` key.
+
+def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label_map: LabelMap | None,
+                          max_length: int, long_text: str = "truncate", stride: int = 0) -> list[dict[str, Any]]:
+    """[CLS] text [SEP] (text_pair [SEP]) in at most ``max_length`` tokens; ``labels`` is an int.
+
+    A single text longer than that is cut per ``long_text``: ``truncate`` keeps its start,
+    ``head-tail`` its first ``HEAD_SHARE`` and its last tokens, ``windows`` splits it into
+    windows of ``max_length`` overlapping by ``stride`` tokens: several features with the same
+    ``example_id`` (the example's index), whose predictions the task pools. A cut example's
+    feature(s) carry ``n_tokens``, its full length without special tokens. Pairs are truncated
+    longest-first. Examples without a label (prediction data) get no ``labels`` key.
     """
-    tok = configured(tok, max_length)
+    if long_text not in LONG_TEXT:
+        raise PlmkitError(f"unknown long-text mode '{long_text}' (choose {', '.join(LONG_TEXT)})")
     ids = label_ids(label_map) if label_map is not None else {}
     singles = [i for i, ex in enumerate(examples) if ex.text_pair is None]
     pairs = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
-    encodings: list[Any] = [None] * len(examples)
-    for i, enc in zip(singles, tok.encode_batch([examples[i].text for i in singles])):
-        encodings[i] = enc
-    for i, enc in zip(pairs, tok.encode_batch([(examples[i].text, examples[i].text_pair) for i in pairs])):
-        encodings[i] = enc
+    if pairs and long_text != "truncate":
+        raise PlmkitError(f"--long-text {long_text} is for single texts; sentence pairs are truncated "
+                          "longest-first (use --long-text truncate)")
+    per_example: list[list[dict[str, Any]]] = [[] for _ in examples]
+    if singles:
+        frame = TextFrame(tok, max_length)
+        plain = configured(tok, None)
+        for i, enc in zip(singles, plain.encode_batch([examples[i].text for i in singles], add_special_tokens=False)):
+            per_example[i] = frame.features(enc.ids, long_text, stride)
+    if pairs:
+        cut, full = configured(tok, max_length), configured(tok, None)
+        texts = [(examples[i].text, examples[i].text_pair) for i in pairs]
+        for i, enc, whole in zip(pairs, cut.encode_batch(texts), full.encode_batch(texts)):
+            feat = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+            if len(whole.ids) > len(enc.ids):
+                feat["n_tokens"] = len(whole.ids)
+            per_example[i] = [feat]
     features = []
-    for ex, enc in zip(examples, encodings):
-        feat: dict[str, Any] = {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
-                                "token_type_ids": enc.type_ids}
-        if ex.label is not None and label_map is not None:
-            feat["labels"] = _label_id(ids, ex.label, ex.source, ex.line)
-        features.append(feat)
+    for i, (ex, feats) in enumerate(zip(examples, per_example)):
+        for feat in feats:
+            if ex.label is not None and label_map is not None:
+                feat["labels"] = _label_id(ids, ex.label, ex.source, ex.line)
+            if long_text == "windows":
+                feat["example_id"] = i
+            features.append(feat)
     return features
+
+
+class TextFrame:
+    """The special tokens a tokenizer puts around one text ([CLS] ... [SEP] for BERT, nothing
+    for GPT-2), so token slices of a long text can be framed like a whole one."""
+
+    def __init__(self, tok: Tokenizer, max_length: int):
+        probe = configured(tok, None).encode("a", add_special_tokens=True)
+        mask = probe.special_tokens_mask
+        first = next((j for j, m in enumerate(mask) if m == 0), len(mask))          # the text's tokens:
+        last = next((j for j in reversed(range(len(mask))) if mask[j] == 0), first - 1)  # [first, last]
+        self.prefix, self.suffix = probe.ids[:first], probe.ids[last + 1:]
+        self.prefix_types, self.suffix_types = probe.type_ids[:first], probe.type_ids[last + 1:]
+        self.content_type = probe.type_ids[first] if first <= last else 0
+        self.budget = max_length - len(self.prefix) - len(self.suffix)    # content tokens per feature
+        if self.budget < 2:
+            raise PlmkitError(f"max_length {max_length} leaves no room for text after the special tokens")
+
+    def feature(self, content: Sequence[int]) -> dict[str, Any]:
+        input_ids = [*self.prefix, *content, *self.suffix]
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
+                "token_type_ids": [*self.prefix_types, *[self.content_type] * len(content), *self.suffix_types]}
+
+    def features(self, ids: list[int], long_text: str, stride: int) -> list[dict[str, Any]]:
+        n, size = len(ids), self.budget
+        if n <= size:
+            return [self.feature(ids)]
+        if long_text == "truncate":
+            parts = [ids[:size]]
+        elif long_text == "head-tail":
+            head = max(1, round(size * HEAD_SHARE))
+            parts = [ids[:head] + ids[n - (size - head):]]
+        else:
+            if not 0 <= stride < size:
+                raise PlmkitError(f"window overlap (--doc-stride) {stride} must be below the {size} text "
+                                  "tokens of a window")
+            parts, start = [], 0
+            while True:
+                parts.append(ids[start:start + size])
+                if start + size >= n:
+                    break
+                start += size - stride
+        return [{**self.feature(part), "n_tokens": n} for part in parts]
 
 
 def encode_ner(tok: Tokenizer, examples: Sequence[TokenExample], label_map: LabelMap | None,

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
+from ..data.features import LONG_TEXT
 from ..tasks import TASKS, Infer, TaskData, evaluate_detailed, load_finetuned
 
 
@@ -23,10 +24,14 @@ class Config:
     batch_size: int = option(64, help="examples per batch")
     precision: str = option("bf16", help="bf16 autocast or fp32", choices=["auto", "bf16", "fp32"])
     max_new_tokens: int = option(32, help="generate: completion length limit")
+    long_text: str | None = option(None, help="classify: how texts longer than the model's max_length are "
+                                   "read (default: as in fine-tuning)", choices=list(LONG_TEXT))
 
 
 def run(cfg: Config) -> int:
     model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    if cfg.long_text is not None:
+        prep.long_text = cfg.long_text
     examples = task.read(cfg.data, prep, labels=model.head_config.get("labels"))
     features = task.encode(tok, examples, model.head_config, prep)
     data = TaskData(examples, features, tok, model.head_config,

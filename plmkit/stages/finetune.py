@@ -32,7 +32,7 @@ from .. import __version__
 from ..adapters import AdapterSettings, adapter_state_dict, apply_strategy, strategy_meta
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo
 from ..config import build, dump_yaml, option, to_dict
-from ..data.features import collate, length_bucketed_batches
+from ..data.features import LONG_TEXT, collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
 from ..models.checkpoint import ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, replace_head, write_checkpoint_files
@@ -76,8 +76,12 @@ class _Options:
     save_every: int = option(500, help="resumable checkpoint every N steps")
     log_every: int = option(10, help="log training metrics every N steps")
     seed: int = option(0, help="random seed")
-    max_length: int = option(128, help="tokens per example (longer inputs are truncated)")
-    doc_stride: int | None = option(None, help="qa: overlap of context windows in tokens "
+    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
+    long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
+                            "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
+                            "split into overlapping windows whose predictions are averaged (windows)",
+                            choices=list(LONG_TEXT))
+    doc_stride: int | None = option(None, help="qa, classify windows: overlap of windows in tokens "
                                     "(default: max_length // 4, at most 128)")
     max_new_tokens: int = option(32, help="generate: completion length when evaluating")
     text_column: str | None = option(None, help="classify: text column (default: sentence, text, ...)")
@@ -168,8 +172,10 @@ def _work_dir(out: Path, cfg: Config) -> Path:
 def _prep(cfg: Config) -> Prep:
     if cfg.max_length < 8:
         raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
+    if cfg.long_text != "truncate" and cfg.task != "classify":
+        raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
     stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
-    return Prep(max_length=cfg.max_length, doc_stride=stride, text_column=cfg.text_column,
+    return Prep(max_length=cfg.max_length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
                 text_pair_column=cfg.text_pair_column, label_column=cfg.label_column, header=cfg.header)
 
 
