@@ -75,12 +75,28 @@ def _variants(cfg: Config) -> list[bench.Variant]:
     if source is None:
         print("no PyTorch checkpoint among --models or their parents: no baseline row (pass --baseline DIR)")
         return variants
+    problem = _no_hf_equivalent(source)
+    if problem:
+        print(f"no transformers baseline row: {source}: {problem}; speedups are relative to the first row")
+        return variants
     base = bench.Variant(f"transformers-fp32-eager ({source.name})", str(source), "transformers", "fp32",
                          variants[0].task, str(source), baseline=True)
     if bench.task_of_dir(source)[1] != base.task:
         raise PlmkitError(f"{source}: the baseline does task '{bench.task_of_dir(source)[1]}', "
                           f"the models do '{base.task}'")
     return [base, *variants]
+
+
+def _no_hf_equivalent(source: Path) -> str | None:
+    """Why transformers cannot run what the plmkit checkpoint ``source`` computes, or None."""
+    from ..models.checkpoint import hf_pooling_problem, read_model_config
+    from ..models.config import config_from_dict
+
+    raw = read_model_config(source)
+    if "plmkit" not in raw or not isinstance(raw.get("model"), dict):
+        return None
+    cfg = config_from_dict(raw["model"], source=str(source / "config.json"))
+    return hf_pooling_problem(cfg, raw.get("task", "base"), raw.get("head_config") or {})
 
 
 def run(cfg: Config) -> int:

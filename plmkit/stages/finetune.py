@@ -30,13 +30,15 @@ from tokenizers import Tokenizer
 
 from .. import __version__
 from ..adapters import AdapterSettings, adapter_state_dict, apply_strategy, strategy_meta
-from ..adapters.strategies import EMBEDDINGS, StrategyInfo
+from ..adapters.strategies import EMBEDDINGS, StrategyInfo, default_lr, lr_help
 from ..config import build, dump_yaml, option, to_dict
 from ..data.features import LONG_TEXT, collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
-from ..models.checkpoint import ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, replace_head, write_checkpoint_files
+from ..models.checkpoint import (ADAPTER_FORMAT, ADAPTER_WEIGHTS, load_model, read_model_config, replace_head,
+                                 write_checkpoint_files)
 from ..models.config import config_to_dict
+from ..models.heads import POOLINGS, default_pooling
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
@@ -57,12 +59,16 @@ class _Options:
     eval: str | None = option(None, help="evaluation data file (selects the best checkpoint)")
     eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation")
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
+    pooling: str = option("auto", help="classify with an encoder: what the head reads: the pooler, the [CLS] "
+                          "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
+                          "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models",
+                          choices=["auto", *POOLINGS])
     epochs: float = option(3.0, help="passes over the training data")
     max_steps: int | None = option(None, help="stop after this many optimizer steps")
     budget: str | None = option(None, help="wall-clock limit, e.g. 20m")
     batch_size: int = option(32, help="examples per batch")
     eval_batch_size: int = option(64, help="examples per batch when evaluating")
-    lr: float = option(2e-5, help="peak learning rate")
+    lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})")
     warmup_ratio: float = option(0.1, help="linear warmup as a fraction of the steps")
     schedule: str = option("linear", help="decay after warmup", choices=["linear", "cosine", "constant"])
     weight_decay: float = option(0.01, help="AdamW weight decay")
@@ -108,6 +114,8 @@ Config.__module__ = __name__
 
 def run(cfg: Config) -> int:
     task = TASKS[cfg.task]
+    if cfg.lr is None:                      # resolved here, so finetune.yaml and plmkit.json record the rate used
+        cfg.lr = default_lr(cfg.strategy)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     work = _work_dir(out, cfg)
     prep = _prep(cfg)
@@ -217,14 +225,44 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
     if prep.max_length > model.config.max_position:
         raise PlmkitError(f"--max-length {prep.max_length} exceeds the model's {model.config.max_position} "
                           "positions")
+    pooling = _pooling(cfg, model)
+    if pooling is not None:
+        head_config["pooling"] = pooling
     same = (model.task == task.head and model.head_config.get("labels") == head_config.get("labels")
-            and model.head_config.get("num_labels") == head_config.get("num_labels"))
+            and model.head_config.get("num_labels") == head_config.get("num_labels")
+            and model.head_config.get("pooling", default_pooling(model.config)) == head_config.get(
+                "pooling", default_pooling(model.config)))
     if same:
         model.head_config = dict(head_config)     # the parent's head already fits: keep training it
     else:
         torch.manual_seed(cfg.seed)               # a fresh head, initialised from the run's seed
         replace_head(model, task.head, head_config)
     return model
+
+
+def _pooling(cfg: Config, model: PlmModel) -> str | None:
+    """What a classification head on an encoder reads (head_config["pooling"]); None otherwise.
+
+    auto: a Hugging Face checkpoint keeps what transformers' AutoModelForSequenceClassification
+    reads (BERT: the pooler), so the result exports back to it; a plmkit checkpoint keeps the
+    pooling of its classification head, else reads the mean of the token states: the MLM
+    objective leaves its knowledge in the token states, while the [CLS] position and the pooler
+    are trained, if at all, for next-sentence prediction (benchmarks/RESULTS.md, the demo).
+    """
+    if cfg.task != "classify" or model.config.causal:
+        if cfg.pooling != "auto":
+            raise PlmkitError("--pooling is for classification with an encoder (a decoder reads its last token)")
+        return None
+    if cfg.pooling == "pooler" and not model.config.use_pooler:
+        raise PlmkitError(f"{cfg.model}: the model has no pooler; choose --pooling cls or mean")
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    saved = read_model_config(cfg.model)
+    if "plmkit" not in saved:
+        return default_pooling(model.config)
+    if saved.get("task") == "classify":
+        return saved.get("head_config", {}).get("pooling", default_pooling(model.config))
+    return "mean"
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:

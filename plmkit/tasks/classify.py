@@ -5,7 +5,6 @@ training data, stored in the checkpoint so predictions come out as names again.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import torch
@@ -45,7 +44,7 @@ class ClassifyTask:
                                          prep.max_length, prep.long_text, prep.doc_stride)
         note = long_text_note(examples, features, prep)
         if note:
-            print(note, file=sys.stderr)
+            print(note)
         return features
 
     def _probs(self, model: nn.Module, data: TaskData) -> torch.Tensor:
