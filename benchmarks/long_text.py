@@ -1,6 +1,6 @@
 """Long texts: --long-text truncate vs head-tail vs windows, on documents of 500-2,000 tokens.
 
-    python benchmarks/long_text.py            # ~1 h on a quiet 2-core CPU; work in bench_out/long_text/
+    python benchmarks/long_text.py [--data ../shared/data]     # ~1-2 h on 2 cores; work in bench_out/long_text/
 
 Documents are built from the shared data, with all-MiniLM-L6-v2's tokenizer counting tokens:
 
@@ -12,9 +12,9 @@ Documents are built from the shared data, with all-MiniLM-L6-v2's tokenizer coun
 
 Model S is all-MiniLM-L6-v2 fine-tuned on 2,000 short SST-2 sentences (rows 0-2,000); it reads
 the test documents with each mode (`plmkit evaluate --long-text ...`). Models T, H and W are
-fine-tuned on 300 buried documents (SST-2 rows 2,000-30,000) with truncate, head-tail and windows,
-each evaluated in its own mode. Test documents: 200 of each kind from SST-2 rows 60,000+. All runs:
---max-length 128 (126 text tokens: head-tail keeps 32 + 94), windows overlap 32 tokens, seed 0.
+fine-tuned on 200 buried documents (SST-2 rows 2,000-30,000) with truncate, head-tail and windows,
+each evaluated in its own mode. Test documents: 150 of each kind from SST-2 rows 60,000+. All runs:
+2 epochs at lr 1e-4, --max-length 128 (126 text tokens: head-tail keeps 32 + 94), windows overlap 32 tokens, seed 0.
 "windows, mean of probabilities" pools the same window outputs by probability instead of logit.
 """
 from __future__ import annotations
@@ -49,13 +49,13 @@ def plmkit(*args: str) -> str:
     return res.stdout
 
 
-def sst2_rows() -> list[tuple[str, str]]:
-    lines = (DATA / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
+def sst2_rows(data: Path) -> list[tuple[str, str]]:
+    lines = (data / "sst2" / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
     return [tuple(line.rsplit("\t", 1)) for line in lines]  # type: ignore[misc]
 
 
-def wiki_paragraphs() -> list[str]:
-    lines = (DATA / "corpus" / "wikitext2-valid.txt").read_text(encoding="utf-8").splitlines()
+def wiki_paragraphs(data: Path) -> list[str]:
+    lines = (data / "corpus" / "wikitext2-valid.txt").read_text(encoding="utf-8").splitlines()
     return [s.strip() for s in lines if len(s.split()) > 20 and not s.strip().startswith("=")]
 
 
@@ -117,20 +117,21 @@ def windows_by_probability(model: Path, data: Path) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fresh", action="store_true", help="rebuild everything in bench_out/long_text")
+    ap.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     args = ap.parse_args()
     if args.fresh:
         shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    rows, wiki = sst2_rows(), wiki_paragraphs()
+    rows, wiki = sst2_rows(args.data), wiki_paragraphs(args.data)
     files = {"short": write_tsv(OUT / "short.tsv", rows[:2000]),
-             "train": write_tsv(OUT / "buried_train.tsv", build_docs("buried", 300, rows[2000:30000], wiki, 1)),
-             "spread": write_tsv(OUT / "spread_test.tsv", build_docs("spread", 200, rows[60000:], wiki, 2)),
-             "buried": write_tsv(OUT / "buried_test.tsv", build_docs("buried", 200, rows[60000:], wiki, 3))}
+             "train": write_tsv(OUT / "buried_train.tsv", build_docs("buried", 200, rows[2000:30000], wiki, 1)),
+             "spread": write_tsv(OUT / "spread_test.tsv", build_docs("spread", 150, rows[60000:], wiki, 2)),
+             "buried": write_tsv(OUT / "buried_test.tsv", build_docs("buried", 150, rows[60000:], wiki, 3))}
     table = []
     model_s = OUT / "S"
     if not model_s.exists():
         plmkit("finetune", "--model", str(minilm_dir()), "--task", "classify", "--train", str(files["short"]),
-               "--out", str(model_s), "--epochs", "2", "--lr", "5e-5", *COMMON)
+               "--out", str(model_s), "--epochs", "2", "--lr", "1e-4", *COMMON)
     for kind in ("spread", "buried"):
         accs = [evaluate(model_s, files[kind], mode) for mode in MODES]
         table.append((f"S (short sentences) on {kind}", *accs, windows_by_probability(model_s, files[kind])))
@@ -139,7 +140,7 @@ def main() -> None:
         model = OUT / f"buried-{mode}"
         if not model.exists():
             plmkit("finetune", "--model", str(minilm_dir()), "--task", "classify", "--train", str(files["train"]),
-                   "--out", str(model), "--epochs", "2", "--lr", "5e-5", "--long-text", mode, *COMMON)
+                   "--out", str(model), "--epochs", "2", "--lr", "1e-4", "--long-text", mode, *COMMON)
         trained[mode] = evaluate(model, files["buried"], mode)
     table.append(("T / H / W (trained on buried, own mode) on buried", *[trained[m] for m in MODES],
                   windows_by_probability(OUT / "buried-windows", files["buried"])))

@@ -253,6 +253,10 @@ def test_classification_pooling_mean_for_plmkit_models_pooler_for_hf_ones(tmp_pa
     hf_dir = export_hf(load_model(encoder_dir), tmp_path / "hf_mlm", load_tokenizer(encoder_dir))
     _finetune(hf_dir, "classify", files["train"], tmp_path / "from_hf", "--epochs", "1")
     assert json.loads((tmp_path / "from_hf" / "config.json").read_text())["head_config"]["pooling"] == "pooler"
+    capsys.readouterr()
+    assert main(["finetune", "--model", str(encoder_dir), "--task", "ner", "--train", str(files["ner_train"]),
+                 "--out", str(tmp_path / "ner"), "--pooling", "mean"]) == 1
+    assert "--pooling is for classification" in capsys.readouterr().err and not (tmp_path / "ner").exists()
     # the mean is over real tokens only: padding does not change an example's logits
     model = load_model(mean).eval()
     ids = torch.tensor([[2, 7, 8, 9, 3], [2, 7, 3, 0, 0]])

@@ -84,6 +84,9 @@ def print_results(out: Path, elapsed: float) -> None:
             for r in bench["rows"]]
     print("\nmodel variants on the held-out generated sentences:")
     print(_format(head, body))
+    if not any(r.get("baseline") for r in bench["rows"]):
+        print(f"  (no transformers baseline row, speedups are relative to the first row; why: "
+              f"{out / '.recipe' / 'logs' / 'bench.log'})")
     rows = []
     for name, start in (("finetune", "pre-trained"), ("finetune_scratch", "from scratch")):
         meta = out / name / "plmkit.json"

@@ -180,6 +180,8 @@ def _work_dir(out: Path, cfg: Config) -> Path:
 def _prep(cfg: Config) -> Prep:
     if cfg.max_length < 8:
         raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
+    if cfg.pooling != "auto" and cfg.task != "classify":
+        raise PlmkitError(f"--pooling is for classification (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
         raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
     stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
@@ -250,8 +252,8 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
     are trained, if at all, for next-sentence prediction (benchmarks/RESULTS.md, the demo).
     """
     if cfg.task != "classify" or model.config.causal:
-        if cfg.pooling != "auto":
-            raise PlmkitError("--pooling is for classification with an encoder (a decoder reads its last token)")
+        if cfg.pooling != "auto":   # other tasks were refused in _prep
+            raise PlmkitError("--pooling is for encoders (a decoder's classification head reads its last token)")
         return None
     if cfg.pooling == "pooler" and not model.config.use_pooler:
         raise PlmkitError(f"{cfg.model}: the model has no pooler; choose --pooling cls or mean")
