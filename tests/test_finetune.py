@@ -188,6 +188,87 @@ def test_classify_end_to_end_labels_as_names(tmp_path, encoder_dir, files, capsy
     assert [r["label"] for r in rows] == ["pos", "neg"] and all(0.5 <= r["score"] <= 1 for r in rows)
 
 
+def test_long_texts_are_counted_and_windows_pool_their_predictions(tmp_path, encoder_dir, files, capsys):
+    """A text longer than --max-length is no longer cut silently: the warning counts them; windows
+    (stored in the checkpoint) give one prediction per example, the mean of its windows' logits."""
+    rng = random.Random(3)
+    rows = ["sentence\tlabel"] + [f"{_sentence(rng, True)}\tpos" for _ in range(4)]
+    rows += [" ".join(_sentence(rng, y) for _ in range(12)) + f"\t{'pos' if y else 'neg'}" for y in (True, False, True)]
+    long_file = tmp_path / "long.tsv"
+    long_file.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    out = tmp_path / "win"
+    _finetune(encoder_dir, "classify", files["train"], out, "--epochs", "1", "--eval", str(long_file))
+    err = capsys.readouterr().out
+    assert f"warning: 3 of 7 examples in {long_file} are longer than max_length 48" in err and "truncated" in err
+    assert "train.tsv are longer" not in err                      # the short training file gets no warning
+    _finetune(encoder_dir, "classify", files["train"], out, "--epochs", "1", "--long-text", "windows",
+              "--doc-stride", "8", "--overwrite")
+    assert json.loads((out / "config.json").read_text())["head_config"]["preprocess"]["long_text"] == "windows"
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), "--input", str(long_file), "--output", str(tmp_path / "p.jsonl"),
+                 "--precision", "fp32"]) == 0
+    err = capsys.readouterr().out
+    assert "note: 3 of 7 examples" in err and "windows overlapping by 8 tokens" in err
+    pred = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(pred) == 7
+    # the same pooling by hand: every window through the model, logits averaged per example
+    from plmkit.data.features import collate, encode_classification
+    from plmkit.data.readers import read_classification
+    from plmkit.tasks import load_finetuned
+
+    model, _, prep, tok = load_finetuned(str(out))
+    feats = encode_classification(tok, read_classification(str(long_file)), None, 48, "windows", 8)
+    with torch.no_grad():
+        logits = torch.cat([model(**{k: v for k, v in collate([f], 0).items()}).logits for f in feats])
+    ids = torch.tensor([f["example_id"] for f in feats])
+    assert ids.tolist().count(6) > 1                               # the long examples have several windows
+    for i, row in enumerate(pred):
+        mean = logits[ids == i].mean(0).softmax(-1)
+        assert row["score"] == pytest.approx(mean.max().item(), abs=1e-5)
+        assert row["label"] == ["neg", "pos"][int(mean.argmax())]
+    metrics = _evaluate(capsys, out, long_file)
+    assert metrics["examples"] == 7 and sum(map(sum, metrics["confusion_matrix"])) == 7
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--data", str(long_file), "--long-text", "head-tail"]) == 0
+    assert "kept their first and last tokens" in capsys.readouterr().out
+
+
+def test_classification_pooling_mean_for_plmkit_models_pooler_for_hf_ones(tmp_path, encoder_dir, files, capsys):
+    """auto reads the mean of the token states on a plmkit pre-trained model (its unused pooler is
+    dropped, and export to transformers, whose BERT classifier reads the pooler, is refused with
+    the way out), and the pooler on a Hugging Face model, as AutoModelForSequenceClassification."""
+    from plmkit.models.checkpoint import export_hf
+    from plmkit.tokenizer import load_tokenizer
+
+    mean = tmp_path / "mean"
+    _finetune(encoder_dir, "classify", files["train"], mean, "--epochs", "1")
+    assert json.loads((mean / "config.json").read_text())["head_config"]["pooling"] == "mean"
+    assert not any(k.startswith("backbone.pooler.") for k in load_file(str(mean / "model.safetensors")))
+    capsys.readouterr()
+    assert main(["export", "--model", str(mean), "--format", "hf", "--out", str(tmp_path / "hf_mean")]) == 1
+    err = capsys.readouterr().err
+    assert "reads 'mean' pooling" in err and "--pooling pooler" in err and not (tmp_path / "hf_mean").exists()
+    pooler = tmp_path / "pooler"
+    _finetune(encoder_dir, "classify", files["train"], pooler, "--epochs", "1", "--pooling", "pooler")
+    assert main(["export", "--model", str(pooler), "--format", "hf", "--out", str(tmp_path / "hf_pooler")]) == 0
+    hf_dir = export_hf(load_model(encoder_dir), tmp_path / "hf_mlm", load_tokenizer(encoder_dir))
+    _finetune(hf_dir, "classify", files["train"], tmp_path / "from_hf", "--epochs", "1")
+    assert json.loads((tmp_path / "from_hf" / "config.json").read_text())["head_config"]["pooling"] == "pooler"
+    capsys.readouterr()
+    assert main(["finetune", "--model", str(encoder_dir), "--task", "ner", "--train", str(files["ner_train"]),
+                 "--out", str(tmp_path / "ner"), "--pooling", "mean"]) == 1
+    assert "--pooling is for classification" in capsys.readouterr().err and not (tmp_path / "ner").exists()
+    # the mean is over real tokens only: padding does not change an example's logits
+    model = load_model(mean).eval()
+    ids = torch.tensor([[2, 7, 8, 9, 3], [2, 7, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, :3], attention_mask=mask[1:, :3]).logits
+    assert torch.allclose(batch[1], alone[0], atol=1e-5)
+
+
 def test_classify_sentence_pairs(tmp_path, encoder_dir, files, capsys):
     out = tmp_path / "pairs"
     _finetune(encoder_dir, "classify", files["pairs"], out, "--eval-fraction", "0.2", "--epochs", "1")
@@ -278,6 +359,25 @@ def test_adapter_strategies_save_only_their_weights(tmp_path, encoder_dir, files
             assert torch.equal(p, parent[base]), name                  # frozen: bit-identical to the parent
     metrics = _evaluate(capsys, out, files["eval"])                    # round trip through evaluate
     assert metrics["accuracy"] == pytest.approx(meta["metrics"]["eval"]["accuracy"])
+
+
+def test_each_strategy_trains_at_its_own_default_lr(tmp_path, encoder_dir, files, capsys):
+    """Without --lr a run uses its strategy's measured rate (shown in --help) and records it."""
+    from plmkit.adapters.strategies import STRATEGIES
+
+    assert len({s.lr for s in STRATEGIES.values()}) > 1             # not one rate for all
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert all(f"{name} {s.lr:g}" in shown for name, s in STRATEGIES.items())
+    for spec in ("probe", "freeze:1"):
+        out = tmp_path / spec.replace(":", "")
+        assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
+                     "--out", str(out), "--strategy", spec, "--max-steps", "2", "--max-length", "48"]) == 0
+        assert _meta(out)["config"]["lr"] == STRATEGIES[spec.partition(":")[0]].lr
+    assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
+                 "--out", str(tmp_path / "given"), "--strategy", "probe", "--lr", "0.5", "--max-steps", "2"]) == 0
+    assert _meta(tmp_path / "given")["config"]["lr"] == 0.5
 
 
 def test_full_and_freeze_keep_frozen_weights_bit_identical(tmp_path, encoder_dir, files):

@@ -242,6 +242,39 @@ def test_encode_classification_unpadded_truncated_and_tokenizer_untouched(tok):
         encode_classification(tok, [TextExample("x", label="7", line=4, source="dev.tsv")], ["0", "1"], 16)
 
 
+def _numbered(n: int) -> str:
+    """n words that are one token each in MiniLM's vocabulary, their order readable from the ids."""
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return " ".join(words[i % 10] for i in range(n))
+
+
+def test_long_text_modes_give_the_right_token_slices(tok):
+    """truncate keeps the start, head-tail the first quarter and the end, windows everything,
+    overlapping by the stride; every feature is framed [CLS] ... [SEP]."""
+    text = _numbered(100)
+    ids = configured(tok, None).encode(text, add_special_tokens=False).ids
+    assert len(ids) == 100
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    ex = [TextExample(text, label="1"), TextExample("short one", label="0")]
+    cut = encode_classification(tok, ex, ["0", "1"], max_length=34)          # 32 text tokens per feature
+    assert cut[0]["input_ids"] == [cls, *ids[:32], sep] and cut[0]["n_tokens"] == 100
+    assert "n_tokens" not in cut[1] and "example_id" not in cut[0]
+    head_tail = encode_classification(tok, ex, ["0", "1"], 34, long_text="head-tail")
+    assert head_tail[0]["input_ids"] == [cls, *ids[:8], *ids[-24:], sep]     # round(32 * 128 / 510) = 8
+    assert head_tail[0]["token_type_ids"] == [0] * 34
+    win = encode_classification(tok, ex, ["0", "1"], 34, long_text="windows", stride=8)
+    assert [f["example_id"] for f in win] == [0, 0, 0, 0, 1] and [f["labels"] for f in win] == [1, 1, 1, 1, 0]
+    starts = [0, 24, 48, 72]                                                 # step 32 - 8
+    for f, start in zip(win, starts):
+        assert f["input_ids"] == [cls, *ids[start:start + 32], sep]
+    assert win[3]["input_ids"][-2] == ids[-1]                                # the last window reaches the end
+    assert win[4]["input_ids"] == cut[1]["input_ids"]                        # a short text: one window, as before
+    with pytest.raises(PlmkitError, match="below the 32 text tokens"):
+        encode_classification(tok, ex, ["0", "1"], 34, long_text="windows", stride=32)
+    with pytest.raises(PlmkitError, match="single texts"):
+        encode_classification(tok, [TextExample("a", "b", label="1")], ["0", "1"], 34, long_text="windows")
+
+
 def test_encode_ner_labels_first_subword_only(tok):
     ex = [TokenExample(["Hello", "worldly", "Smith"], ["O", "B-PER", "I-PER"])]
     labels = ["B-PER", "I-PER", "O"]

@@ -319,6 +319,35 @@ def test_an_int8_directory_is_served_on_onnxruntime_without_asking(model_dirs, t
         ServedModel(int8, "torch")
 
 
+@pytest.mark.parametrize("long_text", ["truncate", "head-tail", "windows"])
+def test_classify_reads_long_texts_as_predict_does(model_dirs, tmp_path, long_text):
+    """The checkpoint's long-text setting reaches serve: same scores as plmkit predict's code."""
+    from plmkit.models.checkpoint import load_model
+    from plmkit.tasks import Infer, TaskData, load_finetuned
+    from plmkit.tokenizer import load_tokenizer
+
+    src = model_dirs["classify"]
+    model = load_model(src)
+    model.head_config["preprocess"] = {"max_length": 12, "long_text": long_text, "doc_stride": 3}
+    path = save_checkpoint(model, tmp_path / "m", tokenizer=load_tokenizer(src))
+    texts = [" ".join(CORPUS.split()[:60]), "alice met bob"]
+    served = ServedModel(path, precision="fp32")
+    items = served.prepare_classify(texts, None)
+    assert len(items[0].payload["windows"]) == (9 if long_text == "windows" else 1)  # 60 tokens, 10 a window, step 7
+    got = served.run("classify", [it.payload for it in items])
+    loaded, task, prep, tok = load_finetuned(str(path))
+    examples = task.read(str(_tsv(tmp_path, texts)), prep, require_labels=False)
+    want = task.predict(loaded, TaskData(examples, task.encode(tok, examples, loaded.head_config, prep), tok,
+                                         loaded.head_config, Infer(precision="fp32")))
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
+
+
+def _tsv(tmp_path: Path, texts: list[str]) -> Path:
+    path = tmp_path / "in.tsv"
+    path.write_text("sentence\n" + "\n".join(texts) + "\n")
+    return path
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=12)

@@ -50,6 +50,7 @@ class Plan:
 class Strategy:
     build: Callable[[nn.Module, int | None, AdapterSettings], Plan]
     help: str
+    lr: float                       # default peak learning rate (finetune without --lr): benchmarks/strategy_lr.py
     arg: str | None = None          # name of the ":N" argument, when the strategy takes one
     adapter_only: bool = True       # save only the trained weights (+ a pointer to the parent)
     structural: bool = False        # adds modules: loading needs the strategy re-applied first
@@ -124,15 +125,31 @@ def _adapter(model: nn.Module, arg: int | None, cfg: AdapterSettings) -> Plan:
     return Plan(lambda name: _is_new_head(name) or ".adapter." in name, wrapped)
 
 
+# Default learning rates: the best on SST-2 dev of a sweep per strategy (all-MiniLM-L6-v2, 2,000
+# sentences, 2 epochs; benchmarks/strategy_lr.py, benchmarks/RESULTS.md). Fewer trained weights
+# want a larger rate: the head alone, or biases alone, barely move at full fine-tuning's 2e-5.
 STRATEGIES: dict[str, Strategy] = {
-    "full": Strategy(_full, "train every parameter", adapter_only=False),
-    "probe": Strategy(_probe, "backbone frozen, head trained"),
-    "freeze": Strategy(_freeze, "embeddings and bottom N layers frozen", arg="N", adapter_only=False),
-    "adapter": Strategy(_adapter, "Houlsby bottleneck adapters after attention and FFN outputs",
+    "full": Strategy(_full, "train every parameter", lr=2e-5, adapter_only=False),
+    "probe": Strategy(_probe, "backbone frozen, head trained", lr=2e-5),
+    "freeze": Strategy(_freeze, "embeddings and bottom N layers frozen", lr=2e-5, arg="N", adapter_only=False),
+    "adapter": Strategy(_adapter, "Houlsby bottleneck adapters after attention and FFN outputs", lr=2e-5,
                         structural=True),
-    "lora": Strategy(_lora, "low-rank updates on the target Linears", structural=True, fold=merge_lora),
-    "bitfit": Strategy(_bitfit, "only biases and the head train"),
+    "lora": Strategy(_lora, "low-rank updates on the target Linears", lr=2e-5, structural=True, fold=merge_lora),
+    "bitfit": Strategy(_bitfit, "only biases and the head train", lr=2e-5),
 }
+
+
+def default_lr(spec: str) -> float:
+    """The learning rate a strategy spec ('lora', 'freeze:4', ...) trains with when none is given."""
+    name = str(spec).strip().partition(":")[0]
+    if name not in STRATEGIES:
+        raise PlmkitError(f"strategy '{spec}': unknown strategy; valid forms: {valid_forms()}")
+    return STRATEGIES[name].lr
+
+
+def lr_help() -> str:
+    """'full 2e-05, probe 0.03, ...' for --help."""
+    return ", ".join(f"{name} {s.lr:g}" for name, s in STRATEGIES.items())
 
 
 def _num_layers(model: nn.Module) -> int:

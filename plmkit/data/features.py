@@ -61,21 +61,32 @@ def _label_id(ids: dict[str, int], name: str, source: str, line: int) -> int:
 
 
 ENCODE_CHUNK = 4096  # examples per encode_batch call: bounds the tokenizer's Encoding objects
+# How a classification text longer than max_length becomes features (``--long-text``).
+LONG_TEXT = ("truncate", "head-tail", "windows")
+# head-tail keeps this share of the token budget from the start and the rest from the end:
+# Sun et al. 2019 ("How to Fine-Tune BERT for Text Classification?") found 128 head + 382 tail
+# tokens of 510 the best way to fit IMDb reviews into 512 positions.
+HEAD_SHARE = 128 / 510
 
 
 class FeatureTable(Sequence[dict[str, Any]]):
     """Unpadded classification features of many examples, stored flat.
 
-    ``ids`` [sum of lengths] holds every example's token ids back to back (uint16 when the
-    vocabulary fits, else int32), ``starts`` [N + 1] where each begins, ``type_ids`` the
-    segment ids (uint8, pairs only) and ``labels`` [N] (int64, absent for unlabelled data).
+    ``ids`` [sum of lengths] holds every feature's token ids back to back (uint16 when the
+    vocabulary fits, else int32), ``starts`` [F + 1] where each begins, ``type_ids`` the
+    segment ids (uint8, None when all are 0) and ``labels`` [F] (int64, absent for unlabelled
+    data). ``n_tokens`` [F] is the full token count of an example that was cut (0: not cut);
+    ``example_ids`` [F] the example each feature came from, when long texts are split into
+    windows (else None: feature i is example i).
     ``table[i]`` is the same dict of lists the other tasks' features are (attention mask all
     ones: features are unpadded); a slice is a list of such dicts.
     """
 
     def __init__(self, ids: np.ndarray, starts: np.ndarray, type_ids: np.ndarray | None,
-                 labels: np.ndarray | None):
+                 labels: np.ndarray | None, n_tokens: np.ndarray | None = None,
+                 example_ids: np.ndarray | None = None):
         self.ids, self.starts, self.type_ids, self.labels = ids, starts, type_ids, labels
+        self.n_tokens, self.example_ids = n_tokens, example_ids
 
     def __len__(self) -> int:
         return len(self.starts) - 1
@@ -96,6 +107,10 @@ class FeatureTable(Sequence[dict[str, Any]]):
                                                    else [0] * (b - a))}
         if self.labels is not None:
             feat["labels"] = int(self.labels[i])
+        if self.n_tokens is not None and self.n_tokens[i]:
+            feat["n_tokens"] = int(self.n_tokens[i])
+        if self.example_ids is not None:
+            feat["example_id"] = int(self.example_ids[i])
         return feat
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -110,46 +125,118 @@ def feature_lengths(features: Sequence[Mapping[str, Any]]) -> list[int]:
 
 
 def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label_map: LabelMap | None,
-                          max_length: int) -> FeatureTable:
-    """[CLS] text [SEP] (text_pair [SEP]) truncated to ``max_length``; ``labels`` is an int.
+                          max_length: int, long_text: str = "truncate", stride: int = 0) -> FeatureTable:
+    """[CLS] text [SEP] (text_pair [SEP]) in at most ``max_length`` tokens; ``labels`` is an int.
 
-    Examples without a label (prediction data) get no ``labels`` key. Encoded
-    ``ENCODE_CHUNK`` examples at a time, each chunk packed into arrays at once.
+    A single text longer than that is cut per ``long_text``: ``truncate`` keeps its start,
+    ``head-tail`` its first ``HEAD_SHARE`` and its last tokens, ``windows`` splits it into
+    windows of ``max_length`` overlapping by ``stride`` tokens: several features with the same
+    ``example_id`` (the example's index), whose predictions the task pools. A cut example's
+    feature(s) carry ``n_tokens``, its full length. Pairs are truncated longest-first. Examples
+    without a label (prediction data) get no ``labels`` key. Encoded ``ENCODE_CHUNK`` examples
+    at a time, each chunk packed into arrays at once.
     """
-    tok = configured(tok, max_length)
-    ids = label_ids(label_map) if label_map is not None else {}
+    if long_text not in LONG_TEXT:
+        raise PlmkitError(f"unknown long-text mode '{long_text}' (choose {', '.join(LONG_TEXT)})")
+    if long_text != "truncate" and any(ex.text_pair is not None for ex in examples):
+        raise PlmkitError(f"--long-text {long_text} is for single texts; sentence pairs are truncated "
+                          "longest-first (use --long-text truncate)")
+    encoder = _TextEncoder(tok, max_length, long_text, stride)
     dtype = np.uint16 if tok.get_vocab_size(with_added_tokens=True) <= 1 << 16 else np.int32
-    pairs = any(ex.text_pair is not None for ex in examples)
-    id_parts, type_parts, lengths = [], [], []
+    id_parts, type_parts, lengths, cut, owner = [], [], [], [], []
     for c in range(0, len(examples), ENCODE_CHUNK):
-        chunk = examples[c:c + ENCODE_CHUNK]
-        encodings = _encode_texts(tok, chunk)
-        lens = [len(e.ids) for e in encodings]
+        feats = encoder.encode(examples[c:c + ENCODE_CHUNK])
+        lens = [len(f[1]) for f in feats]
         total = sum(lens)
-        id_parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype, total))
-        if pairs:
-            type_parts.append(np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings),
-                                          np.uint8, total))
+        id_parts.append(np.fromiter(itertools.chain.from_iterable(f[1] for f in feats), dtype, total))
+        type_parts.append(np.fromiter(itertools.chain.from_iterable(f[2] for f in feats), np.uint8, total))
         lengths.extend(lens)
-    starts = np.zeros(len(examples) + 1, dtype=np.int64)
+        cut.extend(f[3] for f in feats)
+        owner.extend(c + f[0] for f in feats)
+    starts = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=starts[1:])
-    labelled = label_map is not None and any(ex.label is not None for ex in examples)
-    labels = (np.fromiter((_label_id(ids, ex.label, ex.source, ex.line) for ex in examples), np.int64,
-                          len(examples)) if labelled else None)
-    return FeatureTable(np.concatenate(id_parts) if id_parts else np.zeros(0, dtype),
-                        starts, np.concatenate(type_parts) if pairs else None, labels)
+    owners = np.asarray(owner, dtype=np.int64)
+    labels = None
+    if label_map is not None and any(ex.label is not None for ex in examples):
+        ids = label_ids(label_map)
+        per_example = np.fromiter((_label_id(ids, ex.label, ex.source, ex.line) for ex in examples), np.int64,
+                                  len(examples))
+        labels = per_example[owners]
+    types = np.concatenate(type_parts) if type_parts else np.zeros(0, np.uint8)
+    return FeatureTable(np.concatenate(id_parts) if id_parts else np.zeros(0, dtype), starts,
+                        types if types.any() else None, labels,
+                        np.asarray(cut, dtype=np.int32) if any(cut) else None,
+                        owners if long_text == "windows" else None)
 
 
-def _encode_texts(tok: Tokenizer, examples: Sequence[TextExample]) -> list[Any]:
-    """Encodings in example order; single texts and pairs go to the tokenizer separately."""
-    singles = [i for i, ex in enumerate(examples) if ex.text_pair is None]
-    pairs = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
-    encodings: list[Any] = [None] * len(examples)
-    for i, enc in zip(singles, tok.encode_batch([examples[i].text for i in singles])):
-        encodings[i] = enc
-    for i, enc in zip(pairs, tok.encode_batch([(examples[i].text, examples[i].text_pair) for i in pairs])):
-        encodings[i] = enc
-    return encodings
+class _TextEncoder:
+    """Features of a chunk of examples: (index in the chunk, input ids, type ids, full length if cut else 0)."""
+
+    def __init__(self, tok: Tokenizer, max_length: int, long_text: str, stride: int):
+        self.plain, self.cut = configured(tok, None), configured(tok, max_length)
+        self.tok, self.max_length, self.long_text, self.stride = tok, max_length, long_text, stride
+        self.frame: TextFrame | None = None      # built on the first single text (pairs do not need it)
+
+    def encode(self, examples: Sequence[TextExample]) -> list[tuple[int, list[int], list[int], int]]:
+        singles = [i for i, ex in enumerate(examples) if ex.text_pair is None]
+        pairs = [i for i, ex in enumerate(examples) if ex.text_pair is not None]
+        per_example: list[list[tuple[int, list[int], list[int], int]]] = [[] for _ in examples]
+        if singles:
+            if self.frame is None:
+                self.frame = TextFrame(self.tok, self.max_length)
+            texts = [examples[i].text for i in singles]
+            for i, enc in zip(singles, self.plain.encode_batch(texts, add_special_tokens=False)):
+                per_example[i] = [(i, f["input_ids"], f["token_type_ids"], f.get("n_tokens", 0))
+                                  for f in self.frame.features(enc.ids, self.long_text, self.stride)]
+        if pairs:
+            texts = [(examples[i].text, examples[i].text_pair) for i in pairs]
+            for i, enc, whole in zip(pairs, self.cut.encode_batch(texts), self.plain.encode_batch(texts)):
+                full = len(whole.ids)
+                per_example[i] = [(i, enc.ids, enc.type_ids, full if full > len(enc.ids) else 0)]
+        return [f for feats in per_example for f in feats]
+
+
+class TextFrame:
+    """The special tokens a tokenizer puts around one text ([CLS] ... [SEP] for BERT, nothing
+    for GPT-2), so token slices of a long text can be framed like a whole one."""
+
+    def __init__(self, tok: Tokenizer, max_length: int):
+        probe = configured(tok, None).encode("a", add_special_tokens=True)
+        mask = probe.special_tokens_mask
+        first = next((j for j, m in enumerate(mask) if m == 0), len(mask))          # the text's tokens:
+        last = next((j for j in reversed(range(len(mask))) if mask[j] == 0), first - 1)  # [first, last]
+        self.prefix, self.suffix = probe.ids[:first], probe.ids[last + 1:]
+        self.prefix_types, self.suffix_types = probe.type_ids[:first], probe.type_ids[last + 1:]
+        self.content_type = probe.type_ids[first] if first <= last else 0
+        self.budget = max_length - len(self.prefix) - len(self.suffix)    # content tokens per feature
+        if self.budget < 2:
+            raise PlmkitError(f"max_length {max_length} leaves no room for text after the special tokens")
+
+    def feature(self, content: Sequence[int]) -> dict[str, Any]:
+        input_ids = [*self.prefix, *content, *self.suffix]
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
+                "token_type_ids": [*self.prefix_types, *[self.content_type] * len(content), *self.suffix_types]}
+
+    def features(self, ids: list[int], long_text: str, stride: int) -> list[dict[str, Any]]:
+        n, size = len(ids), self.budget
+        if n <= size:
+            return [self.feature(ids)]
+        if long_text == "truncate":
+            parts = [ids[:size]]
+        elif long_text == "head-tail":
+            head = max(1, round(size * HEAD_SHARE))
+            parts = [ids[:head] + ids[n - (size - head):]]
+        else:
+            if not 0 <= stride < size:
+                raise PlmkitError(f"window overlap (--doc-stride) {stride} must be below the {size} text "
+                                  "tokens of a window")
+            parts, start = [], 0
+            while True:
+                parts.append(ids[start:start + size])
+                if start + size >= n:
+                    break
+                start += size - stride
+        return [{**self.feature(part), "n_tokens": n} for part in parts]
 
 
 def encode_ner(tok: Tokenizer, examples: Sequence[TokenExample], label_map: LabelMap | None,

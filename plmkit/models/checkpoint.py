@@ -33,7 +33,7 @@ from ..errors import PlmkitError
 from ..io import atomic_dir, read_json, write_json
 from ..tokenizer import save_tokenizer
 from . import hf
-from .config import config_from_dict, config_to_dict
+from .config import ModelConfig, config_from_dict, config_to_dict
 from .heads import HEADS, check_head
 from .model import PlmModel
 
@@ -139,6 +139,9 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
 def replace_head(model: PlmModel, task: str, head_config: dict[str, Any]) -> PlmModel:
     """Give ``model`` a freshly initialised ``task`` head (the backbone, adapters included, is kept)."""
     check_head(task, model.config)
+    if head_config.get("pooling") in ("cls", "mean") and model.backbone.pooler is not None:
+        model.config.use_pooler = False     # nothing reads the pooler now: drop it (no dead weights to train or save)
+        model.backbone.pooler = None
     model.task, model.head_config = task, dict(head_config)
     model.head = HEADS[task](model.config, model.backbone, model.head_config)
     return model
@@ -197,10 +200,28 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
         raise PlmkitError(f"{file}: corrupt or unreadable safetensors file ({str(e)[:120]})") from None
 
 
+def hf_pooling_problem(cfg: ModelConfig, task: str, head_config: dict[str, Any]) -> str | None:
+    """Why transformers would read another sentence vector than this classification head, or None.
+
+    transformers' *ForSequenceClassification reads BERT's pooler, or (families with a head dense of
+    their own: RoBERTa, ELECTRA, ...) their ``pooling``; a head fine-tuned with another pooling
+    (``head_config["pooling"]``) has no HF equivalent.
+    """
+    pooling = head_config.get("pooling") if task == "classify" and not cfg.causal else None
+    hf_reads = "pooler" if cfg.cls_head is None else cfg.pooling
+    if pooling is None or pooling == hf_reads:
+        return None
+    return (f"the classification head reads '{pooling}' pooling, transformers' {cfg.layout} classifier reads "
+            f"'{hf_reads}' (fine-tune with --pooling {hf_reads} for a model transformers can load)")
+
+
 def export_hf(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer | None, overwrite: bool = False) -> Path:
     """Write a directory that ``transformers.AutoModel.from_pretrained`` loads."""
     from safetensors.torch import save_file
 
+    problem = hf_pooling_problem(model.config, model.task, model.head_config)
+    if problem:
+        raise PlmkitError(problem)
     hf_cfg = hf.config_to_hf(model.config, model.task, model.head_config.get("labels"))
     state = {k: v for k, v in model.state_dict().items() if k not in _tied_names(model)}
     hf_state = hf.state_to_hf(state, model.config, model.task)

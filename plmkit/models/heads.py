@@ -36,18 +36,31 @@ class ModelOutput:
     aux: dict[str, Tensor] = field(default_factory=dict)   # component losses and accuracies
 
 
-def sentence_vector(cfg: ModelConfig, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
+POOLINGS = ("pooler", "cls", "mean")   # what an encoder's classification head reads (head_config["pooling"])
+
+
+def default_pooling(cfg: ModelConfig) -> str | None:
+    """The sentence vector the architecture itself reads (what its HF layout exports); None for decoders."""
+    if cfg.causal:
+        return None
+    return "pooler" if cfg.use_pooler and cfg.cls_head is None else cfg.pooling
+
+
+def sentence_vector(cfg: ModelConfig, out: BackboneOutput, batch: dict[str, Tensor],
+                    pooling: str | None = None) -> Tensor:
     """[B, H]: the last real token of a decoder; an encoder's pooler output, unless its classification
     head has a dense of its own (then the raw [CLS], or the mean of the real tokens with
-    ``pooling: mean``)."""
+    ``pooling: mean``). ``pooling`` (a classification head's head_config["pooling"]) overrides the
+    architecture's choice for encoders: pooler | cls | mean."""
     h, mask = out.last_hidden_state, batch.get("attention_mask")
     rows = torch.arange(h.size(0), device=h.device)
     if cfg.causal:   # the last 1 of the mask: right- and left-padded rows alike
         last = h.size(1) - 1 - (mask.flip(1).argmax(1) if mask is not None else 0)
         return h[rows, last]
-    if out.pooled is not None and cfg.cls_head is None:
+    pooling = pooling or default_pooling(cfg)
+    if pooling == "pooler" and out.pooled is not None:
         return out.pooled
-    if cfg.pooling == "mean":
+    if pooling == "mean":
         m = mask[..., None].to(h.dtype) if mask is not None else torch.ones_like(h[..., :1])
         return (h * m).sum(1) / m.sum(1)
     return h[:, 0]
@@ -164,15 +177,18 @@ class SequenceHead(nn.Module):
     the head's own dense + activation when the family has one (RoBERTa, ELECTRA, DistilBERT,
     ModernBERT), dropout, classifier."""
 
-    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float):
+    def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float, pooling: str | None = None):
         super().__init__()
+        if pooling is not None and pooling not in POOLINGS:
+            raise PlmkitError(f"unknown pooling {pooling!r} (choose {', '.join(POOLINGS)})")
         self.cfg = cfg
+        self.pooling = pooling
         self.transform = _transform(cfg, cfg.cls_head)
         self.drop = Dropout(dropout)
         self.classifier = _linear(cfg.hidden_size, num_labels)
 
     def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
-        v = sentence_vector(self.cfg, out, batch)                        # [B, H]
+        v = sentence_vector(self.cfg, out, batch, self.pooling)          # [B, H]
         if self.transform is not None:
             v = self.transform(v)
         logits = self.classifier(self.drop(v))                           # [B, C]
@@ -245,7 +261,7 @@ HEADS: dict[str, HeadBuilder] = {
     "mlm+nsp": lambda cfg, bb, hc: PretrainHead(cfg, bb.embeddings.word),
     "mlm+sop": lambda cfg, bb, hc: PretrainHead(cfg, bb.embeddings.word),
     "clm": lambda cfg, bb, hc: CLMHead(cfg, bb.embeddings.word),
-    "classify": lambda cfg, bb, hc: SequenceHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
+    "classify": lambda cfg, bb, hc: SequenceHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc), hc.get("pooling")),
     "token": lambda cfg, bb, hc: TokenHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
     "span": lambda cfg, bb, hc: SpanHead(cfg),
 }

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..config import build
-from ..data.features import collate, configured, word_predictions
+from ..data.features import TextFrame, collate, configured, word_predictions
 from ..data.qa import prepare_qa_features
 from ..data.readers import QAExample
 from ..errors import PlmkitError
@@ -163,6 +163,7 @@ class ServedModel:
         # configured once: the task encoders copy the tokenizer on every call, too slow per request
         self.enc = configured(self.tok, self.max_length)
         self.plain = configured(self.tok, None)
+        self.frame = TextFrame(self.tok, self.max_length)
         self.pad = pad_id(self.tok)
         self.eos = end_ids(self.tok, getattr(model.config, "eos_token_id", None))   # every id that ends an answer
         self.vocab_size = model.config.vocab_size
@@ -189,8 +190,13 @@ class ServedModel:
     # -- event loop side: check and tokenise ------------------------------------------
 
     def prepare_classify(self, texts: list[str], pairs: list[str] | None) -> list[Item]:
-        inputs = list(zip(texts, pairs)) if pairs is not None else texts
-        return [_feature_item(enc) for enc in self.enc.encode_batch(inputs)]
+        if pairs is not None:
+            return [_feature_item(enc) for enc in self.enc.encode_batch(list(zip(texts, pairs)))]
+        items = []   # a long text is cut as in fine-tuning (head_config.preprocess.long_text)
+        for enc in self.plain.encode_batch(texts, add_special_tokens=False):
+            windows = self.frame.features(enc.ids, self.prep.long_text, self.prep.doc_stride)
+            items.append(Item(sum(len(w["input_ids"]) for w in windows), {"windows": windows}))
+        return items
 
     def prepare_embed(self, texts: list[str], normalize: bool) -> list[Item]:
         items = [_feature_item(enc) for enc in self.enc.encode_batch(texts)]
@@ -251,7 +257,10 @@ def _feature_item(enc: Any) -> Item:
 
 
 def _run_classify(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    probs = sm.backend.heads(sm._batch(payloads)).logits.float().softmax(-1)       # [B, C]
+    windows = [w for p in payloads for w in p.get("windows", [p])]       # a pair is one window
+    logits = sm.backend.heads(sm._batch(windows)).logits.float()         # [W, C]
+    sizes = [len(p.get("windows", [p])) for p in payloads]
+    probs = torch.stack([part.mean(0) for part in logits.split(sizes)]).softmax(-1)   # [B, C]
     out = []
     for row in probs.tolist():
         best = int(np.argmax(row))

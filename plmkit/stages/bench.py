@@ -80,6 +80,9 @@ def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | N
     if source is None:
         return variants, ("no transformers baseline row: no PyTorch checkpoint among --models or their "
                           "parents (pass --baseline DIR)")
+    problem = _no_hf_equivalent(source)
+    if problem:
+        return variants, f"no transformers baseline row: {source}: {problem}; speedups are relative to the first row"
     base = bench.Variant(f"transformers-fp32-eager ({source.name})", str(source), "transformers", "fp32",
                          variants[0].task, str(source), baseline=True)
     if bench.task_of_dir(source)[1] != base.task:
@@ -91,6 +94,18 @@ def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | N
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
     """``plmkit run`` calls this before any stage: the options."""
     _check(cfg)
+
+
+def _no_hf_equivalent(source: Path) -> str | None:
+    """Why transformers cannot run what the plmkit checkpoint ``source`` computes, or None."""
+    from ..models.checkpoint import hf_pooling_problem, read_model_config
+    from ..models.config import config_from_dict
+
+    raw = read_model_config(source)
+    if "plmkit" not in raw or not isinstance(raw.get("model"), dict):
+        return None
+    cfg = config_from_dict(raw["model"], source=str(source / "config.json"))
+    return hf_pooling_problem(cfg, raw.get("task", "base"), raw.get("head_config") or {})
 
 
 def run(cfg: Config) -> int:

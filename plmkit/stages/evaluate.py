@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
+from ..data.features import LONG_TEXT
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS
@@ -26,10 +27,14 @@ class Config:
     batch_size: int = option(64, help="examples per batch", ge=1)
     precision: str = option(PRECISION_DEFAULT, help=PRECISION_HELP, choices=PRECISIONS)
     max_new_tokens: int = option(32, help="generate: completion length limit")
+    long_text: str | None = option(None, help="classify: how texts longer than the model's max_length are "
+                                   "read (default: as in fine-tuning)", choices=list(LONG_TEXT))
 
 
 def run(cfg: Config) -> int:
     model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    if cfg.long_text is not None:
+        prep.long_text = cfg.long_text
     examples = task.read(cfg.data, prep, labels=model.head_config.get("labels"))
     features = task.encode(tok, examples, model.head_config, prep)
     data = TaskData(examples, features, tok, model.head_config,

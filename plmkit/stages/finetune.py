@@ -27,13 +27,14 @@ from tokenizers import Tokenizer
 
 from ..adapters import AdapterSettings, apply_strategy, strategy_meta
 from ..adapters.checkpoint import write_adapter_files
-from ..adapters.strategies import EMBEDDINGS, StrategyInfo
+from ..adapters.strategies import EMBEDDINGS, StrategyInfo, default_lr, lr_help
 from ..config import compose, dump_yaml, option, pick, to_dict
-from ..data.features import collate, feature_lengths, length_bucketed_batches
+from ..data.features import LONG_TEXT, collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import load, peek
-from ..models.checkpoint import replace_head, write_checkpoint_files
+from ..models.checkpoint import read_model_config, replace_head, write_checkpoint_files
+from ..models.heads import POOLINGS, default_pooling
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
@@ -54,10 +55,20 @@ class _Options:
     eval: str | None = option(None, help="evaluation data file (selects the best checkpoint)")
     eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation")
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
+    pooling: str = option("auto", help="classify with an encoder: what the head reads: the pooler, the [CLS] "
+                          "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
+                          "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models",
+                          choices=["auto", *POOLINGS])
+    lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})",
+                              gt=0, group="training")
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
-    max_length: int = option(128, help="tokens per example (longer inputs are truncated)")
-    doc_stride: int | None = option(None, help="qa: overlap of context windows in tokens "
+    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
+    long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
+                            "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
+                            "split into overlapping windows whose predictions are averaged (windows)",
+                            choices=list(LONG_TEXT))
+    doc_stride: int | None = option(None, help="qa, classify windows: overlap of windows in tokens "
                                     "(default: max_length // 4, at most 128)")
     max_new_tokens: int = option(32, help="generate: completion length when evaluating")
     text_column: str | None = option(None, help="classify: text column (default: sentence, text, ...)")
@@ -68,12 +79,13 @@ class _Options:
 
 
 # Training options (plmkit/train/args.py) with another default for fine-tuning.
-TRAIN_DEFAULTS = {"epochs": 3.0, "lr": 2e-5, "warmup_ratio": 0.1, "keep_last": 1}
+TRAIN_DEFAULTS = {"epochs": 3.0, "warmup_ratio": 0.1, "keep_last": 1}
 # The stage config: the options above, the adapter knobs (lora_r, adapter_size, ...) and the
 # training options, taken from AdapterSettings and TrainArgs so they can never disagree.
-# FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable).
+# FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable); the lr is
+# declared above because its default depends on the strategy.
 Config = compose("Config", __name__, _Options, AdapterSettings, TrainArgs, defaults=TRAIN_DEFAULTS,
-                 omit=("fsdp",))
+                 omit=("fsdp", "lr"))
 
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
@@ -90,6 +102,8 @@ def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
 
 def run(cfg: Config) -> int:
     task = TASKS[cfg.task]
+    if cfg.lr is None:                      # resolved here, so finetune.yaml and plmkit.json record the rate used
+        cfg.lr = default_lr(cfg.strategy)
     args = pick(TrainArgs, cfg)
     check_args(args)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
@@ -159,8 +173,12 @@ def _work_dir(out: Path, cfg: Config) -> Path:
 def _prep(cfg: Config) -> Prep:
     if cfg.max_length < 8:
         raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
+    if cfg.pooling != "auto" and cfg.task != "classify":
+        raise PlmkitError(f"--pooling is for classification (the {cfg.task} head reads every token)")
+    if cfg.long_text != "truncate" and cfg.task != "classify":
+        raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
     stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
-    return Prep(max_length=cfg.max_length, doc_stride=stride, text_column=cfg.text_column,
+    return Prep(max_length=cfg.max_length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
                 text_pair_column=cfg.text_pair_column, label_column=cfg.label_column, header=cfg.header)
 
 
@@ -205,14 +223,44 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
     if prep.max_length > model.config.max_position:
         raise PlmkitError(f"--max-length {prep.max_length} exceeds the model's {model.config.max_position} "
                           "positions")
+    pooling = _pooling(cfg, model)
+    if pooling is not None:
+        head_config["pooling"] = pooling
     same = (model.task == task.head and model.head_config.get("labels") == head_config.get("labels")
-            and model.head_config.get("num_labels") == head_config.get("num_labels"))
+            and model.head_config.get("num_labels") == head_config.get("num_labels")
+            and model.head_config.get("pooling", default_pooling(model.config)) == head_config.get(
+                "pooling", default_pooling(model.config)))
     if same:
         model.head_config = dict(head_config)     # the parent's head already fits: keep training it
     else:
         torch.manual_seed(cfg.seed)               # a fresh head, initialised from the run's seed
         replace_head(model, task.head, head_config)
     return model
+
+
+def _pooling(cfg: Config, model: PlmModel) -> str | None:
+    """What a classification head on an encoder reads (head_config["pooling"]); None otherwise.
+
+    auto: a Hugging Face checkpoint keeps what transformers' AutoModelForSequenceClassification
+    reads (BERT: the pooler), so the result exports back to it; a plmkit checkpoint keeps the
+    pooling of its classification head, else reads the mean of the token states: the MLM
+    objective leaves its knowledge in the token states, while the [CLS] position and the pooler
+    are trained, if at all, for next-sentence prediction (benchmarks/RESULTS.md, the demo).
+    """
+    if cfg.task != "classify" or model.config.causal:
+        if cfg.pooling != "auto":   # other tasks were refused in _prep
+            raise PlmkitError("--pooling is for encoders (a decoder's classification head reads its last token)")
+        return None
+    if cfg.pooling == "pooler" and not model.config.use_pooler:
+        raise PlmkitError(f"{cfg.model}: the model has no pooler; choose --pooling cls or mean")
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    saved = read_model_config(cfg.model)
+    if "plmkit" not in saved:
+        return default_pooling(model.config)
+    if saved.get("task") == "classify":
+        return saved.get("head_config", {}).get("pooling", default_pooling(model.config))
+    return "mean"
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:

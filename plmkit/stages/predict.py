@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from ..config import option
+from ..data.features import LONG_TEXT
 from ..io import atomic_write_text, check_out_file
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
@@ -29,11 +30,15 @@ class Config:
     precision: str = option(PRECISION_DEFAULT, help=PRECISION_HELP, choices=PRECISIONS)
     max_new_tokens: int = option(32, help="generate: completion length limit")
     overwrite: bool = option(False, help="replace an existing --output file")
+    long_text: str | None = option(None, help="classify: how texts longer than the model's max_length are "
+                                   "read (default: as in fine-tuning)", choices=list(LONG_TEXT))
 
 
 def run(cfg: Config) -> int:
     check_out_file(cfg.output, cfg.overwrite)     # before the model loads and the data is read
     model, task, prep, tok = load_finetuned(cfg.model, cfg.task)
+    if cfg.long_text is not None:
+        prep.long_text = cfg.long_text
     examples = task.read(cfg.input, prep, require_labels=False)
     features = task.encode(tok, examples, model.head_config, prep)
     data = TaskData(examples, features, tok, model.head_config,

@@ -40,15 +40,21 @@ class ClassifyTask:
     def encode(self, tok: Tokenizer, examples: list[TextExample], head_config: dict[str, Any],
                prep: Prep) -> list[dict[str, Any]]:
         has_labels = any(ex.label is not None for ex in examples)
-        return encode_classification(tok, examples, head_config["labels"] if has_labels else None,
-                                     prep.max_length)
+        features = encode_classification(tok, examples, head_config["labels"] if has_labels else None,
+                                         prep.max_length, prep.long_text, prep.doc_stride)
+        note = long_text_note(examples, features, prep)
+        if note:
+            print(note)
+        return features
 
     def _probs(self, model: nn.Module, data: TaskData) -> torch.Tensor:
-        """[N, C] class probabilities in example order."""
-        probs = torch.empty(len(data.features), int(data.head_config["num_labels"]))
+        """[N, C] class probabilities in example order (windows of one example: mean of their logits)."""
+        logits = torch.empty(len(data.features), int(data.head_config["num_labels"]))
         for idx, out in forward_batches(model, data):
-            probs[idx] = out.logits.float().softmax(-1).cpu()
-        return probs
+            logits[idx] = out.logits.float().cpu()
+        if data.features and "example_id" in data.features[0]:
+            logits = pool_windows(logits, [f["example_id"] for f in data.features], len(data.examples))
+        return logits.softmax(-1)
 
     def evaluate(self, model: nn.Module, data: TaskData, detailed: bool = False) -> dict[str, Any]:
         """Accuracy and macro F1; ``detailed`` adds ``labels`` and ``confusion_matrix`` (rows: gold).
@@ -75,6 +81,32 @@ class ClassifyTask:
             row.update(label=labels[i], score=round(p, 6))
             rows.append(row)
         return rows
+
+
+def pool_windows(logits: torch.Tensor, example_ids: list[int], n_examples: int) -> torch.Tensor:
+    """[F, C] per-window logits -> [N, C] per-example mean logits."""
+    index = torch.tensor(example_ids, dtype=torch.long)
+    sums = torch.zeros(n_examples, logits.size(1)).index_add_(0, index, logits)
+    counts = torch.zeros(n_examples).index_add_(0, index, torch.ones(len(example_ids)))
+    return sums / counts.clamp(min=1).unsqueeze(1)
+
+
+def long_text_note(examples: list[TextExample], features: list[dict[str, Any]], prep: Prep) -> str | None:
+    """What happened to the examples longer than max_length, or None when there were none."""
+    lengths = {f.get("example_id", i): f["n_tokens"] for i, f in enumerate(features) if "n_tokens" in f}
+    if not lengths:
+        return None
+    source = examples[0].source or "the data"
+    head = (f"{len(lengths):,} of {len(examples):,} examples in {source} are longer than max_length "
+            f"{prep.max_length} (longest: {max(lengths.values()):,} tokens)")
+    if prep.long_text == "windows":
+        n_windows = sum(1 for f in features if f["example_id"] in lengths)
+        return (f"note: {head}; split into {n_windows:,} windows overlapping by {prep.doc_stride} tokens, "
+                "their predictions averaged (--long-text windows)")
+    if prep.long_text == "head-tail":
+        return f"note: {head}; kept their first and last tokens (--long-text head-tail)"
+    return (f"warning: {head} and were truncated to their first tokens; --long-text head-tail or windows "
+            "keeps more of each")
 
 
 TASK = ClassifyTask()

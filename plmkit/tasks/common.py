@@ -29,7 +29,8 @@ INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 class Prep:
     """How raw files become features; stored in the checkpoint so evaluate/predict reuse it."""
     max_length: int = 128
-    doc_stride: int = 128                # QA: overlap of consecutive context windows, in tokens
+    doc_stride: int = 128                # QA, classify windows: overlap of consecutive windows, in tokens
+    long_text: str = "truncate"          # classify: truncate | head-tail | windows (data/features.py)
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
