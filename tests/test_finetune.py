@@ -189,7 +189,10 @@ def test_classify_end_to_end_labels_as_names(tmp_path, encoder_dir, files, capsy
 
 def test_classify_sentence_pairs(tmp_path, encoder_dir, files, capsys):
     out = tmp_path / "pairs"
+    capsys.readouterr()
     _finetune(encoder_dir, "classify", files["pairs"], out, "--eval-fraction", "0.2", "--epochs", "1")
+    said = capsys.readouterr().out          # the hold-out is never silent: how many, from which file
+    assert "--eval-fraction 0.2: " in said and f"of {files['pairs']} are held out" in said, said
     head = json.loads((out / "config.json").read_text())["head_config"]
     assert head["labels"] == ["different", "same"]
     metrics = _evaluate(capsys, out, files["pairs"])
