@@ -15,8 +15,8 @@ Per MatMul ``y = x @ W`` (W constant, [K, N]):
                not supported by ``MatMulInteger`` on CPU; int8 x int8 is, but ~10x slower);
   product:     ``MatMulIntegerToFloat(q, Wq, 1, w_scale, 128)`` (u8 x s8 GEMM, the VNNI path),
                then times s_r. One quantization of x serves every MatMul that reads x (Q, K, V).
-The quantization is ``ReduceMax``/``ReduceMin`` along the last axis and one per-axis
-``QuantizeLinear`` over the rows. Gemm nodes (pooler and classifier on [B, H]) and MatMuls
+The quantization is six small nodes per activation (max |x| along the last axis, the scale,
+x / scale, ``QuantizeLinear`` with scale 1 and zero point 128). Gemm nodes (pooler and classifier on [B, H]) and MatMuls
 of two activations (attention scores) stay float.
 """
 from __future__ import annotations
@@ -51,27 +51,19 @@ class _Builder:
             self.new_consts.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def quantize_rows(self, x: str, width: int) -> tuple[list[onnx.NodeProto], str, str]:
+    def quantize_rows(self, x: str) -> tuple[list[onnx.NodeProto], str, str]:
         """Nodes quantizing ``x`` [..., K] per row; returns (nodes, uint8 q [..., K], scale [..., 1])."""
         p = f"{x}_rowq"
         n = helper.make_node
         inv, tiny = self.const("rowq_inv127", np.float32(1 / 127)), self.const("rowq_tiny", np.float32(1e-30))
-        offset, flat = self.const("rowq_offset", np.uint8(128)), self.const("rowq_flat", np.array([-1], np.int64))
-        rows = self.const(f"rowq_rows_{width}", np.array([-1, width], np.int64))
+        one, offset = self.const("rowq_one", np.float32(1.0)), self.const("rowq_offset", np.uint8(128))
         nodes = [
-            n("ReduceMax", [x], [f"{p}_max"], axes=[-1], keepdims=1),
-            n("ReduceMin", [x], [f"{p}_min"], axes=[-1], keepdims=1),
-            n("Neg", [f"{p}_min"], [f"{p}_nmin"]),
-            n("Max", [f"{p}_max", f"{p}_nmin"], [f"{p}_peak"]),
+            n("Abs", [x], [f"{p}_abs"]),
+            n("ReduceMax", [f"{p}_abs"], [f"{p}_peak"], axes=[-1], keepdims=1),
             n("Mul", [f"{p}_peak", inv], [f"{p}_s"]),
             n("Max", [f"{p}_s", tiny], [f"{p}_scale"]),                 # [..., 1]; an all-zero row stays 0
-            n("Reshape", [f"{p}_scale", flat], [f"{p}_scale_rows"]),    # [M]: QuantizeLinear's per-axis form
-            n("Shape", [f"{p}_scale_rows"], [f"{p}_m"]),
-            n("Expand", [offset, f"{p}_m"], [f"{p}_zp"]),
-            n("Shape", [x], [f"{p}_shape"]),
-            n("Reshape", [x, rows], [f"{p}_rows"]),                     # [M, K]
-            n("QuantizeLinear", [f"{p}_rows", f"{p}_scale_rows", f"{p}_zp"], [f"{p}_q_rows"], axis=0),
-            n("Reshape", [f"{p}_q_rows", f"{p}_shape"], [f"{p}_q"]),
+            n("Div", [x, f"{p}_scale"], [f"{p}_unit"]),                 # each row within [-127, 127]
+            n("QuantizeLinear", [f"{p}_unit", one, offset], [f"{p}_q"]),  # round, + 128, as uint8
         ]
         return nodes, f"{p}_q", f"{p}_scale"
 
@@ -105,7 +97,7 @@ def quantize_per_token(model: onnx.ModelProto, per_channel: bool = True, reduce_
             continue
         x, y = node.input[0], node.output[0]
         if x not in quantized:
-            qnodes, q, s = b.quantize_rows(x, w.shape[0])
+            qnodes, q, s = b.quantize_rows(x)
             nodes.extend(qnodes)
             quantized[x] = (q, s)
         q, s = quantized[x]
