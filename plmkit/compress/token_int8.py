@@ -21,8 +21,6 @@ of two activations (attention scores) stay float.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -78,20 +76,18 @@ def _constant_weight(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto])
     return numpy_helper.to_array(w)
 
 
-def quantize_per_token(model: onnx.ModelProto, per_channel: bool = True, reduce_range: bool = False,
-                       exclude: Iterable[str] = ()) -> tuple[onnx.ModelProto, int]:
-    """Rewrite every MatMul with a constant weight (names in ``exclude`` kept float) in place.
-
-    Returns (model, number of MatMuls quantized).
-    """
-    graph, skip = model.graph, set(exclude)
+def quantize_per_token(model: onnx.ModelProto, per_channel: bool = True,
+                       reduce_range: bool = False) -> tuple[onnx.ModelProto, int]:
+    """Rewrite every MatMul with a constant, non-empty weight in place (a layer pruned to nothing
+    keeps its zero-size float MatMul). Returns (model, number of MatMuls quantized)."""
+    graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     b = _Builder(graph)
     quantized: dict[str, tuple[str, str]] = {}       # activation -> (q, scale), emitted before first use
     nodes: list[onnx.NodeProto] = []
     count = 0
     for node in graph.node:
-        w = None if node.name in skip else _constant_weight(node, weights)
+        w = _constant_weight(node, weights)
         if w is None:
             nodes.append(node)
             continue
@@ -105,15 +101,19 @@ def quantize_per_token(model: onnx.ModelProto, per_channel: bool = True, reduce_
         one = b.const("rowq_one", np.float32(1.0))
         nodes.append(helper.make_node(
             "MatMulIntegerToFloat", [q, b.const(f"{y}_wq", wq), one, b.const(f"{y}_ws", ws), "rowq_offset"],
-            [f"{y}_unscaled"], name=f"{node.name}_rowq", domain=MS_DOMAIN))
-        nodes.append(helper.make_node("Mul", [f"{y}_unscaled", s], [y], name=f"{node.name}_rowscale"))
+            [f"{y}_unscaled"], name=f"{y}_rowq", domain=MS_DOMAIN))
+        nodes.append(helper.make_node("Mul", [f"{y}_unscaled", s], [y], name=f"{y}_rowscale"))
         count += 1
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
     kept = [t for t in [*graph.initializer, *b.new_consts] if t.name in used]
+    dropped = {t.name for t in graph.initializer} - used       # the float weights now stored as int8
     del graph.initializer[:]
     graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in dropped]  # old IRs list initializers as inputs too
+    del graph.input[:]
+    graph.input.extend(inputs)
     if count and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return model, count
