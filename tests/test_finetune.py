@@ -271,7 +271,10 @@ def test_classification_pooling_mean_for_plmkit_models_pooler_for_hf_ones(tmp_pa
 
 def test_classify_sentence_pairs(tmp_path, encoder_dir, files, capsys):
     out = tmp_path / "pairs"
+    capsys.readouterr()
     _finetune(encoder_dir, "classify", files["pairs"], out, "--eval-fraction", "0.2", "--epochs", "1")
+    said = capsys.readouterr().out          # the hold-out is never silent: how many, from which file
+    assert "--eval-fraction 0.2: " in said and f"of {files['pairs']} are held out" in said, said
     head = json.loads((out / "config.json").read_text())["head_config"]
     assert head["labels"] == ["different", "same"]
     metrics = _evaluate(capsys, out, files["pairs"])

@@ -89,10 +89,13 @@ def test_pre_ln_encoder_exports_and_quantizes(tmp_path, tiny_encoder_cfg):
     assert float((got - want).abs().max()) < 0.1 * float(want.abs().max())
 
 
-def test_dynamic_int8_fuses_attention_also_in_uneven_pruned_layers(tmp_path, tiny_encoder_cfg, caplog):
-    """Each layer with heads becomes one QAttention (ORT's fused kernel); the empty layer stays
-    unfused; the INT8 graph still follows PyTorch (same argmax on nearly every row); ORT's
-    per-layer "hidden size" warning about the narrower pruned layers is not shown."""
+@pytest.mark.parametrize("ranges,fused_op", [("tensor", "QAttention"), ("token", "MultiHeadAttention")])
+def test_dynamic_int8_fuses_attention_also_in_uneven_pruned_layers(tmp_path, tiny_encoder_cfg, caplog,
+                                                                   ranges, fused_op):
+    """Each layer with heads becomes one fused attention node (QAttention with per-tensor ranges,
+    MultiHeadAttention after per-token INT8 Q/K/V); the empty layer stays unfused; the INT8 graph
+    still follows PyTorch (same argmax on nearly every row); ORT's per-layer "hidden size" warning
+    about the narrower pruned layers is not shown."""
     import collections
 
     import onnx
@@ -107,9 +110,9 @@ def test_dynamic_int8_fuses_attention_also_in_uneven_pruned_layers(tmp_path, tin
     for name in ("config.json", "plmkit.json"):
         (tmp_path / "int8" / name).write_bytes((tmp_path / "fp32" / name).read_bytes())
     quantize_file(tmp_path / "fp32" / "model.onnx", tmp_path / "int8" / "model.onnx", "dynamic", tmp_path,
-                  options=QuantOptions(fuse=True))
+                  options=QuantOptions(fuse=True, activation_ranges=ranges))
     ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node)
-    assert ops["QAttention"] == 2 and ops["Softmax"] == 0, ops
+    assert ops[fused_op] == 2 and ops["Softmax"] == 0, ops
     assert not [r for r in caplog.records if "hidden size" in r.getMessage()]
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(1, cfg.vocab_size, (64, 12), generator=g)
@@ -230,3 +233,47 @@ def test_quantize_refuses_an_int8_model_and_bad_calibration_data(clf, tmp_path, 
     assert cli.main(args) == 1
     assert "--calibration" in _one_line_error(capsys)
     assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+
+
+def _evaluate(model_dir: Path, data_file: Path, batch_size: int, capsys) -> dict:
+    assert cli.main(["evaluate", "--model", str(model_dir), "--data", str(data_file),
+                     "--batch-size", str(batch_size)]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_dynamic_int8_results_do_not_depend_on_the_batch(clf, tmp_path, capsys):
+    """Padding and the other sentences of a batch must not change a sentence's INT8 result.
+
+    Per-token activation ranges (the default): the metric of ``plmkit evaluate`` is the same at batch
+    1, 8, 32 and 64 (padding: batches are length-sorted, so all but batch 1 pad), equals what
+    ``quantize`` recorded, and the probabilities match to float rounding. ORT's per-tensor ranges
+    (``--activation-ranges tensor``): one range over the whole batch, so the same sentence gets other
+    probabilities at batch 1 and 64: the leak the default removes.
+    """
+    probs = {}
+    for ranges in ("token", "tensor"):
+        out = tmp_path / ranges
+        scored = ["--eval", str(clf["dev"])] if ranges == "token" else []
+        assert cli.main(["quantize", "--model", str(clf["ck"]), "--out", str(out), *scored,
+                         "--activation-ranges", ranges]) == 0
+        meta = json.loads((out / "plmkit.json").read_text())
+        assert meta["quantization"]["activation_ranges"] == ranges
+        capsys.readouterr()
+        probs[ranges] = {bs: _batched_probs(out, clf["dev"], bs) for bs in (1, 64)}
+    token = tmp_path / "token"
+    scores = {bs: _evaluate(token, clf["dev"], bs, capsys)["accuracy"] for bs in (1, 8, 32, 64)}
+    assert max(scores.values()) - min(scores.values()) <= 0.001, scores
+    assert scores[64] == json.loads((token / "plmkit.json").read_text())["metrics"]["int8"]["accuracy"]
+    assert float((probs["token"][1] - probs["token"][64]).abs().max()) < 1e-5
+    assert float((probs["tensor"][1] - probs["tensor"][64]).abs().max()) > 1e-3
+
+
+def _batched_probs(model_dir: Path, data_file: Path, batch_size: int) -> torch.Tensor:
+    from plmkit.models.checkpoint import load_tokenizer
+
+    onnx = load_onnx_dir(model_dir, threads=1)
+    task, prep, tok = TASKS["classify"], Prep(max_length=32), load_tokenizer(model_dir)
+    examples = task.read(str(data_file), prep, labels=onnx.head_config["labels"])
+    data = TaskData(examples, task.encode(tok, examples, onnx.head_config, prep), tok, onnx.head_config,
+                    Infer(batch_size=batch_size, precision="fp32"))
+    return task._probs(onnx, data)

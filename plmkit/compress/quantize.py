@@ -12,12 +12,25 @@ min) and Softmax stay in float, since one INT8 range cannot hold both -3.4e38 an
 scores. Embedding tables stay fp32 too: a lookup costs no arithmetic.
 Before quantizing, ORT's ``quant_pre_process`` (symbolic shape inference + graph
 optimisation) runs, as ORT recommends, so more MatMuls are seen with known shapes.
-Dynamic quantization of an encoder then fuses the graph with ORT's BERT optimizer (one
-``Attention`` node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on
-CPU, see ``SLOW_FUSIONS``) and quantizes the fused attention too (``QAttention``: the Q/K/V
-projections in one INT8 GEMM). This needs the attention pattern the encoder emits under export
-(see ``attend`` in models/encoder.py); a layer whose pattern does not match (a layer pruned to
-zero heads) simply stays unfused.
+Dynamic activation ranges (``activation_ranges``):
+  token (default): one range per token row (compress/token_int8.py). A token's result depends on
+         that token only, so INT8 outputs do not change with the batch size, the padding or the
+         other sentences of a batch: ``quantize``, ``evaluate``, ``bench`` and ``serve`` agree.
+  tensor: ORT's ``quantize_dynamic`` (``DynamicQuantizeLinear``): one range over the whole
+         [B*T, H] input of each MatMul, padded positions included. Padding widens it (the
+         embedding LayerNorm's range grows by ~50% on padded SST-2 batches: a padded position is
+         a pad embedding + a position embedding, normalised) and so do the other sentences of the
+         batch, so a sentence's prediction depends on its batch (11-17 of 1,000 SST-2 predictions
+         changed between batch 1 and 8/32/64). Zeroing the padded positions before each
+         quantization removes the first cause only (8-13 still changed): the per-tensor range
+         itself is the leak. It allows ORT's fused ``QAttention`` (see below).
+Dynamic quantization of an encoder first fuses the graph with ORT's BERT optimizer (one attention
+node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on CPU, see
+``SLOW_FUSIONS``): ``MultiHeadAttention`` with per-token ranges (the Q/K/V MatMuls stay, and are
+quantized), ``Attention`` -> ``QAttention`` (Q/K/V in one INT8 GEMM) with per-tensor ranges.
+This needs the attention pattern the encoder emits under export (see ``attend`` in
+models/encoder.py); a layer whose pattern does not match (a layer pruned to zero heads) simply
+stays unfused.
 """
 from __future__ import annotations
 
@@ -35,6 +48,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..models.onnx_model import ort_errors
+from .token_int8 import quantize_per_token
 
 QUANT_OPS = ["MatMul", "Gemm"]
 FUSED_QUANT_OPS = QUANT_OPS + ["Attention"]
@@ -46,6 +60,7 @@ CALIBRATE_METHODS: dict[str, CalibrationMethod] = {
     "entropy": CalibrationMethod.Entropy,
 }
 ACTIVATION_TYPES: dict[str, QuantType] = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
+ACTIVATION_RANGES = ("token", "tensor")   # dynamic: one activation range per token row / per tensor
 
 
 class FeatureReader(CalibrationDataReader):
@@ -109,6 +124,7 @@ class QuantOptions:
     activation_type: str = "quint8"      # static only
     calibrate_method: str = "minmax"     # static only
     fuse: bool = True                    # dynamic, encoders only: ORT's BERT fusions first
+    activation_ranges: str = "token"     # dynamic: "token" (batch-invariant) or "tensor" (ORT's)
 
 
 def is_encoder_graph(file: Path) -> bool:
@@ -116,9 +132,11 @@ def is_encoder_graph(file: Path) -> bool:
     return any(i.name == "token_type_ids" for i in onnx.load(str(file), load_external_data=False).graph.input)
 
 
-def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
+def fuse_encoder(src: Path, dst: Path, multi_head: bool = False) -> dict[str, int]:
     """ORT's BERT graph fusions (head count and width read per layer from the graph, so pruned
-    layers of different sizes fuse too). Returns the count of each fused operator."""
+    layers of different sizes fuse too). ``multi_head``: ``MultiHeadAttention`` nodes that take
+    the Q/K/V projections (left as MatMuls) instead of ``Attention`` nodes that do them.
+    Returns the count of each fused operator."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -126,6 +144,7 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
     # The offline twins of the session-time fusions in onnx_model.SLOW_FUSIONS: left out likewise.
     options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     options.enable_bias_gelu = False
+    options.use_multi_head_attention = multi_head
     # A pruned layer's q/k/v are narrower than the hidden size; the attention fusion handles that
     # (outputs are checked against torch in the tests) but logs a warning per layer. Keep it quiet.
     # ORT puts onnxruntime/transformers on sys.path, so the module (and its logger) is "fusion_attention".
@@ -142,11 +161,18 @@ def fuse_encoder(src: Path, dst: Path) -> dict[str, int]:
 
 
 def quantize_dynamic_file(src: Path, dst: Path, reader: FeatureReader | None, o: QuantOptions) -> None:
+    if o.activation_ranges not in ACTIVATION_RANGES:
+        raise PlmkitError(f"unknown activation ranges '{o.activation_ranges}' (choose {', '.join(ACTIVATION_RANGES)})")
+    per_token = o.activation_ranges == "token"
     ops = QUANT_OPS
     if o.fuse and is_encoder_graph(src):
         fused = src.with_name("model.fused.onnx")
-        fuse_encoder(src, fused)
+        fuse_encoder(src, fused, multi_head=per_token)
         src, ops = fused, FUSED_QUANT_OPS
+    if per_token:
+        model, _ = quantize_per_token(onnx.load(str(src)), o.per_channel, o.reduce_range)
+        onnx.save(model, str(dst))
+        return
     # Fused (com.microsoft) nodes have no ONNX type inference: outputs default to float.
     quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=o.per_channel,
                      reduce_range=o.reduce_range, weight_type=QuantType.QInt8,

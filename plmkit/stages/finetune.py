@@ -203,6 +203,8 @@ def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list
     labels = task.head_config(kept, prep).get("labels")
     if labels is not None:   # a label seen only in the held-out part has no output unit: drop it
         evals = [ex for ex in evals if set(_labels_of(ex)) <= set(labels)]
+    print(f"--eval-fraction {cfg.eval_fraction:g}: {len(held)} of {len(train_ex)} examples of {cfg.train} are held "
+          f"out for evaluation and not trained on ({len(kept)} train); pass --eval FILE to train on all of them")
     return kept, evals
 
 

@@ -51,8 +51,13 @@ class Config:
                                    choices=["minmax", "percentile", "entropy"])
     fuse: bool = option(True, help="dynamic, encoders: fuse attention and GELU (ONNX Runtime's BERT "
                         "optimizer) and quantize the fused attention")
+    activation_ranges: str = option("token", help="dynamic: one activation range per token (results do not "
+                                    "depend on the batch) or per tensor (ONNX Runtime's quantize_dynamic: "
+                                    "padding and the other examples of a batch change a prediction)",
+                                    choices=["token", "tensor"])
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
-    batch_size: int = option(32, help="examples per calibration / evaluation batch", ge=1)
+    batch_size: int = option(32, help="examples per calibration batch (accuracy is measured in batches "
+                             "of 64, as plmkit evaluate and bench do)", ge=1)
     opset: int = option(17, help="ONNX opset when a checkpoint is exported first")
     overwrite: bool = option(False, help="replace an existing output directory")
 
@@ -140,8 +145,11 @@ def run(cfg: Config) -> int:
     evaluation = None
     if eval_file and task is not None and task.name in ONNX_EVAL_TASKS:
         examples, features = read_task_data(task, prep, tok, head_config, eval_file, "evaluation")
-        evaluation = TaskData(examples, features, tok, head_config, Infer(cfg.batch_size, "fp32"))
-    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse)
+        # Evaluate's batch size (also bench's): with --activation-ranges tensor the INT8 metric
+        # depends on the batching, and this way the three commands report the same number.
+        evaluation = TaskData(examples, features, tok, head_config, Infer(precision="fp32"))
+    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse,
+                           cfg.activation_ranges)
     with atomic_dir(cfg.out, cfg.overwrite) as tmp, tempfile.TemporaryDirectory(prefix=".plmkit-quant-") as w:
         work = Path(w)
         if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
