@@ -54,12 +54,20 @@ def test_training_stages_show_the_same_training_flags():
 def test_stage_defaults_are_declared_once_and_shown():
     from plmkit.stages import distill, finetune, pretrain
 
-    for module, lr in ((pretrain, 5e-4), (finetune, 2e-5), (distill, 1e-4)):
+    for module, lr in ((pretrain, 5e-4), (distill, 1e-4)):
         assert module.Config.__dataclass_fields__["lr"].default == lr
         parser = argparse.ArgumentParser()
         add_arguments(parser, module.Config)
         (action,) = [a for a in parser._actions if "--lr" in a.option_strings]
         assert action.help.endswith(f"(default: {lr})")
+    # fine-tuning's default depends on the strategy (issue 17.6): each strategy's rate is in the help
+    from plmkit.adapters.strategies import STRATEGIES
+
+    assert finetune.Config.__dataclass_fields__["lr"].default is None
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, finetune.Config)
+    (action,) = [a for a in parser._actions if "--lr" in a.option_strings]
+    assert all(f"{name} {s.lr:g}" in action.help for name, s in STRATEGIES.items())
     for module in (pretrain, finetune, distill):   # one precision default, auto, said in --help
         field = module.Config.__dataclass_fields__["precision"]
         assert field.default == "auto" and field.metadata["choices"] == ["auto", "bf16", "fp32"]
