@@ -158,12 +158,16 @@ def _err(capsys) -> str:
 def test_refusals_are_one_line_and_write_nothing(root, capsys, tmp_path):
     (tmp_path / "noweights").mkdir()
     shutil.copy(root / "bert" / "config.json", tmp_path / "noweights")
+    (tmp_path / "notok").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(root / "bert" / name, tmp_path / "notok")
     other = tmp_path / "tok"
     other.mkdir()
     save_tokenizer(train_tokenizer([root / "corpus.txt"], kind="wordpiece", vocab_size=90, show_progress=False), other)
     cases = [
         (tmp_path / "noweights", [], "no weights found"),
         (tmp_path / "missing", [], "model directory not found"),
+        (tmp_path / "notok", [], "the checkpoint has no tokenizer; pass --tokenizer"),
         (root / "bert", ["--objective", "clm"], "--objective clm needs a decoder"),
         (root / "bert", ["--arch", "gpt"], "--arch gpt contradicts --init"),
         (root / "bert", ["--size", "base", "--pre-ln"], "--size base, --pre-ln contradict --init"),
