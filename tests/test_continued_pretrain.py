@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from plmkit.cli import main
@@ -131,6 +132,8 @@ def test_init_continues_a_trained_checkpoint(root, family, capsys):
     meta = json.loads((root / f"{family}-2" / "plmkit.json").read_text())
     assert meta["parent"] == str((root / f"{family}-1").resolve()) and meta["init"]["parent_task"] == first
     assert load_tokenizer(root / f"{family}-2").get_vocab() == load_tokenizer(parent).get_vocab()
+    saved = yaml.safe_load((root / f"{family}-2" / "pretrain.yaml").read_text())  # the checkpoint decides
+    assert saved["objective"] == second and saved["arch"] is saved["size"] is saved["vocab_size"] is None
 
 
 def test_resume_of_an_init_run_is_exact(root, capsys):
@@ -312,6 +315,9 @@ def test_albert_pretrains_with_sop_and_exports_to_hf(root, capsys, tmp_path):
     cfg = model.config
     assert (model.task, cfg.layout, cfg.share_layers, cfg.embedding_size, len(model.backbone.layers)) == \
         ("mlm+sop", "albert", True, 64, 1)
+    saved = yaml.safe_load((root / "albert" / "pretrain.yaml").read_text())     # the defaults it resolved
+    assert (saved["arch"], saved["size"], saved["objective"], saved["pre_ln"], saved["vocab_size"]) == \
+        ("albert", "tiny", "mlm+sop", False, 200)
     assert main(["export", "--model", str(root / "albert"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
     theirs = transformers.AlbertForPreTraining.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(5, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))

@@ -126,6 +126,7 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     if parent:
         cfg = _settle_recipe(cfg, info, recipe_keys, parent)
     task, args = _check_request(cfg, info, parent)
+    cfg = _settled(cfg, task)
     out = Path(cfg.out)
     check_text_files(cfg.corpus)
     _check_out_dir(out, cfg)
@@ -230,6 +231,18 @@ def _check_request(cfg: Config, info: D.DistInfo, parent: I.Parent | None) -> tu
     check_args(args)
     autocast_dtype(args.precision, D.default_device(info))      # bf16 where unsupported: refused now
     return task, args
+
+
+def _settled(cfg: Config, task: str) -> Config:
+    """``cfg`` with the defaults it leaves open filled in, as pretrain.yaml records the run: the
+    objective, and for a new model its arch, size, pre-LN and tokenizer vocabulary size (with
+    --init the checkpoint decides those, and they stay unset)."""
+    if cfg.init:
+        return dataclasses.replace(cfg, objective=task)
+    arch = _arch(cfg)
+    return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"],
+                               pre_ln=cfg.pre_ln if cfg.pre_ln is not None or arch == "gpt" else False,
+                               vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
 
 
 def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None) -> tuple[PlmModel, str]:
