@@ -5,8 +5,11 @@ Each stage declares a dataclass. From it we derive:
   * the YAML form (the same field names, ``--config file.yaml``),
   * the resolved config written into every output directory.
 
-Precedence: dataclass default < YAML file < flags given on the command line.
+Precedence: dataclass default < recipe < YAML file < flags given on the command line.
 Flags use ``argparse.SUPPRESS`` as default so we can tell "given" from "defaulted".
+A *recipe* is a named set of defaults a stage declares (``compose(..., recipes={...})``, e.g.
+``plmkit pretrain --recipe budget``): ``build`` fills the options the YAML and the flags leave
+unset from it, and ``from_recipe(cfg)`` tells which values came from there.
 
 Bounds are declared on the field (``option(1, ge=1)``) and checked by ``build`` for every
 stage alike, from flags and YAML, before a stage runs; the message names the flag.
@@ -66,10 +69,12 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def compose(name: str, module: str, base: type, *parts: type, defaults: dict[str, Any] | None = None,
-            omit: tuple[str, ...] = ()) -> type:
+            omit: tuple[str, ...] = (), recipes: dict[str, dict[str, Any]] | None = None) -> type:
     """A stage config: ``base``'s options, then those of each shared part, copied with their help
     and bounds. ``defaults`` gives this stage its own default for a part's option (shown in
-    --help); ``omit`` leaves a part's option out (``pick`` then uses the part's default)."""
+    --help); ``omit`` leaves a part's option out (``pick`` then uses the part's default).
+    ``recipes`` (name -> {option: value}) adds a ``recipe`` option: the named set of defaults sits
+    between the defaults and what YAML and flags say (see ``build``)."""
     defaults = dict(defaults or {})
     own = {f.name for f in dataclasses.fields(base)}
     fields: list[tuple[str, Any, Any]] = []
@@ -88,9 +93,29 @@ def compose(name: str, module: str, base: type, *parts: type, defaults: dict[str
             fields.append((f.name, hints[f.name], new))
     if defaults:
         raise TypeError(f"{name}: defaults for unknown shared options {sorted(defaults)}")
+    if recipes:
+        fields.append(("recipe", str | None, option(None, help=recipe_help(recipes), choices=sorted(recipes))))
     cls = dataclasses.make_dataclass(name, fields, bases=(base,))
     cls.__module__ = module
+    cls.RECIPES = dict(recipes or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    for recipe, values in cls.RECIPES.items():
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TypeError(f"{name}: recipe '{recipe}' sets unknown options {unknown}")
     return cls
+
+
+def recipe_help(recipes: dict[str, dict[str, Any]]) -> str:
+    """The --recipe help: each recipe's settings, as flags."""
+    def shown(k: str, v: Any) -> str:
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            return flag if v else f"--no-{k.replace('_', '-')}"
+        return f"{flag} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+    listed = "; ".join(f"{name} = {' '.join(shown(k, v) for k, v in values.items())}"
+                       for name, values in recipes.items())
+    return f"a named set of defaults; --config and flags given here override each of them ({listed})"
 
 
 def pick(cls: type[T], cfg: Any) -> T:
@@ -176,7 +201,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Create ``cls`` from a mapping, with names accepted in either ``a_b`` or ``a-b`` form."""
+    """Create ``cls`` from a mapping, with names accepted in either ``a_b`` or ``a-b`` form.
+    The options ``values`` leaves unset come from its ``recipe`` when it names one."""
     names = {f.name for f in dataclasses.fields(cls)}
     clean: dict[str, Any] = {}
     for key, value in values.items():
@@ -184,6 +210,8 @@ def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
         if k not in names:
             raise PlmkitError(f"{source}: unknown option '{key}' (known: {', '.join(sorted(names))})")
         clean[k] = value
+    filled = _recipe_values(cls, clean, source)
+    clean.update(filled)
     missing = [f.name for f in dataclasses.fields(cls)
                if f.name not in clean and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
@@ -192,7 +220,28 @@ def build(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
         raise PlmkitError(f"{source}: missing required option(s): {flags}")
     cfg = cls(**clean)
     _check_types(cfg, source)
+    cfg.__dict__[_FROM_RECIPE] = frozenset(filled)
     return cfg
+
+
+def _recipe_values(cls: type, clean: dict[str, Any], source: str) -> dict[str, Any]:
+    """The options the named recipe sets and ``clean`` leaves unset (a stage without recipes may
+    have an option called ``recipe`` of its own: ``plmkit run``'s file)."""
+    recipes = getattr(cls, "RECIPES", None)
+    recipe = clean.get("recipe")
+    if not recipes or recipe is None:
+        return {}
+    if recipe not in recipes:
+        raise PlmkitError(f"{source}: option 'recipe' must be one of {', '.join(sorted(recipes))}, got {recipe!r}")
+    return {k: list(v) if isinstance(v, list) else v for k, v in recipes[recipe].items() if k not in clean}
+
+
+_FROM_RECIPE = "_plmkit_from_recipe"
+
+
+def from_recipe(cfg: Any) -> frozenset[str]:
+    """The options of ``cfg`` whose value its recipe supplied (neither YAML nor a flag set them)."""
+    return cfg.__dict__.get(_FROM_RECIPE, frozenset())
 
 
 def _check_types(cfg: Any, source: str) -> None:

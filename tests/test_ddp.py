@@ -101,6 +101,9 @@ def _pretrain_worker(rank: int, world: int, port: int, root: str) -> None:
                             world_size=world)
     try:
         codes = {obj: main(_pretrain(Path(root), obj, f"ddp-{obj}")) for obj in OBJECTIVES}
+        # continued pre-training (MLM only) of the MLM+NSP result: its pooler stays, frozen (DDP
+        # would refuse a trainable parameter without gradient); --arch, --size, --tokenizer agree
+        codes["init"] = main(_pretrain(Path(root), "mlm", "ddp-init", "--init", str(Path(root) / "ddp-mlm+nsp")))
         # A user error once the run directory exists (the loop refuses --patience without
         # evaluation): one line per rank, exit 1, and no partial run folder.
         err = io.StringIO()
@@ -127,7 +130,7 @@ def test_pretrain_every_objective_two_ranks_equal_one_rank_with_accumulation(tmp
     mp.spawn(_pretrain_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in ranks:
-        assert r["codes"] == {**{obj: 0 for obj in OBJECTIVES}, "error": 1}
+        assert r["codes"] == {**{obj: 0 for obj in OBJECTIVES}, "init": 0, "error": 1}
         lines = r["stderr"].strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("plmkit: error:") and "--patience" in lines[0]
     assert not (tmp_path / "ddp-error").exists()
@@ -144,3 +147,15 @@ def test_pretrain_every_objective_two_ranks_equal_one_rank_with_accumulation(tmp
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"{obj}: {k}")
         # NSP/SOP train the pooler; an MLM-only BERT has none (DDP would find it unused)
         assert any(k.startswith("backbone.pooler") for k in a) == (obj in ("mlm+nsp", "mlm+sop"))
+    # --init on 2 ranks == on 1 rank with accumulation, from the same parent
+    parent_dir = str(tmp_path / "ddp-mlm+nsp")
+    assert main(_pretrain(tmp_path, "mlm", "one-init", "--init", parent_dir, "--grad-accum", "2")) == 0
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / run / "metrics.jsonl").open()]
+              for run in ("ddp-init", "one-init")]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5) and len(losses[0]) == 3
+    a = load_file(str(tmp_path / "ddp-init" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one-init" / "model.safetensors"))
+    parent = load_file(str(tmp_path / "ddp-mlm+nsp" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=f"init: {k}")
+    assert torch.equal(a["backbone.pooler.dense.weight"], parent["backbone.pooler.dense.weight"])

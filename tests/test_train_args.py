@@ -148,7 +148,7 @@ def corpus(tmp_path_factory) -> tuple[Path, Path]:
     (["--max-steps", "2", "--grad-accum", "0"], "--grad-accum must be >= 1"),
     (["--max-steps", "2", "--mlm-prob", "1.5"], "--mlm-prob must be in (0, 1)"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
-    (["--budget", "5m"], "schedule 'linear' needs"),               # a decaying schedule, no planned length
+    (["--budget", "5m", "--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
     (["--max-steps", "2", "--patience", "2"], "--patience"),       # refused by the loop, after setup
 ])
 def test_refused_pretrain_leaves_nothing_and_the_corrected_run_works(tmp_path, corpus, capsys, bad, message):

@@ -234,3 +234,15 @@ def open_shards(shard_dir: str | Path, split: str = "train") -> TokenShards:
     docs = np.asarray(docs[:cut] if split == "train" else docs[cut:])
     return TokenShards(tokens=tokens, segments=segments, docs=docs, vocab_size=meta["vocab_size"],
                        split=split, path=shard_dir)
+
+
+def token_share(shards: TokenShards, token_id: int, chunk: int = 1 << 24) -> float:
+    """The fraction of this split's tokens that are ``token_id`` (e.g. the unknown token: how much
+    of a corpus the tokenizer cannot read), counted in chunks of the memmap."""
+    if not shards.n_docs:
+        return 0.0
+    bounds = shards.doc_tokens
+    a, b = int(bounds[0, 0]), int(bounds[-1, 1])
+    hits = sum(int(np.count_nonzero(np.asarray(shards.tokens[i:min(b, i + chunk)]) == token_id))
+               for i in range(a, b, chunk))
+    return hits / max(1, b - a)

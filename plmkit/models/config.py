@@ -223,8 +223,15 @@ GPT_PRESETS: dict[str, dict[str, int]] = {
     "medium": dict(num_layers=8, hidden_size=512, num_heads=8),
     "base": dict(num_layers=12, hidden_size=768, num_heads=12),
 }
-ARCHS: dict[str, tuple[dict[str, dict[str, int]], type[ModelConfig]]] = {
-    "bert": (BERT_PRESETS, EncoderConfig), "gpt": (GPT_PRESETS, DecoderConfig)}
+# ALBERT (Lan et al. 2019) at the BERT sizes: factorised embeddings (E = 128, 64 for tiny: E < H),
+# one layer's weights shared by all, gelu_new, no dropout (ALBERT v2); exports to HF's ALBERT.
+_ALBERT = dict(share_layers=True, activation="gelu_new", hidden_dropout=0.0, attention_dropout=0.0, layout="albert")
+ALBERT_PRESETS: dict[str, dict[str, Any]] = {
+    name: {**sizes, **_ALBERT, "embedding_size": 64 if sizes["hidden_size"] <= 128 else 128}
+    for name, sizes in BERT_PRESETS.items()}
+ARCHS: dict[str, tuple[dict[str, dict[str, Any]], type[ModelConfig]]] = {
+    "bert": (BERT_PRESETS, EncoderConfig), "albert": (ALBERT_PRESETS, EncoderConfig),
+    "gpt": (GPT_PRESETS, DecoderConfig)}
 
 
 def preset(arch: str, size: str, **overrides: Any) -> ModelConfig:

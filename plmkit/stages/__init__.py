@@ -8,7 +8,8 @@ from __future__ import annotations
 # command -> (stage module, one-line help). Two-word commands are "group sub".
 COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer train": ("plmkit.stages.tokenizer", "train a WordPiece or byte-level BPE tokenizer"),
-    "pretrain": ("plmkit.stages.pretrain", "pre-train BERT (MLM, NSP/SOP) or GPT (causal LM) on raw text"),
+    "pretrain": ("plmkit.stages.pretrain", "pre-train BERT (MLM, NSP/SOP), ALBERT or GPT (causal LM) on raw text, "
+                 "or continue a checkpoint (--init)"),
     "generate": ("plmkit.stages.generate", "generate text from a decoder model"),
     "eval-lm": ("plmkit.stages.eval_lm", "perplexity (GPT) or MLM loss/accuracy (BERT) on a text file"),
     "finetune": ("plmkit.stages.finetune", "fine-tune a model on a task"),

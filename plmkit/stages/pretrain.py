@@ -1,13 +1,21 @@
-"""Pre-train BERT (MLM, MLM+NSP, MLM+SOP) or GPT (causal LM) on raw text.
+"""Pre-train BERT (MLM, MLM+NSP), ALBERT (MLM+SOP) or GPT (causal LM) on raw text, from scratch or
+continuing a checkpoint (``--init DIR``, see ``pretrain_init``).
 
-Reads top to bottom: check inputs -> tokenizer (given, or trained and stored in the run)
--> token shards (cached) -> model from a size preset -> batch sources -> the shared
-training loop -> final checkpoint in --out. The run directory also holds resumable
+Reads top to bottom: check inputs (the --init checkpoint loaded and checked here) -> tokenizer
+(the checkpoint's, given, or trained and stored in the run) -> token shards (cached; the share
+of unknown tokens reported) -> model (a size preset, or the checkpoint's) -> batch sources ->
+the shared training loop -> final checkpoint in --out. The run directory also holds resumable
 checkpoints (``checkpoints/step-N``), ``metrics.jsonl`` and the resolved ``pretrain.yaml``.
+
+``--recipe budget`` is a named set of defaults for pre-training from scratch in little time
+(Cramming, Geiping & Goldstein 2022); flags and --config override each of its settings.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,41 +23,59 @@ from typing import Any, Callable
 import torch
 from tokenizers import Tokenizer
 
-from ..config import compose, dump_yaml, load_yaml, option, pick, to_dict
+from ..config import compose, dump_yaml, from_recipe, load_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
 from ..data.pretrain import make_batch_source
-from ..data.shards import build_shards, open_shards
+from ..data.shards import build_shards, open_shards, token_share
 from ..errors import PlmkitError
 from ..eval.lm import evaluate_lm, flops_per_token
 from ..io import atomic_dir, atomic_write_text
 from ..models.checkpoint import write_checkpoint_files
-from ..models.config import BERT_PRESETS, config_to_dict, preset
+from ..models.config import ARCHS, BERT_PRESETS, config_to_dict, preset
 from ..models.model import PlmModel
 from ..tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
 from ..precision import autocast_dtype
 from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
 from ..train.state import load_safetensors
+from . import pretrain_init as I
 
-OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop"), "gpt": ("clm",)}
+# arch -> its objectives, the default first
+OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop"), "albert": ("mlm+sop", "mlm"), "gpt": ("clm",)}
+# what the options left unset (None, so that "given" shows) mean for a new model
+NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000}
 RUN_FILE = "pretrain.yaml"
+UNKNOWN_WARN = 0.05   # warn when more of the corpus than this is the unknown token
 
 
 @dataclass
 class _Options:
     corpus: list[str] = option(help="raw UTF-8 text files; documents are blank-line separated")
     out: str = option(help="run / output directory")
-    arch: str = option("bert", help="model family", choices=["bert", "gpt"])
-    size: str = option("mini", help="size preset", choices=list(BERT_PRESETS))
-    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (bert) or clm (gpt); default mlm+nsp / clm; "
-                                   "an mlm-only BERT has no pooler (nothing would train it)",
+    init: str | None = option(None, help="continue pre-training this checkpoint (plmkit or HF directory): its "
+                              "architecture and tokenizer are kept, and its MLM / LM head when it has one")
+    add_tokens: str | None = option(None, help="with --init: a file of new words (one per line) to add to the "
+                                    "vocabulary; each new row starts as the mean of its old sub-word pieces")
+    arch: str | None = option(None, help="model family of a new model (default bert); albert = factorised "
+                              "embeddings + one shared layer, exports to HF's ALBERT", choices=list(ARCHS))
+    size: str | None = option(None, help="size preset of a new model (default mini)", choices=list(BERT_PRESETS))
+    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (encoders) or clm (gpt); default: mlm+nsp "
+                                   "(bert), mlm+sop (albert), clm (gpt), or the --init checkpoint's own; an "
+                                   "mlm-only new BERT has no pooler (nothing would train it)",
                                    choices=["mlm", "mlm+nsp", "mlm+sop", "clm"])
-    pre_ln: bool = option(False, help="bert: LayerNorm before each sub-layer (GPT-2's layout, the usual choice "
-                          "for high learning rates); the model cannot be exported to the HF BERT layout")
-    dropout: float | None = option(None, help="hidden and attention dropout of the new model (default: the "
-                                   "preset's 0.1); fine-tuning inherits it", ge=0, lt=1)
-    tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus")
-    vocab_size: int = option(16000, help="vocabulary size when training the tokenizer", ge=1)
+    pre_ln: bool | None = option(None, help="encoders: LayerNorm before each sub-layer (GPT-2's layout, the usual "
+                                 "choice for high learning rates); the model cannot be exported to the HF "
+                                 "BERT / ALBERT layout")
+    embedding_size: int | None = option(None, help="encoders: token embeddings of this width, projected to the "
+                                        "hidden size (ALBERT's factorised embeddings; --arch albert: 128, 64 "
+                                        "for tiny)", ge=1)
+    share_layers: bool | None = option(None, help="encoders: one layer's weights reused by every layer "
+                                       "(ALBERT; on for --arch albert)")
+    dropout: float | None = option(None, help="hidden and attention dropout (default: the preset's, or the "
+                                   "--init checkpoint's); fine-tuning inherits it", ge=0, lt=1)
+    tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus "
+                                   "(with --init: the checkpoint's)")
+    vocab_size: int | None = option(None, help="vocabulary size when training the tokenizer (default 16000)", ge=1)
     seq_len: int = option(128, help="tokens per sequence", ge=8)
     batch_size: int = option(32, help="sequences per micro-batch (per rank)", ge=1)
     mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM", gt=0, lt=1)
@@ -64,7 +90,17 @@ class _Options:
 
 # Training options (plmkit/train/args.py) with another default for pre-training.
 TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
-Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",))
+# Named sets of defaults (--recipe NAME; flags and --config override each). "budget": pre-training
+# from scratch in little time, after Cramming (Geiping & Goldstein 2022): no dropout, pre-LN (stable
+# at a higher lr), MLM without NSP (its sentence pairs cost time and help little), 128-token
+# sequences, a large effective batch through accumulation (32 x 4 = 128 sequences), lr 1e-3,
+# and, given only --budget, the schedule in wall-clock time (warmup, then linear decay to 0 when the
+# budget ends). Sparse prediction (the vocabulary projection only on masked tokens) is always on.
+RECIPES = {"budget": {"dropout": 0.0, "pre_ln": True, "objective": "mlm", "mlm_prob": 0.15, "seq_len": 128,
+                      "batch_size": 32, "grad_accum": 4, "lr": 1e-3, "schedule": "linear", "warmup_ratio": 0.06,
+                      "betas": [0.9, 0.98]}}
+Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",),
+                 recipes=RECIPES)
 
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
@@ -84,27 +120,31 @@ def run(cfg: Config) -> int:
 
 def _run(cfg: Config, info: D.DistInfo) -> int:
     # Everything that can fail on bad input happens before --out is touched.
-    task, args = _check_request(cfg, info)
+    recipe_keys = from_recipe(cfg)
+    cfg = _settle_recipe(cfg, info, recipe_keys)
+    parent = I.load_parent(cfg) if cfg.init else None
+    if parent:
+        cfg = _settle_recipe(cfg, info, recipe_keys, parent)
+    task, args = _check_request(cfg, info, parent)
+    cfg = _settled(cfg, task)
     out = Path(cfg.out)
     check_text_files(cfg.corpus)
     _check_out_dir(out, cfg)
-    tok = _tokenizer(cfg, out, info)
+    tok = parent.tokenizer if parent else _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
-    overrides: dict[str, Any] = {"pre_ln": True} if cfg.pre_ln else {}   # bert only (checked above)
-    if task == "mlm":   # no NSP/SOP: the pooler would get no gradient (and DDP would fail on it)
-        overrides["use_pooler"] = False
-    if cfg.dropout is not None:
-        overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
-    model_cfg = preset(cfg.arch, cfg.size, vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                       max_position=max(cfg.seq_len, 512 if cfg.arch == "bert" else 1024), **overrides)
-    if cfg.arch == "bert" and tok.token_to_id("[PAD]") is not None:
-        model_cfg.pad_token_id = tok.token_to_id("[PAD]")
-    torch.manual_seed(cfg.seed)
-    model = PlmModel(model_cfg, task)
+    if info.is_main:
+        _report_unknown(tok, shard_dir, cfg)
+    model, said = _model(cfg, task, tok, parent)
     n_params = model.num_parameters()
     if info.is_main:
-        print(f"pre-training {cfg.arch}-{cfg.size} ({n_params / 1e6:.1f}M parameters) with {task} "
-              f"on {sum(Path(p).stat().st_size for p in cfg.corpus) / 1e6:.1f} MB of text")
+        mb = sum(Path(p).stat().st_size for p in cfg.corpus) / 1e6
+        if parent:
+            added = f"; {len(parent.added)} tokens added" if parent.added else ""
+            print(f"continuing {cfg.init} ({model.config.layout}, {n_params / 1e6:.1f}M parameters) with {task} "
+                  f"on {mb:.1f} MB of text: {said}{added}")
+        else:
+            print(f"pre-training {_arch(cfg)}-{cfg.size or NEW_MODEL['size']} ({n_params / 1e6:.1f}M parameters) "
+                  f"with {task} on {mb:.1f} MB of text")
 
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
                   short_seq_prob=cfg.short_seq_prob, mlm_prob=cfg.mlm_prob, whole_word=cfg.whole_word_mask,
@@ -115,39 +155,137 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     if info.is_main:
         _start_run_dir(out, cfg, tok)
     D.barrier(info)
-    fingerprint = {"model": config_to_dict(model_cfg), "task": task, "shards": shard_dir.name,
+    fingerprint = {"model": config_to_dict(model.config), "task": task, "shards": shard_dir.name,
                    "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "mlm_prob": cfg.mlm_prob,
                    "whole_word_mask": cfg.whole_word_mask}
+    if parent:
+        fingerprint["init"] = str(parent.path.resolve())
+    frozen = "backbone.pooler." if parent and I.frozen_pooler(model, task) else None
     with dropped_unless_resumable(out, enabled=not cfg.resume):
         # --patience watches the validation loss (the best weights also go to out/best)
         result = train(model, source, args, out, eval_fn=eval_fn, fingerprint=fingerprint,
                        metric="loss" if args.patience and eval_fn else None, greater_is_better=False,
+                       trainable=(lambda name: not name.startswith(frozen)) if frozen else None,
                        flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
                        peak_flops=measure_peak_flops() if info.is_main else None)
     if info.is_main:
         if result.sharded:  # FSDP left `model` sharded; its full weights are in the last checkpoint
-            model = PlmModel(model_cfg, task)
+            model = PlmModel(model.config, task)
             load_safetensors(model, result.last_checkpoint)
         metrics = {"steps": result.steps, "stopped": result.stopped_reason, **result.last_metrics}
         if result.resumes:
             metrics["resumes"] = result.resumes
-        _write_final(model, tok, out, cfg, metrics)
+        _write_final(model, tok, out, cfg, metrics, parent)
         shown = "".join(f", {k} {v:.4g}" for k, v in result.last_metrics.items())
         print(f"done: {result.steps} steps ({result.stopped_reason}){shown}; model in {out}")
     return 0
 
 
-def _check_request(cfg: Config, info: D.DistInfo) -> tuple[str, TrainArgs]:
+def _arch(cfg: Config) -> str:
+    return cfg.arch or NEW_MODEL["arch"]
+
+
+def _settle_recipe(cfg: Config, info: D.DistInfo, recipe_keys: frozenset[str],
+                   parent: I.Parent | None = None) -> Config:
+    """A recipe's settings that do not apply to this run are dropped, saying so: architecture
+    settings with --init (the checkpoint's architecture is kept), and an objective or pre-LN that
+    the family lacks (a GPT is always pre-LN and trains with clm). Called before the --init
+    checkpoint is read, and again with it (its family decides the objective)."""
+    family = (I.OBJECTIVES[parent.family] if parent else None) if cfg.init else OBJECTIVES[_arch(cfg)]
+    dropped = {}
+    for name in sorted(recipe_keys):
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if (cfg.init and name in I.ARCH_OPTIONS) or (name == "pre_ln" and not cfg.init and _arch(cfg) == "gpt"):
+            dropped[name] = value
+        elif name == "objective" and family is not None and value not in family:
+            dropped[name] = value
+    if not dropped:
+        return cfg
+    if info.is_main:
+        shown = ", ".join(f"{k} {v}" for k, v in dropped.items())
+        why = f"--init {cfg.init} decides" if cfg.init else f"not for --arch {_arch(cfg)}"
+        print(f"note: --recipe {cfg.recipe}: {shown} not applied ({why})")
+    return dataclasses.replace(cfg, **{k: None for k in dropped})
+
+
+def _check_request(cfg: Config, info: D.DistInfo, parent: I.Parent | None) -> tuple[str, TrainArgs]:
     """Settings that are wrong whatever the data: fail before reading or writing anything."""
-    task = cfg.objective or OBJECTIVES[cfg.arch][0]
-    if task not in OBJECTIVES[cfg.arch]:
-        raise PlmkitError(f"objective '{task}' does not fit arch '{cfg.arch}' (choose {', '.join(OBJECTIVES[cfg.arch])})")
-    if cfg.pre_ln and cfg.arch != "bert":
-        raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
+    if parent:
+        task = cfg.objective or parent.default_objective()
+        I.check_objective(task, parent)
+    else:
+        arch = _arch(cfg)
+        task = cfg.objective or OBJECTIVES[arch][0]
+        if cfg.add_tokens:
+            raise PlmkitError("--add-tokens grows the vocabulary of an --init checkpoint; a new model's "
+                              "tokenizer is trained on the corpus (or given with --tokenizer)")
+        if task not in OBJECTIVES[arch]:
+            raise PlmkitError(f"objective '{task}' does not fit arch '{arch}' (choose {', '.join(OBJECTIVES[arch])})")
+        if cfg.pre_ln is not None and arch == "gpt":
+            raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
+        if arch == "gpt" and (cfg.embedding_size is not None or cfg.share_layers is not None):
+            raise PlmkitError("--embedding-size and --share-layers are encoder options (--arch bert or albert)")
     args = pick(TrainArgs, cfg)
     check_args(args)
     autocast_dtype(args.precision, D.default_device(info))      # bf16 where unsupported: refused now
     return task, args
+
+
+def _settled(cfg: Config, task: str) -> Config:
+    """``cfg`` with the defaults it leaves open filled in, as pretrain.yaml records the run: the
+    objective, and for a new model its arch, size, pre-LN and tokenizer vocabulary size (with
+    --init the checkpoint decides those, and they stay unset)."""
+    if cfg.init:
+        return dataclasses.replace(cfg, objective=task)
+    arch = _arch(cfg)
+    return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"],
+                               pre_ln=cfg.pre_ln if cfg.pre_ln is not None or arch == "gpt" else False,
+                               vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
+
+
+def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None) -> tuple[PlmModel, str]:
+    """The model training starts from: the --init checkpoint's, or a new one from a size preset."""
+    if parent:
+        return I.build_model(parent, task, cfg.dropout, cfg.seed)
+    arch = _arch(cfg)
+    overrides: dict[str, Any] = {}
+    for name in ("pre_ln", "embedding_size", "share_layers"):
+        if getattr(cfg, name) is not None:
+            overrides[name] = getattr(cfg, name)
+    if task == "mlm":   # no NSP/SOP: the pooler would get no gradient (and DDP would fail on it)
+        overrides["use_pooler"] = False
+    if cfg.dropout is not None:
+        overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
+    model_cfg = preset(arch, cfg.size or NEW_MODEL["size"], vocab_size=tok.get_vocab_size(with_added_tokens=True),
+                       max_position=max(cfg.seq_len, 1024 if arch == "gpt" else 512), **overrides)
+    if not model_cfg.causal and tok.token_to_id("[PAD]") is not None:
+        model_cfg.pad_token_id = tok.token_to_id("[PAD]")
+    torch.manual_seed(cfg.seed)
+    return PlmModel(model_cfg, task), ""
+
+
+def _report_unknown(tok: Tokenizer, shard_dir: Path, cfg: Config) -> None:
+    """How much of the corpus the tokenizer reads as its unknown token (another script, say)."""
+    unk = _unk_id(tok)
+    if unk is None:
+        return
+    rate = token_share(open_shards(shard_dir, "train"), unk)
+    print(f"unknown tokens: {rate:.2%} of the corpus")
+    if rate > UNKNOWN_WARN:
+        print(f"warning: {rate:.1%} of the corpus ({', '.join(cfg.corpus)}) is the unknown token: the tokenizer "
+              f"does not cover its script or vocabulary{'; --add-tokens can add words' if cfg.init else ''}",
+              file=sys.stderr)
+
+
+def _unk_id(tok: Tokenizer) -> int | None:
+    """The id the tokenizer model emits for what it cannot read (None: byte-level BPE has none)."""
+    name = getattr(tok.model, "unk_token", None)
+    if name:
+        return tok.token_to_id(name)
+    unk = json.loads(tok.to_str()).get("model", {}).get("unk_id")
+    return unk if isinstance(unk, int) else None
 
 
 def _check_out_dir(out: Path, cfg: Config) -> None:
@@ -178,7 +316,7 @@ def _start_run_dir(out: Path, cfg: Config, tok) -> None:
 # Settings that may change when resuming: the training options the loop allows to change
 # (lr, precision, length, how often to evaluate/save/log), and how to evaluate and cache.
 RESUMABLE = RESUME_FREE | {"eval_batches", "overwrite", "cache_dir"}
-PATHS = ("corpus", "out", "tokenizer")     # compared as resolved paths: ./run is run
+PATHS = ("corpus", "out", "tokenizer", "init", "add_tokens")     # compared as resolved paths: ./run is run
 
 
 def _check_same_run(run_file: Path, cfg: Config) -> None:
@@ -205,8 +343,8 @@ def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
         return load_tokenizer(stored)
     text = None
     if info.is_main:
-        kind = "wordpiece" if cfg.arch == "bert" else "bpe"
-        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size).to_str()
+        kind = "bpe" if _arch(cfg) == "gpt" else "wordpiece"
+        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"]).to_str()
     return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 
@@ -236,9 +374,15 @@ def _eval_fn(task: str, shard_dir: Path, tok, cfg: Config, common: dict[str, Any
             batch_size //= 2
 
 
-def _write_final(model: PlmModel, tok, out: Path, cfg: Config, metrics: dict[str, Any]) -> None:
-    """Put the final model files into ``out`` (config.json moved last: loadable only when whole)."""
-    meta = {"stage": "pretrain", "parent": None, "config": to_dict(cfg), "metrics": metrics}
+def _write_final(model: PlmModel, tok, out: Path, cfg: Config, metrics: dict[str, Any],
+                 parent: I.Parent | None) -> None:
+    """Put the final model files into ``out`` (config.json moved last: loadable only when whole).
+    The lineage names the --init checkpoint as the parent."""
+    meta = {"stage": "pretrain", "parent": str(parent.path.resolve()) if parent else None, "config": to_dict(cfg),
+            "metrics": metrics}
+    if parent:
+        meta["init"] = {"parent_task": parent.model.task, "added_tokens": parent.added,
+                        "already_in_vocabulary": parent.known}
     staging = out / ".final"
     shutil.rmtree(staging, ignore_errors=True)
     with atomic_dir(staging, overwrite=True) as tmp:

@@ -27,11 +27,12 @@ class TrainArgs:
     epochs: float | None = option(None, help="stop after this many passes over the training data (may be "
                                   "fractional)", gt=0, group=GROUP)
     budget: str | None = option(None, help="wall-clock limit, e.g. 90s, 20m, 1h30m, counted across resumes; "
-                                "saves and stops cleanly", group=GROUP)
+                                "saves and stops cleanly. Alone (no --max-steps / --epochs) the schedule runs "
+                                "on time: warmup and decay reach 0 when the budget ends", group=GROUP)
     # optimizer and schedule
     lr: float = option(5e-4, help="peak learning rate", gt=0, group=GROUP)
-    warmup_ratio: float = option(0.0, help="linear warmup as a fraction of the planned steps", ge=0, lt=1,
-                                 group=GROUP)
+    warmup_ratio: float = option(0.0, help="linear warmup as a fraction of the planned steps (of the time "
+                                 "budget, when only --budget is given)", ge=0, lt=1, group=GROUP)
     warmup_steps: int = option(0, help="linear warmup steps (when > 0, instead of --warmup-ratio)", ge=0,
                                group=GROUP)
     schedule: str = option("linear", help="learning-rate decay after warmup",
@@ -107,9 +108,3 @@ def check_args(args: TrainArgs) -> None:
         raise PlmkitError(f"--betas needs two values, got {args.betas}")
     if args.budget is not None:
         parse_budget(args.budget)
-    planned = args.max_steps is not None or args.epochs is not None
-    if args.schedule != "constant" and not planned:
-        raise PlmkitError(f"schedule '{args.schedule}' needs max_steps or epochs to know where to decay to; "
-                          "with only a time budget use --schedule constant")
-    if args.warmup_ratio and not args.warmup_steps and not planned:
-        raise PlmkitError("--warmup-ratio needs --max-steps or --epochs; use --warmup-steps")

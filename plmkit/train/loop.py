@@ -59,6 +59,7 @@ class Hooks:
     peak_flops: float | None = None
     device: torch.device | None = None
     resumable: bool = True                       # the stage offers --resume (for the stop advice)
+    clock: Callable[[], float] = time.perf_counter   # seconds; the budget and a time-planned schedule read it
 
 
 @dataclass
@@ -90,6 +91,7 @@ class _Counters:
     loss_ema: float | None = None    # divergence watch: smoothed loss, its best, steps far above it
     best_ema: float | None = None
     high_steps: int = 0
+    step_seconds: float = 0.0        # the last step's duration (a time-planned schedule looks one step ahead)
 
 
 # A loss counts as "far above its best" above max(FACTOR x best, best + MARGIN), best being the
@@ -114,10 +116,15 @@ def total_steps(args: TrainArgs, source: BatchSource) -> tuple[int | None, str]:
 
 
 def _warmup(args: TrainArgs, total: int | None) -> int:
-    if args.warmup_steps or not args.warmup_ratio:
+    """Warmup steps; a run planned in time (total None) warms up over a fraction of the budget
+    instead (``_warmup_frac``)."""
+    if args.warmup_steps or not args.warmup_ratio or total is None:
         return args.warmup_steps
-    assert total is not None  # check_args: warmup_ratio needs a planned length
     return round(args.warmup_ratio * total)
+
+
+def _warmup_frac(args: TrainArgs, total: int | None) -> float:
+    return args.warmup_ratio if total is None and not args.warmup_steps else 0.0
 
 
 def _fingerprint(args: TrainArgs, info: D.DistInfo, extra: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +171,10 @@ class _Trainer:
         self._lr = args.lr  # lr of the latest step (peak-relative), for logging
         self.budget_s = parse_budget(args.budget) if args.budget else None
         self.total, self.total_reason = total_steps(args, source)
+        self.clock = hooks.clock
+        self.t_start = self.clock()
+        self.step_s = 0.0        # the last step's duration: when the next one should end
+        self.progress = 0.0      # a time-planned schedule's progress at the end of the next step
         self.eval_every = args.eval_every or self._steps_per_epoch()
         self.c = _Counters(warmup=_warmup(args, self.total))
         self.fingerprint = _fingerprint(args, info, hooks.fingerprint)
@@ -180,7 +191,9 @@ class _Trainer:
         self.opt = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay,
                                    betas=(args.betas[0], args.betas[1]), eps=args.eps, device=self.device,
                                    layer_of=hooks.layer_of, layerwise_lr_decay=args.layerwise_lr_decay)
-        self.sched = build_scheduler(self.opt, schedule=args.schedule, warmup=self.c.warmup, total=self.total)
+        self.plan = dict(schedule=args.schedule, total=self.total, warmup_frac=_warmup_frac(args, self.total),
+                         progress=(lambda: self.progress) if self.total is None and self.budget_s else None)
+        self.sched = build_scheduler(self.opt, warmup=self.c.warmup, **self.plan)
         resumed = self._restore() if args.resume else self._fresh()
         self.metrics = MetricsLog(out_dir, enabled=info.is_main, tensorboard=args.tensorboard,
                                   resume_step=resumed)
@@ -192,7 +205,7 @@ class _Trainer:
         if not self.sharded:
             self.model = D.wrap_ddp(self.model, info, self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.t_start = time.perf_counter()
+        self.t_start = self.clock()
         self.window = Window()
 
     def _steps_per_epoch(self) -> int:
@@ -245,8 +258,9 @@ class _Trainer:
         if self.c.warmup is None:  # a checkpoint from before warmup was saved
             self.c.warmup = planned_warmup
         self.sched.load_state_dict(state["scheduler"])
-        replan(self.sched, lr=self.args.lr, schedule=self.args.schedule, warmup=self.c.warmup,
-               total=self.total)
+        self.step_s = self.c.step_seconds     # from the checkpoint: the same on every rank
+        self.progress = self._planned_progress(self.c.train_seconds)
+        replan(self.sched, lr=self.args.lr, warmup=self.c.warmup, **self.plan)
         S.set_rng_state(state["rng"][self.info.rank])
         self.source.load_state_dict(state["data"][self.info.rank])
         self.last_saved, self.last_checkpoint = self.c.step, path
@@ -269,6 +283,7 @@ class _Trainer:
     def _step(self, batches: Iterator[Batch]) -> tuple[float, int, bool]:
         """Run one optimizer step; returns (mean loss over ranks, tokens, over budget?)."""
         accum, info = self.args.grad_accum, self.info
+        started = self.clock()
         loss_sum = torch.zeros((), device=self.device)
         aux: dict[str, torch.Tensor] = {}
         tokens = 0
@@ -286,8 +301,15 @@ class _Trainer:
             loss_sum += loss.detach()
             for k, v in (getattr(out, "aux", None) or {}).items():
                 aux[k] = aux.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum
-        over = float(info.is_main and self.budget_s is not None and self._elapsed() >= self.budget_s)
-        both = D.all_sum(torch.stack([loss_sum, torch.tensor(over, device=self.device)]), info)
+        # Rank 0's clock decides for every rank: the budget stop, and the progress a time-planned
+        # schedule reads for the next step (the same lr on every rank).
+        over, progress = 0.0, 0.0
+        if info.is_main and self.budget_s is not None:
+            elapsed, self.step_s = self._elapsed(), self.clock() - started
+            over, progress = float(elapsed >= self.budget_s), self._planned_progress(elapsed)
+        f64 = dict(device=self.device, dtype=torch.float64)     # a progress exact enough to resume on
+        both = D.all_sum(torch.stack([loss_sum.double(), torch.tensor(over, **f64), torch.tensor(progress, **f64)]),
+                         info)
         loss_val = both[0].item() / info.world_size
         if not math.isfinite(loss_val):
             self._stop("nonfinite_loss", f"loss is {loss_val} at step {self.c.step + 1}", loss=str(loss_val))
@@ -296,6 +318,7 @@ class _Trainer:
             aux["grad_norm"] = D.clip_grad_norm(self.params, self.args.clip_norm).detach()
         lr = self.opt.param_groups[0]["lr"] / self.opt.param_groups[0]["lr_scale"]
         self.opt.step()
+        self.progress = both[2].item()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         self.c.step += 1
@@ -329,7 +352,13 @@ class _Trainer:
                           f"or use precision fp32, {advice}.")
 
     def _elapsed(self) -> float:
-        return self.c.train_seconds + time.perf_counter() - self.t_start
+        return self.c.train_seconds + self.clock() - self.t_start
+
+    def _planned_progress(self, elapsed: float) -> float:
+        """The fraction of the time budget spent when the next step ends (if as long as the last)."""
+        if self.budget_s is None:
+            return 0.0
+        return min(1.0, (elapsed + self.step_s) / self.budget_s)
 
     # ---- logging, evaluation, checkpoints ----
 
@@ -397,7 +426,8 @@ class _Trainer:
     def _save(self) -> None:
         """Write ``checkpoints/step-N`` (rank 0), then drop the oldest beyond keep_last."""
         self.c.train_seconds = self._elapsed()
-        self.t_start = time.perf_counter()
+        self.c.step_seconds = self.step_s
+        self.t_start = self.clock()
         rngs = D.gather_objects(S.rng_state(), self.info)
         datas = D.gather_objects(self.source.state_dict(), self.info)
         path = self.ckpt_root / f"step-{self.c.step}"
@@ -501,7 +531,8 @@ def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str |
           save_fn: S.SaveFn | None = None, load_fn: S.LoadFn | None = None,
           layer_of: LayerOf | None = None, trainable: Callable[[str], bool] | None = None,
           flops_per_token: float | None = None, peak_flops: float | None = None,
-          device: str | torch.device | None = None, resumable: bool = True) -> TrainResult:
+          device: str | torch.device | None = None, resumable: bool = True,
+          clock: Callable[[], float] | None = None) -> TrainResult:
     """Train ``model`` on ``source`` under ``args``; checkpoints and metrics go to ``out_dir``.
 
     ``model(**batch)`` must return an object with ``.loss`` (scalar) and optionally
@@ -516,6 +547,8 @@ def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str |
     reporting. With ``args.fsdp`` under torchrun the model is sharded in place (see
     ``dist.wrap_fsdp``) and stays so: ``result.sharded`` is then True and the final full weights
     are in ``result.last_checkpoint`` (always written at the end); ``eval_fn`` runs on every rank.
+    ``clock`` (seconds, default ``time.perf_counter``) is what the time budget and a time-planned
+    schedule (only ``budget``: warmup and decay to 0 when it ends) read; tests pass a fake one.
     Raises PlmkitError on a non-finite or diverging loss, after keeping the last good checkpoint.
     """
     check_args(args)
@@ -530,7 +563,8 @@ def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str |
                   fingerprint=dict(fingerprint or {}), save_fn=save_fn or S.save_safetensors,
                   load_fn=load_fn or S.load_safetensors, layer_of=layer_of, trainable=trainable,
                   flops_per_token=flops_per_token, peak_flops=peak_flops,
-                  device=torch.device(device) if device is not None else None, resumable=resumable)
+                  device=torch.device(device) if device is not None else None, resumable=resumable,
+                  clock=clock or time.perf_counter)
     info = D.init_distributed()
     try:
         return _Trainer(model, source, args, Path(out_dir), info, hooks).run()

@@ -76,21 +76,30 @@ def optimizer_kernel(model: nn.Module) -> dict[str, bool]:
     return {"foreach": True} if sharded else {"fused": True}
 
 
-def lr_factor(step: int, *, schedule: str, warmup: int, total: int | None) -> float:
+def lr_factor(step: int, *, schedule: str, warmup: int, total: int | None, progress: float | None = None,
+              warmup_frac: float = 0.0) -> float:
     """Multiplier of the peak lr for the optimizer step with 0-based index ``step``.
 
     Warmup ramps (step + 1) / warmup, so the first update is not wasted at lr 0 and
     step ``warmup - 1`` reaches the peak. Then "linear" decays to 0 at ``total``,
     "cosine" follows half a cosine to 0, and "constant" stays at 1.
+
+    A run planned in time (``total`` None: only a time budget) follows ``progress``, the
+    fraction of the budget spent when this step ends: a linear warmup over the first
+    ``warmup_frac`` of the time (or ``warmup`` steps), then the decay over the rest, reaching 0
+    exactly when the budget does.
     """
     if step < warmup:
         return (step + 1) / warmup
+    if total is None and progress is not None:
+        if progress < warmup_frac:
+            return progress / warmup_frac
+        return SCHEDULES[schedule](min(1.0, (progress - warmup_frac) / (1.0 - warmup_frac)))
     if schedule == "constant":
         return 1.0
-    assert total is not None, "decaying schedules need a total step count"
+    assert total is not None, "decaying schedules need a total step count or a time budget"
     span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return SCHEDULES[schedule](progress)
+    return SCHEDULES[schedule](min(1.0, (step - warmup) / span))
 
 
 # schedule name -> decay curve over progress in [0, 1] (after warmup)
@@ -99,31 +108,42 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)),
     "constant": lambda p: 1.0,
 }
+# A time-planned schedule reads its progress from this (the loop's budget clock).
+Progress = Callable[[], float]
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup: int,
-                    total: int | None) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over :func:`lr_factor`; it is stepped once per optimizer step."""
+def build_scheduler(optimizer: torch.optim.Optimizer, *, schedule: str, warmup: int, total: int | None,
+                    progress: Progress | None = None, warmup_frac: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over :func:`lr_factor`; it is stepped once per optimizer step. Without ``total``,
+    ``progress()`` (the fraction of the time budget spent by the end of the next step) plans it."""
     if schedule not in SCHEDULES:
         raise PlmkitError(f"unknown schedule '{schedule}' (known: {', '.join(SCHEDULES)})")
-    if schedule != "constant" and total is None:
-        raise PlmkitError(f"schedule '{schedule}' needs max_steps or epochs to know where to "
-                          "decay to; with only a time budget use schedule 'constant'")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor(schedule, warmup, total))
+    _check_plan(schedule, total, progress, warmup_frac)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor(schedule, warmup, total, progress, warmup_frac))
 
 
-def _factor(schedule: str, warmup: int, total: int | None) -> Callable[[int], float]:
-    return lambda s: lr_factor(s, schedule=schedule, warmup=warmup, total=total)
+def _check_plan(schedule: str, total: int | None, progress: Progress | None, warmup_frac: float) -> None:
+    if total is None and progress is None and (schedule != "constant" or warmup_frac):
+        raise PlmkitError(f"schedule '{schedule}' needs max_steps, epochs or a time budget to know where to "
+                          "decay to")
+
+
+def _factor(schedule: str, warmup: int, total: int | None, progress: Progress | None,
+            warmup_frac: float) -> Callable[[int], float]:
+    def factor(s: int) -> float:
+        p = progress() if progress is not None and total is None else None
+        return lr_factor(s, schedule=schedule, warmup=warmup, total=total, progress=p, warmup_frac=warmup_frac)
+    return factor
 
 
 def replan(scheduler: torch.optim.lr_scheduler.LambdaLR, *, lr: float, schedule: str, warmup: int,
-           total: int | None) -> None:
+           total: int | None, progress: Progress | None = None, warmup_frac: float = 0.0) -> None:
     """Re-plan a restored schedule from the step it reached: a new peak ``lr`` and end ``total``
     (a resume with a lower lr, or a longer run). Unchanged settings give the same lr values
-    the uninterrupted run had (the same product, ``base_lr * factor(step)``)."""
-    if schedule != "constant" and total is None:
-        raise PlmkitError(f"schedule '{schedule}' needs max_steps or epochs to know where to decay to")
-    fn = _factor(schedule, warmup, total)
+    the uninterrupted run had (the same product, ``base_lr * factor(step)``); a time-planned
+    schedule continues from the time spent (the loop counts it across resumes)."""
+    _check_plan(schedule, total, progress, warmup_frac)
+    fn = _factor(schedule, warmup, total, progress, warmup_frac)
     groups = scheduler.optimizer.param_groups
     scheduler.lr_lambdas = [fn] * len(groups)
     scheduler.base_lrs = [lr * g["lr_scale"] for g in groups]

@@ -139,7 +139,8 @@ def read_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, str, dict
     """(model config, head, head_config) of an HF config.json."""
     family, task = family_of(hf, source)
     cfg = family.config_from_hf(hf, source)
-    labels = labels_from_hf(hf)
+    # transformers >= 5 leaves out id2label when it is its default: 2 labels, LABEL_0 and LABEL_1
+    labels = labels_from_hf(hf) or [f"LABEL_{i}" for i in range(int(hf.get("num_labels", 2)))]
     head_config = {"num_labels": len(labels), "labels": labels} if labels and task in ("classify", "token") else {}
     return cfg, task, head_config
 
