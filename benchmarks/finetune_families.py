@@ -167,6 +167,8 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", default=["modernbert", "roberta"], choices=list(SHAPES))
     ap.add_argument("--runs", type=int, default=3, help="pairs per family (medians reported)")
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny models, 256 train / 200 held sentences")
+    ap.add_argument("--train-size", type=int, default=8000, help="SST-2 sentences in the epoch (fewer: shorter "
+                    "runs, with start-up a larger share of each side's wall time)")
     ap.add_argument("--hf-worker", nargs=3, metavar=("MODEL", "TRAIN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hf_worker:
@@ -177,7 +179,7 @@ def main() -> None:
     size = "quick" if args.quick else "base"
     with tempfile.TemporaryDirectory(prefix="plmkit-families-") as tmp:
         work = Path(tmp)
-        train, held = write_slices(work, 256 if args.quick else 8000)
+        train, held = write_slices(work, 256 if args.quick else args.train_size)
         if args.quick:
             held.write_text("\n".join(held.read_text(encoding="utf-8").splitlines()[:201]) + "\n", encoding="utf-8")
         table = {f: family_pairs(f, size, work, train, held, 1 if args.quick else args.runs) for f in args.families}
