@@ -133,7 +133,7 @@ def main() -> None:
                                          else (SMOLLM2_135M, args.runs, args.prompt, args.new, 2048))
     with tempfile.TemporaryDirectory(prefix="plmkit-gen-bench-") as tmp:
         model = make_model(Path(tmp), shape)
-        print(f"| batch | transformers tok/s | plmkit tok/s | speed-up | same tokens |\n|---|---|---|---|---|")
+        print("| batch | transformers tok/s | plmkit tok/s | speed-up | same tokens |\n|---|---|---|---|---|")
         for batch in (1, 8):
             res: dict[str, list[dict]] = {s: [] for s in SIDES}
             for i in range(runs):

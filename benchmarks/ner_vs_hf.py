@@ -186,7 +186,7 @@ def main() -> None:
                 results.setdefault(f"{side} {variant}", []).append(r)
                 print(f"seed {seed} {side} {variant}: F1 {r['f1']:.4f} (seqeval {r['seqeval_f1']:.4f}), "
                       f"wall {wall:.0f} s", flush=True)
-    print(f"\n| run | seeds | entity F1 mean | std | min | max | seqeval F1 mean |")
+    print("\n| run | seeds | entity F1 mean | std | min | max | seqeval F1 mean |")
     print("|---|---|---|---|---|---|---|")
     for name, rs in results.items():
         f1 = [r["f1"] for r in rs]

@@ -1,8 +1,6 @@
 """The model core's choices: local attention, grouped-query attention, rotary, RMSNorm, gated FFNs."""
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 

@@ -158,7 +158,7 @@ def classify_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
     corpus = synthetic.write_corpus(root / "corpus.txt", 60)
     train_file = synthetic.write_sentiment(root / "train.tsv", 48, seed=1)
-    eval_file = synthetic.write_sentiment(root / "eval.tsv", 24, seed=2)
+    synthetic.write_sentiment(root / "eval.tsv", 24, seed=2)
     tok = train_tokenizer([corpus], kind="wordpiece", vocab_size=300)
     prep = Prep(max_length=32)
     task = TASKS["classify"]

@@ -223,7 +223,6 @@ def student_from_model(teacher: PlmModel, path: str) -> PlmModel:
     """A pre-trained student (plmkit or HF directory), e.g. Qwen2.5-0.5B for a Qwen2.5-1.5B teacher: it
     must share the teacher's tokenizer (it reads the teacher's token ids)."""
     from ..models.checkpoint import load_model
-    from ..tokenizer import load_tokenizer
 
     student = load_model(path, task=teacher.task, head_config=teacher.head_config)
     if getattr(student, "plmkit_strategy", None) is not None:

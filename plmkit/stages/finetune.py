@@ -60,7 +60,7 @@ class _Options:
                           "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models",
                           choices=["auto", *POOLINGS])
     lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})",
-                              gt=0, group="training")
+                              gt=0, group="training options")
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
