@@ -230,7 +230,7 @@ def test_peer_rows_run_the_peer_protocol_and_are_scored_by_plmkit(models, fake_p
         assert r["params"] == hf["params"] and r["examples"] == hf["examples"] == 48
         assert r["throughput"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0 and r["peak_rss_mb"] > 50
         assert r["by_batch"]["1"]["examples"] == 8 and r["by_batch"]["8"]["examples"] == 48
-        assert r["engine"] == {"name": r["kind"], "fake-peer": "1"}
+        assert r["engine"] == {"name": r["kind"], "graph": "optimum-export", "fake-peer": "1"}
         assert r["speedup"] == pytest.approx(r["throughput"] / hf["throughput"], rel=1e-2)
     assert result["machine"]["peers"] == {"python": str(fake_peer), "fake-peer": "1"}
     # only the calibrating peer (OpenVINO) read --calibration, and only its first 20 examples
@@ -268,3 +268,24 @@ def test_real_peer_rows_on_a_tiny_model(models):
         assert r["throughput"] > 0 and r["size_mb"] > 0 and r["engine"]["name"] == r["kind"]
         # INT8 on the same ids keeps (nearly) every prediction of the fp32 model
         assert abs(r["metric"] - rows[0]["metric"]) <= 0.05, (r["kind"], r["metric"], rows[0]["metric"])
+
+
+def test_real_peers_quantize_plmkit_onnx_graph_of_a_pruned_model(models, tmp_path):
+    """--peer-input onnx: a model with uneven pruned heads (the HF layout cannot hold it) goes to
+    the peers as plmkit's own fp32 ONNX graph; their INT8 keeps (nearly) its predictions."""
+    from plmkit.bench import peers
+
+    try:
+        peers.peer_versions(peers.find_peer_python(None))
+    except PlmkitError as e:
+        pytest.skip(f"no peers' environment: {e}")
+    pruned = tmp_path / "pruned"
+    assert cli.main(["prune", "--model", str(models["ck"]), "--remove-heads", "1", "2", "--remove-ffn", "8", "16",
+                     "--importance", "magnitude", "--no-recover", "--out", str(pruned)]) == 0
+    stage.run(_cfg(models, models=[str(pruned)], baseline=str(pruned), baselines="optimum-ort,openvino",
+                   peer_input="onnx", calibration=str(models["train"]), calibration_examples=32))
+    rows = json.loads((models["dir"] / "bench.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["optimum-ort", "openvino", "torch"]
+    for r in rows[:2]:
+        assert r["engine"]["graph"] == "plmkit-onnx" and r["params"] == rows[2]["params"]
+        assert r["throughput"] > 0 and abs(r["metric"] - rows[2]["metric"]) <= 0.05, (r["kind"], r["metric"])

@@ -27,6 +27,7 @@ import numpy as np
 OUTPUTS = {"classify": ("logits",), "ner": ("logits",), "qa": ("start_logits", "end_logits")}
 MODEL_CLASS = {"classify": "ForSequenceClassification", "ner": "ForTokenClassification", "qa": "ForQuestionAnswering"}
 ORT_FILE = "model_quantized.onnx"
+OV_GRAPH = "plmkit_graph.xml"            # OpenVINO IR of plmkit's own export, quantized
 
 
 # ----------------------------------------------------------------------------- the engines
@@ -44,16 +45,36 @@ def _ov_class(task: str):
 
 
 def quantize_ort(spec: dict) -> None:
-    """optimum-onnx as its docs show it: export, then ORTQuantizer with the AVX-512 VNNI dynamic config."""
+    """optimum-onnx as its docs show it: export, then ORTQuantizer with the AVX-512 VNNI dynamic config.
+    With ``spec["onnx"]`` (plmkit's own fp32 export of a graph HF cannot hold, e.g. a pruned
+    model), the same quantizer and config run on that graph instead of optimum's export."""
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
+    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    if spec.get("onnx"):
+        ORTQuantizer(Path(spec["onnx"]) / "model.onnx").quantize(save_dir=spec["out"], quantization_config=config)
+        return
     fp32 = Path(spec["out"] + "-fp32")
     _ort_class(spec["task"]).from_pretrained(spec["hf"], export=True).save_pretrained(fp32)
-    quantizer = ORTQuantizer.from_pretrained(fp32)
-    quantizer.quantize(save_dir=spec["out"],
-                       quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False))
+    ORTQuantizer.from_pretrained(fp32).quantize(save_dir=spec["out"], quantization_config=config)
     shutil.rmtree(fp32)
+
+
+class Graph:
+    """A quantized graph of plmkit's ONNX export behind ``model(**batch) -> .logits``: ``run``
+    maps {input name: int64 array} to {output name: array}, in the peer's engine."""
+
+    def __init__(self, run, inputs: list[str]):
+        self.run, self.inputs = run, inputs
+
+    def __call__(self, **batch):
+        import types
+
+        import torch
+
+        outs = self.run({k: v.numpy() for k, v in batch.items() if k in self.inputs})
+        return types.SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in outs.items()})
 
 
 def load_ort(path: str, task: str, threads: int):
@@ -61,6 +82,10 @@ def load_ort(path: str, task: str, threads: int):
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if not (Path(path) / "config.json").is_file():            # quantized from plmkit's export
+        sess = onnxruntime.InferenceSession(str(Path(path) / ORT_FILE), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        return Graph(lambda feed: dict(zip(names, sess.run(names, feed))), [i.name for i in sess.get_inputs()])
     return _ort_class(task).from_pretrained(path, file_name=ORT_FILE, session_options=options)
 
 
@@ -70,10 +95,13 @@ def quantize_openvino(spec: dict) -> None:
     import nncf
     from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
 
-    model = _ov_class(spec["task"]).from_pretrained(spec["hf"], export=True, compile=False)
     with np.load(spec["calibration"]) as z:
         n = 1 + max(int(k.split("/")[1]) for k in z.files)
         samples = [{k.split("/")[2]: z[k] for k in z.files if k.startswith(f"sample/{i}/")} for i in range(n)]
+    if spec.get("onnx"):
+        _quantize_openvino_graph(spec, samples)
+        return
+    model = _ov_class(spec["task"]).from_pretrained(spec["hf"], export=True, compile=False)
     names = {p.get_any_name() for p in model.model.inputs}
     samples = [{k: v for k, v in s.items() if k in names} for s in samples]
     OVQuantizer.from_pretrained(model).quantize(
@@ -81,7 +109,32 @@ def quantize_openvino(spec: dict) -> None:
         calibration_dataset=nncf.Dataset(samples), save_directory=spec["out"])
 
 
+def _quantize_openvino_graph(spec: dict, samples: list[dict]) -> None:
+    """plmkit's fp32 ONNX graph read by OpenVINO, then nncf.quantize with exactly the arguments
+    optimum-intel's default ``OVQuantizationConfig`` gives it (``to_nncf_dict``)."""
+    import nncf
+    import openvino
+    from optimum.intel import OVQuantizationConfig
+
+    model = openvino.Core().read_model(str(Path(spec["onnx"]) / "model.onnx"))
+    names = {p.get_any_name() for p in model.inputs}
+    samples = [{k: v for k, v in s.items() if k in names} for s in samples]
+    kwargs = OVQuantizationConfig(num_samples=len(samples)).to_nncf_dict()
+    kwargs.pop("weight_only", None)
+    quantized = nncf.quantize(model, calibration_dataset=nncf.Dataset(samples), **kwargs)
+    Path(spec["out"]).mkdir(parents=True, exist_ok=True)
+    openvino.save_model(quantized, str(Path(spec["out"]) / OV_GRAPH))
+
+
 def load_openvino(path: str, task: str, threads: int):
+    if (Path(path) / OV_GRAPH).is_file():                      # quantized from plmkit's export
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(Path(path) / OV_GRAPH), "CPU",
+                                                 {"INFERENCE_NUM_THREADS": str(threads)})
+        names = [o.get_any_name() for o in compiled.outputs]
+        run = lambda feed: dict(zip(names, compiled(feed).values()))       # noqa: E731
+        return Graph(run, [i.get_any_name() for i in compiled.inputs])
     return _ov_class(task).from_pretrained(path, ov_config={"INFERENCE_NUM_THREADS": str(threads)})
 
 
@@ -187,7 +240,9 @@ def quantize(spec_file: str) -> None:
     out = Path(spec["out"])
     shutil.rmtree(out, ignore_errors=True)
     ENGINES[spec["engine"]][0](spec)
-    info = {"params": params_of(spec["hf"]), "engine": {"name": spec["engine"], **versions()}}
+    info = {"params": spec.get("params") or params_of(spec["hf"]),
+            "engine": {"name": spec["engine"], "graph": "plmkit-onnx" if spec.get("onnx") else "optimum-export",
+                       **versions()}}
     (out / "plmkit_peer.json").write_text(json.dumps(info))
 
 

@@ -149,6 +149,20 @@ def _eval_batches(data: "TaskData", task_name: str) -> list[dict[str, np.ndarray
     return recorder.batches
 
 
+def onnx_export(source: Path, work: Path) -> tuple[str, int]:
+    """plmkit's fp32 ONNX export of ``source`` (once per work directory) and its parameter count:
+    the peers' input for graphs the HF layout cannot hold (a pruned model's per-layer heads)."""
+    from ..compress.onnx_export import export_onnx_dir
+    from ..loading import load
+    from ..tokenizer import load_tokenizer
+
+    out = work / "onnx-baseline"
+    model = load(source, needs_torch="the peers' ONNX input")
+    if not out.is_dir():
+        export_onnx_dir(model.eval(), out, load_tokenizer(source), meta={"parent": str(source)})
+    return str(out), model.num_parameters()
+
+
 @dataclass(frozen=True)
 class PeerEngine:
     """One peer: its row kind (also its --baselines name) and whether it calibrates."""
@@ -156,12 +170,17 @@ class PeerEngine:
     calibrates: bool
 
     def prepare(self, source: Path, work: Path, s: "Settings") -> Path:
-        """The checkpoint exported to HF, then converted and quantized by the peer (in its environment)."""
+        """The checkpoint exported to HF (``--peer-input onnx``: plmkit's fp32 ONNX export of it),
+        then converted and quantized by the peer (in its environment)."""
         from .runners import hf_export, task_of_dir
 
-        hf, out = hf_export(source, work), work / f"peer-{self.kind}"
-        spec = {"engine": self.kind, "task": task_of_dir(source)[1], "hf": str(hf), "out": str(out),
-                "threads": s.threads, "calibration": None}
+        out = work / f"peer-{self.kind}"
+        spec = {"engine": self.kind, "task": task_of_dir(source)[1], "out": str(out), "threads": s.threads,
+                "calibration": None, "hf": None, "onnx": None, "params": None}
+        if s.peer_input == "onnx":
+            spec["onnx"], spec["params"] = onnx_export(source, work)
+        else:
+            spec["hf"] = str(hf_export(source, work))
         if self.calibrates:
             calib = _task_data(str(source), spec["task"], s.calibration or s.data, s.calibration_examples)
             spec["calibration"] = str(work / f"calibration-{self.kind}.npz")

@@ -46,6 +46,7 @@ class Settings:
     peer_python: str | None = None   # peer rows: the python of the peers' virtual environment
     calibration: str | None = None   # peer rows that calibrate (OpenVINO): labelled file of the task (default: data)
     calibration_examples: int = 300  # its first N examples (optimum's default sample count)
+    peer_input: str = "hf"           # what the peers quantize: the HF export, or plmkit's fp32 ONNX export (onnx)
 
 
 class HFRunner:

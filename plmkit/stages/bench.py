@@ -47,6 +47,10 @@ class Config:
                             "their own virtual environment (python benchmarks/peers_env.py)")
     peer_python: str | None = option(None, help="python of the peers' virtual environment (default: "
                                      ".peers-venv/bin/python here or beside the plmkit package)")
+    peer_input: str = option("hf", help="what the peers quantize: hf (the --baseline checkpoint exported to HF, "
+                             "then by the peer's own exporter) or onnx (plmkit's fp32 ONNX export of it: for models "
+                             "HF cannot hold, e.g. pruned heads; the same graph, the peer's quantizer and engine)",
+                             choices=["hf", "onnx"])
     calibration: str | None = option(None, help="labelled file whose first --calibration-examples examples "
                                      "calibrate the OpenVINO peer's activations (default: --data)")
     calibration_examples: int = option(300, help="examples of --calibration for the OpenVINO peer", ge=1)
@@ -142,7 +146,7 @@ def run(cfg: Config) -> int:
     threads = cfg.threads or os.cpu_count() or 1
     settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
                               cfg.latency_examples, cfg.max_examples, threads, precision, peer_python,
-                              cfg.calibration, cfg.calibration_examples)
+                              cfg.calibration, cfg.calibration_examples, cfg.peer_input)
     machine = bench.machine_info(threads)
     if peer_versions:
         machine["peers"] = {"python": peer_python, **peer_versions}
