@@ -10,7 +10,8 @@ written atomically, with the pruning report in plmkit.json.
 By default the recovery distils: the unpruned model (or ``--teacher``) is kept frozen, and the
 pruned one learns from its soft targets and its hidden states (one MSE per layer: pruning
 removes heads and neurons, never the hidden width, so the layers line up) as well as from the
-labels. On SST-2 and CoNLL-2003 this recovered what label-only recovery lost (benchmarks/RESULTS.md).
+labels: a token task has one label per word but a teacher distribution and a hidden state for
+every token. ``--no-distill`` recovers on the labels alone.
 
 The recovery run's working files live in a hidden sibling ``.OUT.prune`` that is removed at
 the end.
