@@ -150,17 +150,21 @@ def _eval_batches(data: "TaskData", task_name: str) -> list[dict[str, np.ndarray
 
 
 def onnx_export(source: Path, work: Path) -> tuple[str, int]:
-    """plmkit's fp32 ONNX export of ``source`` (once per work directory) and its parameter count:
-    the peers' input for graphs the HF layout cannot hold (a pruned model's per-layer heads)."""
-    from ..compress.onnx_export import export_onnx_dir
+    """plmkit's fp32 ONNX export of ``source`` (once per work directory, by ``plmkit export`` in a
+    process of its own: the bench layer does not import compress) and its parameter count: the
+    peers' input for graphs the HF layout cannot hold (a pruned model's per-layer heads)."""
+    import sys
+
     from ..loading import load
-    from ..tokenizer import load_tokenizer
 
     out = work / "onnx-baseline"
-    model = load(source, needs_torch="the peers' ONNX input")
     if not out.is_dir():
-        export_onnx_dir(model.eval(), out, load_tokenizer(source), meta={"parent": str(source)})
-    return str(out), model.num_parameters()
+        proc = subprocess.run([sys.executable, "-m", "plmkit.cli", "export", "--model", str(source), "--format",
+                               "onnx", "--out", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or ["no output"]
+            raise PlmkitError(f"--peer-input onnx: exporting {source} failed: {lines[-1][:300]}")
+    return str(out), load(source, needs_torch="the peers' ONNX input").num_parameters()
 
 
 @dataclass(frozen=True)
