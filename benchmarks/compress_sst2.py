@@ -150,8 +150,8 @@ def removal(p: dict) -> list[str]:
 
 def recovery_teacher(p: dict, teacher: Path) -> list[str]:
     if p["prune_teacher"] == "none":
-        return ["--no-distill"]
-    extra = ["--hidden-weight", str(p["hidden_weight"])]
+        return []                                    # labels only (prune's default)
+    extra = ["--distill", "--hidden-weight", str(p["hidden_weight"])]
     return [*extra, "--teacher", str(teacher)] if p["prune_teacher"] == "teacher" else extra
 
 

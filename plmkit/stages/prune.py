@@ -7,11 +7,11 @@ masks (at once, or on a cubic schedule during recovery) -> a short recovery fine
 shared training loop -> masks folded into the weights -> metric after -> the checkpoint,
 written atomically, with the pruning report in plmkit.json.
 
-By default the recovery distils: the unpruned model (or ``--teacher``) is kept frozen, and the
-pruned one learns from its soft targets and its hidden states (one MSE per layer: pruning
-removes heads and neurons, never the hidden width, so the layers line up) as well as from the
-labels: a token task has one label per word but a teacher distribution and a hidden state for
-every token. ``--no-distill`` recovers on the labels alone.
+With ``--distill`` the recovery distils: the unpruned model (or ``--teacher``) is kept frozen,
+and the pruned one learns from its soft targets and its hidden states (one MSE per layer:
+pruning removes heads and neurons, never the hidden width, so the layers line up) as well as
+from the labels. Not the default: on CoNLL-2003 (MiniLM NER teacher, 50% heads and FFN removed,
+150 recovery steps) it recovered F1 0.836 against 0.838 from the labels alone (README, Pruning).
 
 The recovery run's working files live in a hidden sibling ``.OUT.prune`` that is removed at
 the end.
@@ -70,8 +70,8 @@ class _Options:
     include_head: bool = option(False, help="unstructured: also prune the pooler and task head")
     recover: bool = option(True, help="fine-tune on --train after pruning to recover accuracy (its length: "
                            "--epochs, --max-steps; --no-recover: prune only)")
-    distill: bool = option(True, help="recovery learns from a teacher's soft targets as well as the labels "
-                           "(knowledge distillation; --no-distill: labels only)")
+    distill: bool = option(False, help="recovery learns from a teacher's soft targets and hidden states as well "
+                           "as the labels (knowledge distillation; default: labels only)")
     teacher: str | None = option(None, help="the recovery's teacher: a fine-tuned checkpoint of the same task and "
                                  "tokenizer (default: the model itself before pruning)")
     temperature: float = option(2.0, help="recovery distillation: softmax temperature of the soft targets", gt=0)
