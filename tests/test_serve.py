@@ -410,3 +410,31 @@ def test_sigterm_finishes_the_request_in_flight(model_dirs):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_micro_batched_answers_equal_unbatched_ones_with_zero_errors(servers, model_dirs):
+    """64 requests of 1-4 texts of mixed lengths from 32 concurrent clients, some with bad input:
+    the batching server (max batch 32, 50 ms) answers every good one exactly as a --max-batch 1
+    server does, refuses every bad one with 422, and nothing else fails."""
+    solo = ThreadServer(create_app(ServedModel(model_dirs["classify"], precision="fp32"),
+                                   Limits(**{**LIMITS, "max_batch": 1})))
+    words = CORPUS.split()
+    text = lambda i, k: " ".join(words[(7 * i + k) % 40:][:1 + (i * k) % 13])      # noqa: E731  1-13 words
+    bodies = [{"texts": [text(i, k) for k in range(1 + i % 4)]} for i in range(64)]
+    for i in range(5, 64, 16):
+        bodies[i] = {"texts": ["x" * 300]}                # over --max-chars: 422 for this request alone
+    try:
+        def ask(url):
+            with ThreadPoolExecutor(32) as pool:
+                return list(pool.map(lambda b: httpx.post(url + "/v1/classify", json=b, timeout=30), bodies))
+        batched, unbatched = ask(servers["classify"]), ask(solo.url)
+    finally:
+        solo.stop()
+    bad = set(range(5, 64, 16))
+    assert [r.status_code for r in batched] == [422 if i in bad else 200 for i in range(64)]
+    assert [r.status_code for r in unbatched] == [r.status_code for r in batched]
+    for b, u in zip(batched, unbatched):
+        if b.status_code == 200:
+            got, want = b.json()["predictions"], u.json()["predictions"]
+            assert [p["label"] for p in got] == [p["label"] for p in want]
+            assert [p["score"] for p in got] == pytest.approx([p["score"] for p in want], abs=1e-5)

@@ -18,12 +18,19 @@ What a worker does, identically for every row:
     all of them;
   * scores the task metric with the task's own ``evaluate`` (batches of 64, as
     ``plmkit evaluate``), so the metric equals what ``plmkit evaluate`` reports.
+
+Peer rows (``--baselines optimum-ort,openvino``) run in the peers' own virtual environment on
+the same padded token ids, and plmkit scores their logits the same way (``peers.py``).
 """
 from __future__ import annotations
 
 from .harness import (add_speedups, baseline_source, check_data, format_table, machine_info, measure, metric_name,
                       unique_names)
-from .runners import RUNNERS, Runner, Settings, Variant, make_variant, task_of_dir
+from .peers import PEERS, find_peer_python, peer_versions
+from .runners import BASELINES, RUNNERS, Runner, Settings, Variant, make_variant, task_of_dir
 
-__all__ = ["RUNNERS", "Runner", "Settings", "Variant", "add_speedups", "baseline_source", "check_data",
-           "format_table", "machine_info", "make_variant", "measure", "metric_name", "task_of_dir", "unique_names"]
+PEER_KINDS = tuple(p.kind for p in PEERS)
+
+__all__ = ["BASELINES", "PEER_KINDS", "RUNNERS", "Runner", "Settings", "Variant", "add_speedups", "baseline_source",
+           "check_data", "find_peer_python", "format_table", "machine_info", "make_variant", "measure", "metric_name",
+           "peer_versions", "task_of_dir", "unique_names"]

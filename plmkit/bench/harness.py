@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -77,26 +76,27 @@ def _pytorch(path: Path) -> bool:
 def measure(variant: Variant, settings: Settings, work: Path) -> dict[str, Any]:
     """Run one variant in its own process; its result row (a PlmkitError from the worker is re-raised).
 
-    A row whose runner prepares its directory (the transformers baseline: an HF export) runs on that
-    temporary directory; the row names the directory it came from.
+    A row whose runner prepares its directory (the transformers baseline: an HF export; a peer: its
+    quantized export) runs on that temporary directory; the row names the directory it came from.
     """
-    prepare = RUNNERS[variant.kind].prepare
-    run = replace(variant, path=str(prepare(Path(variant.features_from), work))) if prepare else variant
+    runner = RUNNERS[variant.kind]
+    prepare = runner.prepare
+    run = replace(variant, path=str(prepare(Path(variant.features_from), work, settings))) if prepare else variant
     spec, out = work / f"spec-{os.getpid()}.json", work / f"result-{os.getpid()}.json"
     write_json(spec, {"variant": asdict(run), "settings": asdict(settings)})
     out.unlink(missing_ok=True)
     threads = str(settings.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PLMKIT_QUIET": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-m", "plmkit.bench", "--worker", str(spec), str(out)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(runner.command(run, settings, spec, out), capture_output=True, text=True, env=env)
     result = read_json(out) if out.is_file() else {}
     if "error" in result:
         raise PlmkitError(result["error"])
     if proc.returncode != 0 or "row" not in result:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PlmkitError(f"{variant.path}: benchmark worker failed (exit {proc.returncode}): {last[:200]}")
-    return {**result["row"], "path": variant.path}
+    row = runner.finish(result["row"], run, settings) if runner.finish else result["row"]
+    return {**row, "path": variant.path}
 
 
 def add_speedups(rows: list[dict[str, Any]]) -> str:

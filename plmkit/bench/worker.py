@@ -17,7 +17,7 @@ from ..io import read_json, write_json
 from ..tasks import Infer, TaskData
 from ..precision import autocast
 from ..tasks.common import INPUT_KEYS, pad_id
-from .runners import RUNNERS, Settings, Variant, encoding
+from .runners import RUNNERS, Settings, Variant, encoding, row_of
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin")
 EVAL_BATCH = 64          # plmkit evaluate's default batch size: same batches, same metric
@@ -87,14 +87,8 @@ def run_worker(v: Variant, s: Settings) -> dict[str, Any]:
                              "throughput": round(len(feats) / statistics.median(per_pass), 2),
                              "examples": len(feats)}
     metrics = task.evaluate(model, TaskData(examples, features, tok, head_config, Infer(EVAL_BATCH, precision)))
-    small, large = by_batch[str(min(s.batch_sizes))], by_batch[str(max(s.batch_sizes))]
-    rss_kb = peak_rss_kb()
-    return {"name": v.name, "path": v.path, "kind": v.kind, "precision": v.precision,
-            "params": int(params), "size_mb": round(weights_size(Path(v.path)) / 2**20, 3),
-            "latency_p50_ms": small["latency_p50_ms"], "latency_p95_ms": small["latency_p95_ms"],
-            "throughput": large["throughput"], "peak_rss_mb": round(rss_kb / 1024, 1),
-            "metric": float(metrics[task.metric]), "metrics": metrics, "baseline": v.baseline, "speedup": None,
-            "examples": len(examples), "by_batch": by_batch}
+    return row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics, task.metric,
+                  len(examples))
 
 
 def worker_main(spec_file: str, out_file: str) -> int:

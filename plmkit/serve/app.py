@@ -28,7 +28,7 @@ from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
@@ -297,14 +297,16 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
                 raise HTTPException(404, reason)
         return check
 
-    async def infer(endpoint: str, prepare: Callable[[], list[Item]]) -> list[dict[str, Any]]:
+    async def infer(endpoint: str, size: int, prepare: Callable[[], list[Item]]) -> list[dict[str, Any]]:
+        """Tokenising (``prepare``) and the model call both run on the model thread, in one hop
+        per micro-batch (serve/batcher.py); bad input found there is a 422 for this request."""
+        def work() -> list[tuple[Any, int, Any]]:
+            return [(it.key, it.length, it.payload) for it in prepare()]
+
         try:
-            items = prepare()
+            return await asyncio.wait_for(batcher.submit(endpoint, size, work), limits.timeout_s)
         except PlmkitError as e:
             raise HTTPException(422, str(e)) from None
-        work = [(it.key, it.length, it.payload) for it in items]
-        try:
-            return await asyncio.wait_for(batcher.submit(endpoint, work), limits.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"request timed out after {limits.timeout_s:g} s (--timeout-s)",
                                 headers={"Retry-After": "1"}) from None
@@ -327,7 +329,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     return app
 
 
-Infer = Callable[[str, Callable[[], list[Item]]], Awaitable[list[dict[str, Any]]]]
+Infer = Callable[[str, int, Callable[[], list[Item]]], Awaitable[list[dict[str, Any]]]]
 
 
 def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callable[[str], Callable[[], None]],
@@ -343,27 +345,28 @@ def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callab
                 raise HTTPException(422, f"text_pairs: {len(req.text_pairs)} given for {len(req.texts)} texts "
                                          "(one per text)")
             _check_texts(req.text_pairs, limits, "text_pairs")
-        return {"predictions": await infer("classify", lambda: served.prepare_classify(req.texts, req.text_pairs))}
+        rows = await infer("classify", len(req.texts), lambda: served.prepare_classify(req.texts, req.text_pairs))
+        return _json({"predictions": rows})
 
     @app.post("/v1/ner", response_model=NerResponse, dependencies=[Depends(need("ner"))])
     async def ner(req: NerRequest) -> dict[str, Any]:
         """Entities with character offsets; words are the whitespace-separated parts of each text."""
         _check_texts(req.texts, limits)
-        return {"predictions": await infer("ner", lambda: served.prepare_ner(req.texts))}
+        return _json({"predictions": await infer("ner", len(req.texts), lambda: served.prepare_ner(req.texts))})
 
     @app.post("/v1/qa", response_model=QAResponse, dependencies=[Depends(need("qa"))])
     async def qa(req: QARequest) -> dict[str, Any]:
         """The answer span of the context, with its character offsets."""
         _check_text(req.question, limits, "question")
         _check_text(req.context, limits, "context")
-        return (await infer("qa", lambda: served.prepare_qa(req.question, req.context)))[0]
+        return _json((await infer("qa", 1, lambda: served.prepare_qa(req.question, req.context)))[0])
 
     @app.post("/v1/embed", response_model=EmbedResponse, dependencies=[Depends(need("embed"))])
     async def embed(req: EmbedRequest) -> dict[str, Any]:
         """Mean of the last hidden states over each text's real tokens."""
         _check_texts(req.texts, limits)
-        rows = await infer("embed", lambda: served.prepare_embed(req.texts, req.normalize))
-        return {"embeddings": [r["embedding"] for r in rows], "dimensions": served.config.hidden_size}
+        rows = await infer("embed", len(req.texts), lambda: served.prepare_embed(req.texts, req.normalize))
+        return _json({"embeddings": [r["embedding"] for r in rows], "dimensions": served.config.hidden_size})
 
     @app.post("/v1/generate", response_model=GenerateResponse, dependencies=[Depends(need("generate"))])
     async def generate(req: GenerateRequest) -> dict[str, Any]:
@@ -373,8 +376,20 @@ def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callab
         messages = [m.model_dump() for m in req.messages] if req.messages is not None else None
         for k, text in enumerate([req.prompt] if messages is None else [m["content"] for m in messages]):
             _check_text(text, limits, "prompt" if messages is None else f"messages[{k}].content")
-        return (await infer("generate", lambda: served.prepare_generate(
-            req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed, messages)))[0]
+        return _json((await infer("generate", 1, lambda: served.prepare_generate(
+            req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed, messages)))[0])
+
+
+def _json(answer: dict[str, Any]) -> Response | dict[str, Any]:
+    """The answer as JSON bytes directly: FastAPI would otherwise validate the dicts the server
+    built itself against ``response_model`` and then serialise them, two passes over every score
+    on the event loop for nothing. The models stay, for /openapi.json. A NaN or infinity
+    (invalid JSON) goes the validated way, where pydantic writes null."""
+    try:
+        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        return answer
+    return Response(body.encode(), media_type="application/json")
 
 
 # Several uvicorn worker processes import the app by name and build it from the environment.

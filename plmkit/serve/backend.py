@@ -1,13 +1,13 @@
 """What the server runs: a checkpoint, the endpoints it can answer, and the code that turns
 request items into features and model outputs back into answers.
 
-Two halves, split by thread:
-  * ``ServedModel.prepare_*`` runs on the event loop per request: checks and tokenises the
-    input (bad input raises ``PlmkitError`` -> HTTP 422) and returns ``Item``s, each with a
-    token length (the batcher groups by it) and a batch key (items with equal keys may share
-    one model call).
-  * ``ServedModel.run(endpoint, payloads)`` runs on the single model thread: pads one
-    micro-batch, calls the backend once and post-processes each item.
+Two halves, both on the single model thread (the event loop only parses and answers):
+  * ``ServedModel.prepare_*`` per request: checks and tokenises the input (bad input raises
+    ``PlmkitError`` -> HTTP 422 for that request) and returns ``Item``s, each with a token
+    length (the batcher groups by it) and a batch key (items with equal keys may share one
+    model call).
+  * ``ServedModel.run(endpoint, payloads)`` per micro-batch: pads it, calls the backend once
+    and post-processes each item.
 
 Backends (registry ``BACKENDS``) wrap the network: ``torch`` (the PlmModel itself) and
 ``onnxruntime`` (an ONNX export written by ``plmkit export --format onnx`` or ``plmkit quantize``).
@@ -187,7 +187,7 @@ class ServedModel:
         return {"model": str(self.path), "task": self.task, "family": self.family, "labels": self.labels or None,
                 "backend": self.backend.name, "precision": self.backend.precision, "max_length": self.max_length, "endpoints": self.endpoints()}
 
-    # -- event loop side: check and tokenise ------------------------------------------
+    # -- per request (on the model thread, see serve/batcher.py): check and tokenise -----
 
     def prepare_classify(self, texts: list[str], pairs: list[str] | None) -> list[Item]:
         if pairs is not None:

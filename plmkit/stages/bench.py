@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import option, to_dict
 from ..errors import PlmkitError
@@ -39,7 +39,21 @@ class Config:
                                     "throughput at the largest")
     baseline: str | None = option(None, help="checkpoint run as the transformers fp32 eager row (default: the "
                                   "first PyTorch checkpoint of --models, else the one the first model came from)")
-    hf_baseline: bool = option(True, help="add the transformers fp32 eager baseline row")
+    hf_baseline: bool = option(True, help="add the transformers fp32 eager baseline row (--no-hf-baseline: the "
+                               "same as leaving hf out of --baselines)")
+    baselines: str = option("hf", help="comma-separated rows of the same checkpoint (the --baseline one) in other "
+                            "engines: hf (transformers fp32 eager, the speedup reference), optimum-ort (optimum-onnx "
+                            "dynamic INT8), openvino (optimum-intel INT8); none: no such row. The peers run in "
+                            "their own virtual environment (python benchmarks/peers_env.py)")
+    peer_python: str | None = option(None, help="python of the peers' virtual environment (default: "
+                                     ".peers-venv/bin/python here or beside the plmkit package)")
+    peer_input: str = option("hf", help="what the peers quantize: hf (the --baseline checkpoint exported to HF, "
+                             "then by the peer's own exporter) or onnx (plmkit's fp32 ONNX export of it: for models "
+                             "HF cannot hold, e.g. pruned heads; the same graph, the peer's quantizer and engine)",
+                             choices=["hf", "onnx"])
+    calibration: str | None = option(None, help="labelled file whose first --calibration-examples examples "
+                                     "calibrate the OpenVINO peer's activations (default: --data)")
+    calibration_examples: int = option(300, help="examples of --calibration for the OpenVINO peer", ge=1)
     out: str | None = option(None, help="JSON file for the results (default: bench.json)")
     max_examples: int | None = option(None, help="use only the first N examples of --data")
     latency_examples: int = option(200, help="batch size 1: examples timed (the first N)")
@@ -60,35 +74,64 @@ def _check(cfg: Config) -> None:
             raise PlmkitError(f"--{name.replace('_', '-')} must be >= 1")
     if cfg.warmup < 0 or (cfg.max_examples is not None and cfg.max_examples < 1):
         raise PlmkitError("--warmup must be >= 0 and --max-examples >= 1")
+    if cfg.calibration is not None and not Path(cfg.calibration).is_file():
+        raise PlmkitError(f"--calibration {cfg.calibration}: file not found")
+    _baselines(cfg)
+
+
+def _peers(cfg: Config, variants: list[bench.Variant]) -> tuple[str | None, dict[str, Any]]:
+    """The peers' python (None: no peer row) and their package versions (checked now, before timing)."""
+    if not any(v.kind in bench.PEER_KINDS for v in variants):
+        return None, {}
+    python = bench.find_peer_python(cfg.peer_python)
+    return python, bench.peer_versions(python)
+
+
+# --baselines name -> (row name, precision); the hf row is the speedup reference
+BASELINE_ROWS = {"hf": ("transformers-fp32-eager", "fp32"), "optimum-ort": ("optimum-ort-int8", "int8"),
+                 "openvino": ("openvino-int8", "int8")}
+
+
+def _baselines(cfg: Config) -> list[str]:
+    names = [n.strip() for n in cfg.baselines.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in bench.BASELINES]
+    if unknown:
+        raise PlmkitError(f"--baselines: unknown {', '.join(unknown)} (known: {', '.join(bench.BASELINES)}, none)")
+    return [n for n in dict.fromkeys(names) if cfg.hf_baseline or n != "hf"]
 
 
 def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | None]:
-    """Every row to measure, checked: one task for all, data of that task, the baseline first;
-    and, when the baseline row was asked for but cannot run, why (it goes under the table)."""
+    """Every row to measure, checked: one task for all, data of that task, the baselines first;
+    and, when the baseline rows were asked for but cannot run, why (it goes under the table)."""
     variants = [bench.make_variant(m, precision) for m in cfg.models]
     tasks = {v.task for v in variants}
     if len(tasks) > 1:
         raise PlmkitError("--models: all models must do the same task, got "
                           + ", ".join(f"{v.path} ({v.task})" for v in variants))
     bench.unique_names(variants)
-    if not cfg.hf_baseline:
-        return variants, None
-    if importlib.util.find_spec("transformers") is None:
-        return variants, ("no transformers baseline row: transformers is not installed (pip install "
-                          "'plmkit[hf]'); speedups are relative to the first row")
-    source = bench.baseline_source(variants, cfg.baseline)
-    if source is None:
-        return variants, ("no transformers baseline row: no PyTorch checkpoint among --models or their "
-                          "parents (pass --baseline DIR)")
-    problem = _no_hf_equivalent(source)
-    if problem:
-        return variants, f"no transformers baseline row: {source}: {problem}; speedups are relative to the first row"
-    base = bench.Variant(f"transformers-fp32-eager ({source.name})", str(source), "transformers", "fp32",
-                         variants[0].task, str(source), baseline=True)
-    if bench.task_of_dir(source)[1] != base.task:
+    names, note = _baselines(cfg), None
+    if "hf" in names and importlib.util.find_spec("transformers") is None:
+        names.remove("hf")
+        note = ("no transformers baseline row: transformers is not installed (pip install 'plmkit[hf]'); "
+                "speedups are relative to the first row")
+    source = bench.baseline_source(variants, cfg.baseline) if names else None
+    if names and source is None:
+        return variants, ("no baseline rows: no PyTorch checkpoint among --models or their parents "
+                          "(pass --baseline DIR)")
+    problem = _no_hf_equivalent(source) if source is not None else None
+    if problem:     # the rows that run the model in the Hugging Face layout cannot compute it
+        dropped = [n for n in names if n == "hf" or cfg.peer_input != "onnx"]
+        names = [n for n in names if n not in dropped]
+        note = (f"no {', '.join(dropped)} baseline row: {source}: {problem}; speedups are relative to the "
+                "first row")
+        source = source if names else None
+    if source is not None and bench.task_of_dir(source)[1] != variants[0].task:
         raise PlmkitError(f"{source}: the baseline does task '{bench.task_of_dir(source)[1]}', "
-                          f"the models do '{base.task}'")
-    return [base, *variants], None
+                          f"the models do '{variants[0].task}'")
+    base = [bench.Variant(f"{BASELINE_ROWS[n][0]} ({source.name})", str(source), bench.BASELINES[n],
+                          BASELINE_ROWS[n][1], variants[0].task, str(source), baseline=n == "hf")
+            for n in names if source is not None]
+    return [*base, *variants], note
 
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
@@ -116,10 +159,16 @@ def run(cfg: Config) -> int:
     if missing_baseline:
         print(missing_baseline)
     n = bench.check_data(variants[-1], cfg.data, cfg.max_examples)
+    if cfg.calibration is not None:
+        bench.check_data(variants[-1], cfg.calibration, None)
+    peer_python, peer_versions = _peers(cfg, variants)
     threads = cfg.threads or os.cpu_count() or 1
     settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
-                              cfg.latency_examples, cfg.max_examples, threads, precision)
+                              cfg.latency_examples, cfg.max_examples, threads, precision, peer_python,
+                              cfg.calibration, cfg.calibration_examples, cfg.peer_input)
     machine = bench.machine_info(threads)
+    if peer_versions:
+        machine["peers"] = {"python": peer_python, **peer_versions}
     print(f"benchmarking {len(variants)} variants on {n} examples of {cfg.data} "
           f"(batch sizes {settings.batch_sizes}, {threads} threads, {cfg.repeats} timed passes)")
     rows = []

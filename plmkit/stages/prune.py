@@ -7,11 +7,18 @@ masks (at once, or on a cubic schedule during recovery) -> a short recovery fine
 shared training loop -> masks folded into the weights -> metric after -> the checkpoint,
 written atomically, with the pruning report in plmkit.json.
 
+With ``--distill`` the recovery distils: the unpruned model (or ``--teacher``) is kept frozen,
+and the pruned one learns from its soft targets and its hidden states (one MSE per layer:
+pruning removes heads and neurons, never the hidden width, so the layers line up) as well as
+from the labels. Not the default: on CoNLL-2003 (MiniLM NER teacher, 50% heads and FFN removed,
+150 recovery steps) it recovered F1 0.836 against 0.838 from the labels alone (README, Pruning).
+
 The recovery run's working files live in a hidden sibling ``.OUT.prune`` that is removed at
-the end. Distillation from the unpruned model during recovery is not offered yet.
+the end.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +27,7 @@ from typing import Any, Callable
 import torch
 from tokenizers import Tokenizer
 
+from ..compress import distill as D
 from ..compress import prune as P
 from ..config import compose, option, pick, to_dict
 from ..data.features import collate, feature_lengths, length_bucketed_batches
@@ -62,6 +70,15 @@ class _Options:
     include_head: bool = option(False, help="unstructured: also prune the pooler and task head")
     recover: bool = option(True, help="fine-tune on --train after pruning to recover accuracy (its length: "
                            "--epochs, --max-steps; --no-recover: prune only)")
+    distill: bool = option(False, help="recovery learns from a teacher's soft targets and hidden states as well "
+                           "as the labels (knowledge distillation; default: labels only)")
+    teacher: str | None = option(None, help="the recovery's teacher: a fine-tuned checkpoint of the same task and "
+                                 "tokenizer (default: the model itself before pruning)")
+    temperature: float = option(2.0, help="recovery distillation: softmax temperature of the soft targets", gt=0)
+    alpha: float = option(0.5, help="recovery distillation: weight of the hard-label loss (1 - alpha: soft targets)",
+                          ge=0, le=1)
+    hidden_weight: float = option(1.0, help="recovery distillation: weight of the hidden-state MSE between each "
+                                  "layer and the teacher's (uniform layer map; 0: logits only)", ge=0)
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     overwrite: bool = option(False, help="replace an existing --out")
@@ -94,6 +111,7 @@ def run(cfg: Config) -> int:
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     model, data = _load(cfg)
     structured = _structured_plan(cfg, model)
+    teacher = _teacher(cfg, model, data)            # before pruning: the unpruned model is the default
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     report: dict[str, Any] = {"params_before": model.num_parameters()}
@@ -111,7 +129,7 @@ def run(cfg: Config) -> int:
     if data.eval is not None:
         scores["pruned"] = _score(model, data)
 
-    recovery = _recover(model, linears, schedule, cfg, data, out) if _recovers(cfg) else None
+    recovery = _recover(model, teacher, linears, schedule, cfg, data, out) if _recovers(cfg) else None
     if linears:
         P.update_masks(linears, cfg.sparsity, cfg.scope)    # the exact final sparsity
         P.fold_masks(linears)
@@ -137,6 +155,22 @@ def _recovers(cfg: Config) -> bool:
     return cfg.recover
 
 
+def _teacher(cfg: Config, model: PlmModel, data: _Data) -> PlmModel | None:
+    """The recovery's frozen teacher: --teacher, else a copy of the model before pruning."""
+    if not (_recovers(cfg) and cfg.distill):
+        return None
+    if cfg.teacher is None:
+        return copy.deepcopy(model).eval()
+    teacher = load_finetuned(cfg.teacher, data.task.name, needs_torch="the recovery's teacher")[0]
+    if teacher.head_config.get("labels") != model.head_config.get("labels"):
+        raise PlmkitError(f"--teacher {cfg.teacher}: its labels {teacher.head_config.get('labels')} differ from "
+                          f"the model's {model.head_config.get('labels')}")
+    if cfg.hidden_weight and teacher.config.hidden_size != model.config.hidden_size:
+        raise PlmkitError(f"--teacher {cfg.teacher}: hidden size {teacher.config.hidden_size} differs from the "
+                          f"model's {model.config.hidden_size}; use --hidden-weight 0 (logits only)")
+    return teacher
+
+
 def _check_request(cfg: Config) -> None:
     """Settings that are wrong whatever the model: fail before reading anything."""
     structured = bool(cfg.heads or cfg.ffn or cfg.remove_heads or cfg.remove_ffn)
@@ -158,6 +192,8 @@ def _check_request(cfg: Config) -> None:
                           "(or --importance magnitude)")
     if cfg.train is None and _recovers(cfg):
         raise PlmkitError("the recovery fine-tune needs task data: give --train FILE (or --no-recover)")
+    if cfg.teacher is not None and not (_recovers(cfg) and cfg.distill):
+        raise PlmkitError("--teacher is the recovery's teacher: it needs the recovery and --distill")
     if _recovers(cfg):
         check_args(pick(TrainArgs, cfg))
 
@@ -238,20 +274,28 @@ def _schedule(cfg: Config, data: _Data) -> list[tuple[int, float]]:
     return P.cubic_schedule(cfg.sparsity, cfg.gradual_steps, steps or 1)
 
 
-def _recover(model: PlmModel, linears: dict[str, torch.nn.Linear], schedule: list[tuple[int, float]],
-             cfg: Config, data: _Data, out: Path) -> dict[str, Any]:
-    """Fine-tune the pruned model on --train with the shared loop; masks stay applied throughout."""
+def _recover(model: PlmModel, teacher: PlmModel | None, linears: dict[str, torch.nn.Linear],
+             schedule: list[tuple[int, float]], cfg: Config, data: _Data, out: Path) -> dict[str, Any]:
+    """Fine-tune the pruned model on --train with the shared loop, learning from ``teacher`` too
+    when there is one; masks stay applied throughout."""
     work = out.with_name(f".{out.name}.prune")
     shutil.rmtree(work, ignore_errors=True)
-    trained = P.GradualPruning(model, linears, schedule, cfg.scope) if cfg.gradual_steps else model
-    print(f"recovery fine-tune on {len(data.train)} features")
+    spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight)
+    learner = D.DistillModule(model, teacher.to(next(model.parameters()).device), spec) if teacher else model
+    trained = P.GradualPruning(learner, linears, schedule, cfg.scope) if cfg.gradual_steps else learner
+    print(f"recovery fine-tune on {len(data.train)} features"
+          + (f", distilling from {cfg.teacher or 'the unpruned model'}" if teacher else ""))
+    student_only = {"save_fn": lambda m, d: D.save_student(learner, d),       # never the frozen teacher
+                    "load_fn": lambda m, d: D.load_student(learner, d)} if teacher else {}
     try:
-        result = train(trained, _batches(data, cfg), pick(TrainArgs, cfg), work, resumable=False)
+        result = train(trained, _batches(data, cfg), pick(TrainArgs, cfg), work, resumable=False, **student_only)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     model.eval()
     return {"steps": result.steps, "stopped": result.stopped_reason,
-            "train_loss": result.losses[-1] if result.losses else None}
+            "train_loss": result.losses[-1] if result.losses else None,
+            "distillation": {"teacher": cfg.teacher or "unpruned model", "temperature": cfg.temperature,
+                             "alpha": cfg.alpha, "hidden_weight": cfg.hidden_weight} if teacher else None}
 
 
 def _score(model: PlmModel, data: _Data) -> dict[str, float]:
