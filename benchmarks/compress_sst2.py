@@ -259,6 +259,9 @@ def run_task(task: str, p: dict) -> None:
     else:
         train, held = conll_slices(work, p["train_n"], p["held_n"])
     models = build(task, work, train, p)
+    if p["build_only"]:
+        print(f"built: {', '.join(sorted(models))} (no bench: --build-only)")
+        return
     results = measure(models, train, held, work, {**p, "peers": p["peers"] and task == "classify"})
     log = json.loads((work / "steps.json").read_text())
     summary = markdown(results, task, log)
@@ -287,6 +290,8 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny data and steps (a few minutes): checks the wiring; "
                     "its numbers mean nothing")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
+    ap.add_argument("--build-only", action="store_true", help="fine-tune, distil, prune, export and quantize, "
+                    "then stop: accuracy steps may share the machine, the benches run later alone")
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                     help="bench the optimum-onnx and OpenVINO rows (SST-2; needs benchmarks/peers_env.py)")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (default: .peers-venv)")
@@ -310,7 +315,7 @@ def settings(task: str, a: argparse.Namespace) -> dict:
     for key in ("distill_epochs", "recover_steps", "heads", "ffn"):
         if getattr(a, key) is not None:
             p[key] = getattr(a, key)
-    return {**p, "quick": a.quick, "fresh": a.fresh, "threads": a.threads, "peers": a.peers,
+    return {**p, "quick": a.quick, "fresh": a.fresh, "build_only": a.build_only, "threads": a.threads, "peers": a.peers,
             "peer_python": a.peer_python, "hidden_weight": a.hidden_weight, "prune_teacher": a.prune_teacher,
             "remove_heads": a.remove_heads, "remove_ffn": a.remove_ffn,
             "importance_batches": 5 if a.quick else 30, "repeats": 1 if a.quick else 3,

@@ -269,7 +269,7 @@ def test_dynamic_int8_results_do_not_depend_on_the_batch(clf, tmp_path, capsys):
 
 
 def _batched_probs(model_dir: Path, data_file: Path, batch_size: int) -> torch.Tensor:
-    from plmkit.models.checkpoint import load_tokenizer
+    from plmkit.tokenizer.load import load_tokenizer
 
     onnx = load_onnx_dir(model_dir, threads=1)
     task, prep, tok = TASKS["classify"], Prep(max_length=32), load_tokenizer(model_dir)
