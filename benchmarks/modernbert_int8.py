@@ -7,13 +7,14 @@
 The classifier: a random-initialised ModernBERT-base-shaped model (benchmarks/finetune_families.py
 writes it: 22 layers, hidden 768, GeGLU 1152, local window 128, real 50,368 vocabulary, a
 byte-level BPE trained on the sentences) fine-tuned by `plmkit finetune` for one epoch on the first
-8,000 SST-2 train sentences (max length 64, lr 1e-4), so its logits are those of a trained
-classifier. Then `plmkit export --format onnx`, `plmkit quantize` (dynamic INT8; static INT8 from
-256 calibration sentences), and one `plmkit bench` run measures the fp32 PyTorch checkpoint (bf16
-autocast, plmkit's default), the fp32 ONNX graph, both INT8 graphs and the transformers fp32 eager
+--train-size SST-2 train sentences (max length 64, lr 1e-4), so its logits are those of a trained
+classifier. Then `plmkit export --format onnx`, `plmkit quantize` (dynamic INT8 with per-token
+activation ranges, the default; dynamic with per-tensor ranges; static INT8 from 256 calibration
+sentences), and one `plmkit bench` run measures the fp32 PyTorch checkpoint (bf16 autocast,
+plmkit's default), the fp32 ONNX graph, the three INT8 graphs and the transformers fp32 eager
 baseline (the checkpoint exported to HF, `ModernBertForSequenceClassification`,
-attn_implementation="eager"), on SST-2 train sentences 60,000-62,000: latency at batch 1 and
-throughput at batch 32, medians of 3 passes, each row in its own process.
+attn_implementation="eager"), on --held-size SST-2 train sentences from 60,000: latency at batch 1
+and throughput at batch 32, medians of --repeats passes, each row in its own process.
 Every step is a plmkit CLI command; outputs land in bench_out/modernbert_int8/ (git-ignored) and
 are reused when the script runs again. Goal (issue 13): INT8 >= 4x transformers fp32 eager.
 """
@@ -28,30 +29,34 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compress_sst2 import OUT, REPO, step, sst2_slices  # noqa: E402
+from compress_sst2 import OUT, REPO, Steps, sst2_slices  # noqa: E402
 from finetune_families import DATA, build_model_dir  # noqa: E402
 
 
-def pipeline(work: Path, quick: bool, threads: int, n_train: int) -> dict:
-    n_train, held_range = (256, (60_000, 60_200)) if quick else (n_train, (60_000, 62_000))
+def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, repeats: int) -> dict:
+    n_train, held_range = (256, (60_000, 60_200)) if quick else (n_train, (60_000, 60_000 + n_held))
     train, held = sst2_slices(work, n_train, held_range)
     if not (work / "init").exists():
         build_model_dir("modernbert", "quick" if quick else "base", train, work / "init")
-    log: dict = {}
-    clf, onnx, dyn, static = (work / n for n in ("classifier", "onnx", "int8-dynamic", "int8-static"))
-    step("finetune", clf, ["finetune", "--model", str(work / "init"), "--task", "classify", "--train", str(train),
-                           "--out", str(clf), "--epochs", "1", "--lr", "1e-4", "--max-length", "64",
-                           "--batch-size", "32", "--seed", "0"], log)
-    step("export onnx", onnx, ["export", "--model", str(clf), "--format", "onnx", "--out", str(onnx)], log)
-    step("quantize dynamic", dyn, ["quantize", "--model", str(onnx), "--method", "dynamic", "--out", str(dyn)], log)
-    step("quantize static", static, ["quantize", "--model", str(clf), "--method", "static", "--calibration",
-                                     str(train), "--calibration-size", "256", "--out", str(static)], log)
+    steps = Steps(work)
+    clf, onnx, dyn, static, dyn_t = (work / n for n in ("classifier", "onnx", "int8-dynamic", "int8-static",
+                                                        "int8-dynamic-tensor"))
+    steps.run("finetune", clf, ["finetune", "--model", str(work / "init"), "--task", "classify", "--train",
+                                str(train), "--out", str(clf), "--epochs", "1", "--lr", "1e-4", "--max-length", "64",
+                                "--batch-size", "32", "--seed", "0"])
+    steps.run("export onnx", onnx, ["export", "--model", str(clf), "--format", "onnx", "--out", str(onnx)])
+    steps.run("quantize dynamic", dyn, ["quantize", "--model", str(onnx), "--method", "dynamic", "--out", str(dyn)])
+    steps.run("quantize static", static, ["quantize", "--model", str(clf), "--method", "static", "--calibration",
+                                          str(train), "--calibration-size", "256", "--out", str(static)])
+    steps.run("quantize dynamic per-tensor", dyn_t, ["quantize", "--model", str(onnx), "--method", "dynamic",
+                                                     "--activation-ranges", "tensor", "--out", str(dyn_t)])
     out = work / "bench.json"
-    cmd = ["bench", "--models", str(clf), str(onnx), str(dyn), str(static), "--data", str(held),
-           "--batch-sizes", "1", "32", "--repeats", "1" if quick else "3", "--threads", str(threads),
+    cmd = ["bench", "--models", str(clf), str(onnx), str(dyn), str(dyn_t), str(static), "--data", str(held),
+           "--batch-sizes", "1", "32", "--repeats", "1" if quick else str(repeats), "--threads", str(threads),
            "--out", str(out)]
     print(f"  bench: plmkit {' '.join(cmd)}", flush=True)
-    if subprocess.run(["plmkit", *cmd], text=True, env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
+    if subprocess.run([sys.executable, "-m", "plmkit.cli", *cmd], text=True,
+                      env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
         sys.exit("plmkit bench failed")
     return json.loads(out.read_text())
 
@@ -67,7 +72,7 @@ def markdown(result: dict) -> str:
     base = rows["baseline"]
     lines += ["", "| INT8 vs transformers fp32 eager | latency b=1 | throughput b=32 | goal >= 4x (throughput) |",
               "|---|---|---|---|"]
-    for name in ("int8-dynamic", "int8-static"):
+    for name in ("int8-dynamic", "int8-dynamic-tensor", "int8-static"):
         r = rows[name]
         lat, thr = base["latency_p50_ms"] / r["latency_p50_ms"], r["throughput"] / base["throughput"]
         lines.append(f"| {name} | {lat:.2f}x | {thr:.2f}x | {'met' if thr >= 4 else '**not met**'} |")
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="delete cached models and redo every step")
     ap.add_argument("--train-size", type=int, default=8000, help="SST-2 sentences to fine-tune on (speed does "
                     "not depend on it: fewer make the fine-tuning step, not the benchmark, shorter)")
+    ap.add_argument("--held-size", type=int, default=2000, help="SST-2 sentences measured (from 60,000)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per row (medians)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
     args = ap.parse_args()
     if not (DATA / "sst2" / "train.tsv").is_file():
@@ -91,7 +98,7 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"== ModernBERT INT8: {work.relative_to(REPO)}", flush=True)
-    summary = markdown(pipeline(work, args.quick, args.threads, args.train_size))
+    summary = markdown(pipeline(work, args.quick, args.threads, args.train_size, args.held_size, args.repeats))
     (work / "summary.md").write_text(summary)
     print(summary)
 

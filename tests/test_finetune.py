@@ -379,7 +379,8 @@ def test_each_strategy_trains_at_its_own_default_lr(tmp_path, encoder_dir, files
                      "--out", str(out), "--strategy", spec, "--max-steps", "2", "--max-length", "48"]) == 0
         assert _meta(out)["config"]["lr"] == STRATEGIES[spec.partition(":")[0]].lr
     assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
-                 "--out", str(tmp_path / "given"), "--strategy", "probe", "--lr", "0.5", "--max-steps", "2"]) == 0
+                 "--out", str(tmp_path / "given"), "--strategy", "probe", "--lr", "0.5", "--max-steps", "2",
+                 "--max-length", "48"]) == 0
     assert _meta(tmp_path / "given")["config"]["lr"] == 0.5
 
 
