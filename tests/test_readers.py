@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from plmkit.data.features import (IGNORE, collate, configured, encode_classification, encode_generation,
-                                  encode_ner, feature_lengths, length_bucketed_batches, word_predictions)
+                                  encode_ner, feature_lengths, label_norm, length_bucketed_batches, word_predictions)
 from plmkit.data.readers import (GenExample, TextExample, TokenExample, build_label_map, read_classification,
                                  read_generation, read_ner, read_squad)
 from plmkit.errors import InputError, PlmkitError
@@ -308,6 +308,37 @@ def test_collate_pads_to_batch_max():
     assert batch["labels"].tolist() == [[1, IGNORE, 2], [3, IGNORE, IGNORE]]
     scalar = collate([{"input_ids": [1, 2], "labels": 1}, {"input_ids": [3], "labels": 0}], pad_id=9)
     assert scalar["labels"].tolist() == [1, 0] and scalar["input_ids"].tolist() == [[1, 2], [3, 9]]
+
+
+def test_token_losses_weigh_every_token_alike_in_length_bucketed_batches():
+    """Buckets put the short sentences together. Averaging each batch's loss over its own tokens
+    gives a short sentence's token many times the weight of a long one's (what cost NER F1 against
+    transformers' random batches); with ``label_norm`` the batches' mean loss is the per-token mean."""
+    import torch
+    import torch.nn.functional as F
+
+    from plmkit.models.heads import token_loss
+
+    lengths = [3] * 8 + [40] * 8
+    feats = [{"input_ids": [1] * n, "labels": [IGNORE] + [0] * (n - 2) + [IGNORE]} for n in lengths]
+    batches = length_bucketed_batches(lengths, 4, seed=0)
+    norm = label_norm(feats, batches)
+    assert norm == (8 * 1 + 8 * 38) / 4
+    assert label_norm([{"input_ids": [1, 2], "labels": 1}], [[0]]) is None      # one label per example
+    # short sentences' tokens are easy (loss ~0.05), long ones' hard (~2.1)
+    logit = {3: torch.tensor([3.0, 0.0]), 40: torch.tensor([-2.0, 0.0])}
+
+    def batch_loss(idx, extra):
+        logits = torch.cat([logit[lengths[i]].expand(lengths[i], 2) for i in idx])
+        labels = torch.cat([torch.tensor(feats[i]["labels"]) for i in idx])
+        return float(token_loss(logits, labels, extra))
+
+    every_token = torch.cat([logit[n].expand(n - 2, 2) for n in lengths])
+    per_token_mean = float(F.cross_entropy(every_token, torch.zeros(len(every_token), dtype=torch.long)))
+    weighted = sum(batch_loss(b, {"label_norm": torch.tensor(norm)}) for b in batches) / len(batches)
+    plain = sum(batch_loss(b, {}) for b in batches) / len(batches)
+    assert abs(weighted - per_token_mean) < 1e-5
+    assert plain < per_token_mean - 0.8          # the short batches' easy tokens counted as much as the rest
 
 
 def test_length_bucketing_covers_everything_once_with_little_padding():

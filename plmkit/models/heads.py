@@ -21,6 +21,16 @@ from .transformer import BackboneOutput
 IGNORE = -100
 
 
+def token_loss(logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Cross-entropy over labelled positions (logits [N, C], labels [N]): their mean, or, when the
+    batch carries ``label_norm`` (training on length-bucketed batches, ``data.features.label_norm``),
+    their sum over that dataset-wide mean count, so each token weighs the same in every batch."""
+    norm = batch.get("label_norm")
+    if norm is None:
+        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / norm
+
+
 @dataclass
 class ModelOutput:
     loss: Tensor | None = None
@@ -168,7 +178,7 @@ class CLMHead(nn.Module):
             return ModelOutput(logits=logits)
         shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
         shift_labels = labels[:, 1:].reshape(-1)
-        loss = F.cross_entropy(shift_logits.float(), shift_labels, ignore_index=IGNORE)
+        loss = token_loss(shift_logits, shift_labels, batch)
         return ModelOutput(loss=loss, logits=logits, aux={"clm_loss": loss.detach()})
 
 
@@ -216,7 +226,7 @@ class TokenHead(nn.Module):
         labels = batch.get("labels")
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+            loss = token_loss(logits.flatten(0, 1), labels.flatten(), batch)
         return ModelOutput(loss=loss, logits=logits)
 
 

@@ -16,7 +16,8 @@ from .config import ModelConfig
 from .heads import HEADS, ModelOutput, check_head
 from .transformer import Backbone, KVCache
 
-LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions")
+# What the heads read besides the inputs (label_norm: data.features.label_norm).
+LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions", "label_norm")
 
 
 class PlmModel(nn.Module):

@@ -170,6 +170,19 @@ class MetricsMiddleware:
             self.metrics.observe_request(path, status, time.perf_counter() - start)
 
 
+DRAIN_BYTES = 1 << 20    # the most of an oversized streamed body read (and dropped) before its 413
+
+
+async def _drain(receive: Callable, limit: int) -> None:
+    """Receive and drop the rest of a request body, at most ``limit`` bytes."""
+    dropped = 0
+    while dropped <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            return
+        dropped += len(message.get("body", b""))
+
+
 class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``, declared (Content-Length) or streamed; the body read
     here is handed on, so the app sees it as usual."""
@@ -192,6 +205,10 @@ class BodyLimitMiddleware:
                 return
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                # A client still sending when the 413 goes out gets a connection reset instead
+                # of the answer: read (and drop) a bounded tail of the body first.
+                if message.get("more_body", False):
+                    await _drain(receive, DRAIN_BYTES)
                 return await self._too_large(send, f"more than {self.max_bytes}")
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):

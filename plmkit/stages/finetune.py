@@ -29,7 +29,7 @@ from ..adapters import AdapterSettings, apply_strategy, strategy_meta
 from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo, default_lr, lr_help
 from ..config import compose, dump_yaml, option, pick, to_dict
-from ..data.features import LONG_TEXT, collate, feature_lengths, length_bucketed_batches
+from ..data.features import LONG_TEXT, collate, feature_lengths, label_norm, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import load, peek
@@ -268,9 +268,14 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     lengths = feature_lengths(features)
     buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
-    pad = pad_id(tok)
-    return IndexedBatches(len(features), lambda idx: collate([features[i] for i in idx], pad),
-                          cfg.batch_size, seed=cfg.seed, batches=buckets)
+    pad, norm = pad_id(tok), label_norm(features, buckets)
+
+    def make(idx: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate([features[i] for i in idx], pad)
+        if norm is not None:
+            batch["label_norm"] = torch.tensor(norm)
+        return batch
+    return IndexedBatches(len(features), make, cfg.batch_size, seed=cfg.seed, batches=buckets)
 
 
 def _fingerprint(cfg: Config, head_config: dict[str, Any], info: StrategyInfo) -> dict[str, Any]:
