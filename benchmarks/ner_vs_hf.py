@@ -37,6 +37,8 @@ PLMKIT = {
     "hf-optim": ["--warmup-ratio", "0", "--weight-decay", "0"],       # the Trainer's defaults
     "hf-like": ["--warmup-ratio", "0", "--weight-decay", "0", "--precision", "fp32"],
     "hold-out-10": ["--eval-fraction", "0.1"],                       # 300 sentences held out, best epoch kept
+    "random-batches": ["--no-group-by-length"],                       # no length buckets (the Trainer's default)
+    "random-fp32": ["--no-group-by-length", "--precision", "fp32"],
 }
 # transformers variants: TrainingArguments overrides of the defaults a user gets.
 HF = {

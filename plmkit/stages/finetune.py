@@ -63,6 +63,8 @@ class _Options:
                               gt=0, group="training options")
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
+    group_by_length: bool = option(True, help="train on batches of examples of similar length (less "
+                                   "padding, faster); off: random batches, as transformers' Trainer by default")
     max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
@@ -267,8 +269,13 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     lengths = feature_lengths(features)
-    buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
-    pad, norm = pad_id(tok), label_norm(features, buckets)
+    if cfg.group_by_length:
+        buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
+    else:
+        buckets = None    # IndexedBatches shuffles the indices into batches, anew each epoch
+    planned = buckets or [range(i, min(i + cfg.batch_size, len(features)))
+                          for i in range(0, len(features), cfg.batch_size)]
+    pad, norm = pad_id(tok), label_norm(features, planned)
 
     def make(idx: list[int]) -> dict[str, torch.Tensor]:
         batch = collate([features[i] for i in idx], pad)
@@ -283,6 +290,7 @@ def _fingerprint(cfg: Config, head_config: dict[str, Any], info: StrategyInfo) -
     train_file = Path(cfg.train)
     return {"model": str(Path(cfg.model).resolve()), "task": cfg.task, "head_config": head_config,
             "strategy": info.spec, "adapter": to_dict(info.settings), "batch_size": cfg.batch_size,
+            "group_by_length": cfg.group_by_length,
             "train": [str(train_file.resolve()), train_file.stat().st_size],
             "eval": str(Path(cfg.eval).resolve()) if cfg.eval else None, "eval_fraction": cfg.eval_fraction}
 
