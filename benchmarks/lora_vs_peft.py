@@ -53,13 +53,16 @@ CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role']
 
 
 def paragraphs(n: int) -> list[tuple[str, str]]:
-    """(first sentence, rest) of the first n WikiText-2 paragraphs long enough to have both."""
+    """(first sentence, rest) of the first n WikiText-2 paragraphs long enough to have both, with a
+    first sentence of at most 400 characters."""
     text = (DATA / "corpus" / "wikitext2-valid.txt").read_text(encoding="utf-8")
     out = []
     for para in (p.strip() for p in text.split("\n")):
         if para.startswith("=") or len(para) < 200 or ". " not in para:
             continue
         first, rest = para.split(". ", 1)
+        if len(first) > 400:      # the prompt must leave room for the answer within --max-length
+            continue
         out.append((first + ".", rest))
         if len(out) == n:
             break
@@ -91,8 +94,8 @@ def make_model(work: Path, shape: dict) -> Path:
 
 def write_data(work: Path, model: Path, n: int, max_length: int) -> tuple[Path, Path, int]:
     """The chat file (plmkit's input) and its encoding (the Trainer's input); total input tokens."""
-    from plmkit.data.chat import read_chat
     from plmkit.tasks import Prep
+    from plmkit.tasks.chat import read_chat
     from plmkit.tasks.generate import TASK
     from plmkit.tokenizer import load_tokenizer
 

@@ -39,6 +39,7 @@ PLMKIT = {
     "hold-out-10": ["--eval-fraction", "0.1"],                       # 300 sentences held out, best epoch kept
     "random-batches": ["--no-group-by-length"],                       # no length buckets (the Trainer's default)
     "random-fp32": ["--no-group-by-length", "--precision", "fp32"],
+    "random-hf-optim": ["--no-group-by-length", "--warmup-ratio", "0", "--weight-decay", "0"],
 }
 # transformers variants: TrainingArguments overrides of the defaults a user gets.
 HF = {

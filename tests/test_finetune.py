@@ -542,3 +542,24 @@ def test_chinese_text_with_a_trained_wordpiece(tmp_path, capsys):
                  "--output", str(tmp_path / "p.jsonl")]) == 0
     row = json.loads((tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert row["label"] in ("negative", "positive") and any("\u4e00" <= c <= "\u9fff" for c in row["text"])
+
+
+def test_group_by_length_off_gives_random_batches_with_the_same_token_weighting(encoder_dir):
+    """Length buckets (the default) hold one length per batch here; --no-group-by-length mixes
+    lengths, as the Trainer's random batches do; both carry the same dataset-wide label_norm."""
+    from types import SimpleNamespace
+
+    from plmkit.stages.finetune import _batches
+    from plmkit.tokenizer import load_tokenizer
+
+    feats = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [0] * n}
+             for n in range(2, 66) for _ in range(4)]          # 64 lengths x 4
+    tok = load_tokenizer(encoder_dir)
+    spans, norms = {}, {}
+    for group in (True, False):
+        batches = list(_batches(feats, tok, SimpleNamespace(batch_size=4, seed=0, group_by_length=group)))
+        lengths = [b["attention_mask"].sum(1) for b in batches]
+        spans[group] = sum(int(x.max() - x.min()) for x in lengths) / len(lengths)
+        norms[group] = {float(b["label_norm"]) for b in batches}
+    assert spans[True] == 0 and spans[False] > 10
+    assert norms[True] == norms[False] == {sum(range(2, 66)) * 4 / 64}
