@@ -557,9 +557,15 @@ def test_group_by_length_off_gives_random_batches_with_the_same_token_weighting(
     tok = load_tokenizer(encoder_dir)
     spans, norms = {}, {}
     for group in (True, False):
-        batches = list(_batches(feats, tok, SimpleNamespace(batch_size=4, seed=0, group_by_length=group)))
+        cfg = SimpleNamespace(task="classify", batch_size=4, seed=0, group_by_length=group)
+        batches = list(_batches(feats, tok, cfg))
         lengths = [b["attention_mask"].sum(1) for b in batches]
         spans[group] = sum(int(x.max() - x.min()) for x in lengths) / len(lengths)
         norms[group] = {float(b["label_norm"]) for b in batches}
     assert spans[True] == 0 and spans[False] > 10
     assert norms[True] == norms[False] == {sum(range(2, 66)) * 4 / 64}
+    # unset: the task decides (ner trains on random batches, the others on length buckets)
+    for task, span in (("classify", 0), ("ner", spans[False])):
+        cfg = SimpleNamespace(task=task, batch_size=4, seed=0, group_by_length=None)
+        lengths = [b["attention_mask"].sum(1) for b in _batches(feats, tok, cfg)]
+        assert sum(int(x.max() - x.min()) for x in lengths) / len(lengths) == span

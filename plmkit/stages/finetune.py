@@ -63,8 +63,9 @@ class _Options:
                               gt=0, group="training options")
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
-    group_by_length: bool = option(True, help="train on batches of examples of similar length (less "
-                                   "padding, faster); off: random batches, as transformers' Trainer by default")
+    group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
+                                          "padding, faster); off: random batches, as transformers' Trainer "
+                                          "by default (default: on, except for ner, where it costs accuracy)")
     max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
@@ -269,7 +270,8 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     lengths = feature_lengths(features)
-    if cfg.group_by_length:
+    group = TASKS[cfg.task].group_by_length if cfg.group_by_length is None else cfg.group_by_length
+    if group:
         buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
     else:
         buckets = None    # IndexedBatches shuffles the indices into batches, anew each epoch

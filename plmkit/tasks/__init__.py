@@ -30,6 +30,7 @@ class TaskSpec(Protocol):
     metric: str               # the evaluation value that selects the best checkpoint
     greater_is_better: bool
     help: str                 # accepted file formats, for --help and errors
+    group_by_length: bool     # train on length buckets unless --no-group-by-length (ner: random batches)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[Any]: ...

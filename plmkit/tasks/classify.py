@@ -23,6 +23,7 @@ class ClassifyTask:
     head = "classify"
     metric = "accuracy"
     greater_is_better = True
+    group_by_length = True
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,

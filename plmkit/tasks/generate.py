@@ -37,6 +37,7 @@ class GenerateTask:
     head = "clm"
     metric = "loss"
     greater_is_better = False
+    group_by_length = True
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "
             "(predict: the prompt, or the conversation so far, is enough)")
 

@@ -23,6 +23,7 @@ class QATask:
     head = "span"
     metric = "f1"
     greater_is_better = True
+    group_by_length = True
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
