@@ -335,9 +335,9 @@ def collate(features: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, tor
     return batch
 
 
-def label_norm(features: Sequence[Mapping[str, Any]], batches: Sequence[Sequence[int]]) -> float | None:
-    """Mean count of labelled positions per training batch when labels are per token (NER,
-    generation); None when each example has one label.
+def label_norm(features: Sequence[Mapping[str, Any]], n_batches: int) -> float | None:
+    """Mean count of labelled positions over ``n_batches`` training batches when labels are per
+    token (NER, generation); None when each example has one label.
 
     Length-bucketed batches put short sentences together. A loss averaged over each batch's own
     labelled tokens then gives a token in a batch of short sentences many times the weight of one
@@ -346,10 +346,10 @@ def label_norm(features: Sequence[Mapping[str, Any]], batches: Sequence[Sequence
     (``batch["label_norm"]``): every token weighs the same, as with random batches on average, and
     the loss keeps its usual scale.
     """
-    if not len(features) or not isinstance(features[0].get("labels"), list) or not batches:
+    if not len(features) or not isinstance(features[0].get("labels"), list) or n_batches < 1:
         return None
-    labelled = [sum(1 for v in features[i]["labels"] if v != IGNORE) for i in range(len(features))]
-    return max(sum(labelled) / len(batches), 1.0)
+    labelled = sum(sum(1 for v in f["labels"] if v != IGNORE) for f in features)
+    return max(labelled / n_batches, 1.0)
 
 
 def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,

@@ -241,8 +241,7 @@ class JsonOnlyMiddleware:
         if scope["type"] == "http" and scope["method"] == "POST":
             ctype = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
             if "json" not in ctype.lower():
-                while (await receive()).get("more_body", False):
-                    pass
+                await _drain(receive, DRAIN_BYTES)
                 got = f"got Content-Type {ctype!r}" if ctype else "got no Content-Type header"
                 return await _refuse(send, 415, f"the body must be JSON (Content-Type: application/json), {got}")
         await self.app(scope, receive, send)

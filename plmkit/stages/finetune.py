@@ -275,9 +275,8 @@ def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> Ind
         buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
     else:
         buckets = None    # IndexedBatches shuffles the indices into batches, anew each epoch
-    planned = buckets or [range(i, min(i + cfg.batch_size, len(features)))
-                          for i in range(0, len(features), cfg.batch_size)]
-    pad, norm = pad_id(tok), label_norm(features, planned)
+    n_batches = len(buckets) if buckets else -(-len(features) // cfg.batch_size)
+    pad, norm = pad_id(tok), label_norm(features, n_batches)
 
     def make(idx: list[int]) -> dict[str, torch.Tensor]:
         batch = collate([features[i] for i in idx], pad)
