@@ -10,6 +10,8 @@ A model directory holds config.json; the other files decide its format (``peek``
 format picks the loader from ``LOADERS``:
   onnx         model.onnx, plmkit.json format "onnx" (``plmkit export --format onnx`` / ``plmkit
                quantize``) -> ``OnnxModel``, the same outputs on ONNX Runtime (plmkit.models.onnx_model)
+  openvino     model.xml + model.bin, plmkit.json format "openvino" (``plmkit quantize --engine
+               openvino``) -> ``OnnxModel`` on an OpenVINO compiled model (plmkit.models.openvino_runtime)
   adapter      adapter.safetensors, plmkit.json format "plmkit-adapter" (``plmkit finetune`` with
                probe / lora / adapter / bitfit) -> its parent, loaded by ``load``, with the adapter
                on it (plmkit.adapters.checkpoint)
@@ -30,14 +32,16 @@ from .adapters.checkpoint import attach, is_adapter, kept_structure, parent_dir,
 from .errors import PlmkitError
 from .models import hf
 from .models.checkpoint import load_model, read_meta, read_model_config
-from .models.onnx_model import is_onnx_dir, load_onnx_dir
+from .models.onnx_model import GRAPH_FILES, graph_format, load_onnx_dir
+
+EXPORTS = {"onnx": "ONNX export", "openvino": "OpenVINO export"}      # graph formats, as messages name them
 
 
 @dataclass
 class Saved:
     """A model directory as its JSON files describe it (no weights read)."""
     path: Path
-    format: str                    # onnx | adapter | plmkit | huggingface
+    format: str                    # onnx | openvino | adapter | plmkit | huggingface
     task: str                      # the model head: base, mlm, mlm+nsp, classify, token, span, clm, ...
     head_config: dict[str, Any]    # labels, finetune_task, preprocess, ...
     config: dict[str, Any]         # config.json as read
@@ -49,11 +53,12 @@ def peek(path: str | Path) -> Saved:
     not one (not found, a symlink loop, a file, no config.json)."""
     path = Path(path)
     raw = read_model_config(path)
-    if "plmkit" not in raw and not is_onnx_dir(path):
+    graph = graph_format(path)
+    if "plmkit" not in raw and graph is None:
         _, task, head_config = hf.read_config(raw, str(path / "config.json"))
         return Saved(path, "huggingface", task, head_config, raw, {})
     meta = read_meta(path)
-    fmt = "onnx" if is_onnx_dir(path) else "adapter" if is_adapter(meta) else "plmkit"
+    fmt = graph or ("adapter" if is_adapter(meta) else "plmkit")
     return Saved(path, fmt, raw.get("task", "base"), raw.get("head_config", {}), raw, meta)
 
 
@@ -68,8 +73,8 @@ def load(path: str | Path, task: str | None = None, head_config: dict[str, Any] 
     "generation"): an ONNX export is then refused with a message that says so.
     """
     saved = peek(path)
-    if needs_torch and saved.format == "onnx":
-        raise PlmkitError(f"{path}: an ONNX export; {needs_torch} needs the PyTorch checkpoint it was "
+    if needs_torch and saved.format in GRAPH_FILES:
+        raise PlmkitError(f"{path}: an {EXPORTS[saved.format]}; {needs_torch} needs the PyTorch checkpoint it was "
                           f"exported from ({saved.meta.get('parent') or 'plmkit.json names no parent'})")
     return LOADERS[saved.format](saved, task, head_config, dtype, threads)
 
@@ -77,7 +82,7 @@ def load(path: str | Path, task: str | None = None, head_config: dict[str, Any] 
 def _load_onnx(saved: Saved, task: str | None, head_config: dict[str, Any] | None,
                dtype: torch.dtype | None, threads: int | None) -> nn.Module:
     if task is not None and task != saved.task:
-        raise PlmkitError(f"{saved.path}: an ONNX export of a '{saved.task}' model; its head is part of the "
+        raise PlmkitError(f"{saved.path}: an {EXPORTS[saved.format]} of a '{saved.task}' model; its head is part of the "
                           f"graph and cannot become a '{task}' head (use the PyTorch checkpoint it came from)")
     try:
         return load_onnx_dir(saved.path, threads=threads)
@@ -106,7 +111,7 @@ def _load_checkpoint(saved: Saved, task: str | None, head_config: dict[str, Any]
 
 
 LOADERS: dict[str, Callable[..., nn.Module]] = {
-    "onnx": _load_onnx, "adapter": _load_adapter, "plmkit": _load_checkpoint, "huggingface": _load_checkpoint}
+    "onnx": _load_onnx, "openvino": _load_onnx, "adapter": _load_adapter, "plmkit": _load_checkpoint, "huggingface": _load_checkpoint}
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -114,8 +119,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     saved = peek(path)
     model = load(path)
     cfg = model.config
-    onnx = saved.format == "onnx"
-    fmt = {"onnx": f"onnx ({getattr(model, 'precision', '')})",
+    onnx = saved.format in GRAPH_FILES
+    fmt = {**{g: f"{g} ({getattr(model, 'precision', '')})" for g in GRAPH_FILES},
            "adapter": f"plmkit adapter ({saved.meta.get('strategy', {}).get('spec', '?')})"}.get(saved.format, saved.format)
     return {
         "path": str(path), "format": fmt,

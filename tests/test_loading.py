@@ -47,7 +47,7 @@ def test_peek_tells_the_formats_apart(tmp_path, tiny_encoder_cfg):
     got = {p.name: (s.format, s.task, s.head_config.get("labels")) for p in (ck, hf, onnx) for s in [peek(p)]}
     assert got == {"ck": ("plmkit", "classify", ["neg", "pos"]), "hf": ("huggingface", "classify", ["neg", "pos"]),
                    "onnx": ("onnx", "classify", ["neg", "pos"])}
-    assert set(LOADERS) == {"onnx", "adapter", "plmkit", "huggingface"}
+    assert set(LOADERS) == {"onnx", "openvino", "adapter", "plmkit", "huggingface"}
     ids = torch.randint(5, 100, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model.eval()(ids).logits

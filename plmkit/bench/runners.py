@@ -26,7 +26,7 @@ BENCH_TASKS = ("classify", "ner", "qa")
 class Variant:
     name: str
     path: str                     # the directory the row measures
-    kind: str                     # a key of RUNNERS: transformers | torch | onnx | optimum-ort | openvino
+    kind: str                     # a key of RUNNERS: transformers | torch | onnx | openvino-ir | optimum-ort | openvino
     precision: str                # fp32 | bf16 | int8
     task: str                     # classify | ner | qa
     features_from: str            # checkpoint whose tokenizer and preprocessing encode the data
@@ -136,6 +136,9 @@ RUNNERS: dict[str, Runner] = {
     "torch": Runner(("plmkit", "huggingface", "adapter"), _load_torch, autocast=True),
     "onnx": Runner(("onnx",), _load_onnx, autocast=False,
                    precision=lambda saved: str(saved.meta.get("precision", "fp32"))),
+    # plmkit's own OpenVINO export (quantize --engine openvino); "openvino" is the peer optimum-intel
+    "openvino-ir": Runner(("openvino",), _load_onnx, autocast=False,
+                          precision=lambda saved: str(saved.meta.get("precision", "int8"))),
     # the peers: the same HF export, quantized and timed in the peers' own virtual environment
     # (benchmarks/peers_env.py) on token ids plmkit encoded; plmkit scores their logits (bench/peers.py)
     **{engine.kind: Runner((), None, autocast=False, prepare=engine.prepare,

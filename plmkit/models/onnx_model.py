@@ -1,10 +1,13 @@
-"""An ONNX Runtime model that looks like a ``PlmModel`` to the task code.
+"""An exported graph (ONNX Runtime or OpenVINO) that looks like a ``PlmModel`` to the task code.
 
-An ONNX directory (``plmkit export --format onnx`` or ``plmkit quantize``) holds
-``model.onnx``, the plmkit ``config.json`` (task, head_config, model config), the tokenizer
-and ``plmkit.json`` with ``{"format": "onnx", "precision": "fp32" | "int8", ...}``.
-``OnnxModel`` runs it through an ``InferenceSession`` and returns the same ``ModelOutput``
-fields (torch tensors) the PyTorch model gives, so ``evaluate`` / ``predict`` need no change.
+A graph directory holds the graph, the plmkit ``config.json`` (task, head_config, model config),
+the tokenizer and ``plmkit.json`` with ``{"format": ..., "precision": "fp32" | "int8", ...}``:
+  format "onnx"      ``model.onnx`` (``plmkit export --format onnx``, ``plmkit quantize``), run by an
+                     ONNX Runtime ``InferenceSession``;
+  format "openvino"  ``model.xml`` + ``model.bin`` (``plmkit quantize --engine openvino``), run by an
+                     OpenVINO compiled model (models/openvino_runtime.py, behind the same session API).
+``OnnxModel`` returns the same ``ModelOutput`` fields (torch tensors) the PyTorch model gives, so
+``evaluate`` / ``predict`` / ``bench`` / ``serve`` need no change.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ..errors import PlmkitError
 from ..io import read_json
 from .config import DecoderConfig, EncoderConfig, config_from_dict
 from .heads import ModelOutput
+from .openvino_runtime import OPENVINO_FILE, OpenVinoSession
 
 ONNX_FILE = "model.onnx"
 # ORT graph rewrites left out: on this CPU (onnxruntime 1.32, AVX-512) the fused
@@ -27,6 +31,7 @@ ONNX_FILE = "model.onnx"
 # (a quarter of an INT8 BERT's run time), and BiasGelu about twice Add + Gelu.
 SLOW_FUSIONS = ["SkipLayerNormFusion", "BiasGeluFusion"]
 ONNX_FORMAT = "onnx"
+GRAPH_FILES = {ONNX_FORMAT: ONNX_FILE, "openvino": OPENVINO_FILE}    # plmkit.json format -> graph file
 
 
 def ort_errors() -> tuple[type[Exception], ...]:
@@ -37,11 +42,22 @@ def ort_errors() -> tuple[type[Exception], ...]:
             st.NotImplemented, st.RuntimeException)
 
 
-def is_onnx_dir(path: str | Path) -> bool:
-    """A directory written by the ONNX export or quantization (plmkit.json format "onnx")."""
+def graph_format(path: str | Path) -> str | None:
+    """"onnx" or "openvino" for a graph directory (plmkit.json's format, with its graph file), else None."""
     path = Path(path)
     meta = path / "plmkit.json"
-    return (path / ONNX_FILE).is_file() and meta.is_file() and read_json(meta).get("format") == ONNX_FORMAT
+    fmt = read_json(meta).get("format") if meta.is_file() else None
+    return fmt if fmt in GRAPH_FILES and (path / GRAPH_FILES[fmt]).is_file() else None
+
+
+def is_onnx_dir(path: str | Path) -> bool:
+    """A directory written by the ONNX export or quantization (plmkit.json format "onnx")."""
+    return graph_format(path) == ONNX_FORMAT
+
+
+def open_session(file: str | Path, threads: int | None = None) -> Any:
+    """The engine the graph file is for: an OpenVINO IR (.xml) or an ONNX graph (ONNX Runtime)."""
+    return OpenVinoSession(file, threads) if Path(file).suffix == ".xml" else session(file, threads)
 
 
 def session(file: str | Path, threads: int | None = None) -> Any:
@@ -60,7 +76,7 @@ def session(file: str | Path, threads: int | None = None) -> Any:
 
 
 class OnnxModel(nn.Module):
-    """``model(input_ids, attention_mask, token_type_ids) -> ModelOutput`` on ONNX Runtime.
+    """``model(input_ids, attention_mask, token_type_ids) -> ModelOutput`` on ONNX Runtime or OpenVINO.
 
     An ``nn.Module`` only so code written for ``PlmModel`` works unchanged: ``model.eval()``
     and ``next(model.parameters()).device`` (a zero-size CPU parameter; ORT runs on the CPU).
@@ -72,7 +88,7 @@ class OnnxModel(nn.Module):
         self.file = Path(file)
         self.config, self.task, self.head_config = config, task, dict(head_config)
         self.meta = dict(meta or {})
-        self.session = session(file, threads)
+        self.session = open_session(file, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.device_anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
@@ -108,24 +124,18 @@ class OnnxModel(nn.Module):
         with torch.device("meta"):
             return PlmModel(self.config, self.task, self.head_config).num_parameters()
 
-    def num_parameters(self) -> int:
-        """Weights stored in the graph (float and integer initializers), for reports."""
-        import onnx
-
-        graph = onnx.load(str(self.file), load_external_data=False).graph
-        return sum(int(np.prod(t.dims)) for t in graph.initializer)
-
 
 def load_onnx_dir(path: str | Path, threads: int | None = None) -> OnnxModel:
-    """Load an ONNX directory as an ``OnnxModel`` in eval mode."""
+    """Load a graph directory (ONNX or OpenVINO) as an ``OnnxModel`` in eval mode."""
     path = Path(path)
-    if not is_onnx_dir(path):
+    fmt = graph_format(path)
+    if fmt is None:
         raise PlmkitError(f"{path}: not an ONNX model directory (expected {ONNX_FILE} and plmkit.json "
                           f"with format 'onnx'; make one with 'plmkit export --format onnx')")
     raw = read_json(path / "config.json")
     if "model" not in raw:
         raise PlmkitError(f"{path / 'config.json'}: not a plmkit config (no 'model' section)")
     cfg = config_from_dict(raw["model"], source=str(path / "config.json"))
-    model = OnnxModel(path / ONNX_FILE, cfg, raw.get("task", "base"), raw.get("head_config", {}),
+    model = OnnxModel(path / GRAPH_FILES[fmt], cfg, raw.get("task", "base"), raw.get("head_config", {}),
                       read_json(path / "plmkit.json"), threads)
     return model.eval()

@@ -9,14 +9,16 @@ Two halves, both on the single model thread (the event loop only parses and answ
   * ``ServedModel.run(endpoint, payloads)`` per micro-batch: pads it, calls the backend once
     and post-processes each item.
 
-Backends (registry ``BACKENDS``) wrap the network: ``torch`` (the PlmModel itself) and
-``onnxruntime`` (an ONNX export written by ``plmkit export --format onnx`` or ``plmkit quantize``).
+Backends (registry ``BACKENDS``) wrap the network: ``torch`` (the PlmModel itself),
+``onnxruntime`` (an ONNX export written by ``plmkit export --format onnx`` or ``plmkit quantize``)
+and ``openvino`` (``plmkit quantize --engine openvino``).
 Each names the directory formats it runs (``plmkit.loading.peek``); without an explicit backend
 the directory picks it.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,21 +101,24 @@ class TorchBackend:
             return generate(self.model, ids, use_cache=True, **kw)
 
 
-ONNX_MISSING = "onnxruntime backend needs an ONNX export (plmkit export --format onnx)"
+GRAPHS = {"onnx": "an ONNX export (plmkit export --format onnx) or its INT8 (plmkit quantize)",
+          "openvino": "an OpenVINO export (plmkit quantize --engine openvino --calibration FILE)"}
 
 
-class OnnxBackend:
-    """An ONNX Runtime session over the export in ``path`` (plmkit.models.onnx_model).
+class GraphBackend:
+    """An exported graph in ``path`` (plmkit.models.onnx_model): ``onnxruntime`` runs an ONNX
+    directory, ``openvino`` an OpenVINO one; one class, the engine is the directory's.
 
     The graph has only its task's outputs: embeddings need an export of a bare encoder
     (task 'base', output last_hidden_state); generation needs the KV cache, so torch.
     """
-    name = "onnxruntime"
-    formats = ("onnx",)
 
-    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):     # precision: the export's own
-        if peek(path).format not in self.formats:
-            raise PlmkitError(f"{path}: not an ONNX export; the {ONNX_MISSING}, or use --backend torch")
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT, *, name: str, fmt: str):
+        # precision: the export's own (fp32 or int8), whatever was asked for the torch backend
+        self.name, self.formats = name, (fmt,)
+        if peek(path).format != fmt:
+            raise PlmkitError(f"{path}: the {name} backend needs {GRAPHS[fmt]}; use --backend torch "
+                              "for a checkpoint")
         self.model = load(path, threads=torch.get_num_threads())
         self.precision = self.model.precision
         self.can_embed = self.model.family == "encoder" and "last_hidden_state" in self.model.output_names
@@ -129,7 +134,12 @@ class OnnxBackend:
         raise PlmkitError("generation runs on the torch backend only (plmkit serve --backend torch)")
 
 
-BACKENDS: dict[str, type[Backend]] = {"torch": TorchBackend, "onnxruntime": OnnxBackend}
+# --backend name -> (the directory formats it runs, how to make it)
+BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Path, str], Backend]]] = {
+    "torch": (TorchBackend.formats, TorchBackend),
+    "onnxruntime": (("onnx",), functools.partial(GraphBackend, name="onnxruntime", fmt="onnx")),
+    "openvino": (("openvino",), functools.partial(GraphBackend, name="openvino", fmt="openvino")),
+}
 
 
 @dataclass
@@ -147,12 +157,12 @@ class ServedModel:
         self.path = Path(path)
         if backend is None:              # the directory decides: an ONNX export runs on onnxruntime
             fmt = peek(self.path).format
-            backend = next(name for name, b in BACKENDS.items() if fmt in b.formats)
+            backend = next(name for name, (formats, _) in BACKENDS.items() if fmt in formats)
         if backend not in BACKENDS:
             raise PlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
         if precision not in PRECISIONS:
             raise PlmkitError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
-        self.backend = BACKENDS[backend](self.path, precision)
+        self.backend = BACKENDS[backend][1](self.path, precision)
         model = self.backend.model
         self.task, self.family, self.head_config = model.task, model.family, model.head_config
         self.labels: list[str] = list(model.head_config.get("labels") or [])
@@ -175,7 +185,8 @@ class ServedModel:
         needs = {"classify": (self.task == "classify" and bool(self.labels), "a classification model (task 'classify')"),
                  "ner": (self.task == "token" and bool(self.labels), "a token-classification model (task 'ner')"),
                  "qa": (self.task == "span", "an extractive QA model (task 'qa')"),
-                 "embed": (self.backend.can_embed, "an encoder model (on onnxruntime: an export of task 'base')"),
+                 "embed": (self.backend.can_embed,
+                           "an encoder model (on onnxruntime or openvino: an export of task 'base')"),
                  "generate": (self.backend.can_generate, "a decoder (GPT) language model on the torch backend")}
         ok, need = needs[endpoint]
         return None if ok else f"/v1/{endpoint} needs {need}; {what} on {self.backend.name}"

@@ -1,10 +1,12 @@
-"""INT8-quantize a model through ONNX Runtime; accuracy before and after goes into plmkit.json.
+"""INT8-quantize a model for ONNX Runtime or OpenVINO; accuracy before and after goes into plmkit.json.
 
 Input: a plmkit (or HF) checkpoint, exported to fp32 ONNX first (internally), or an fp32 ONNX
 directory from ``plmkit export --format onnx``. dynamic needs no data; static calibrates
 activation ranges on ``--calibration`` (the task's labelled training format, encoded with the
 checkpoint's tokenizer and preprocessing settings; plain text lines for a model without a
-fine-tuning task). Accuracy of fp32 and int8 is measured on ``--eval`` (default: the
+fine-tuning task). ``--engine openvino`` quantizes the same fp32 graph with NNCF for OpenVINO
+(compress/openvino_quant.py: weights and activations, calibrated on ``--calibration``) and writes
+OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run like an ONNX directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the
 calibration file) with the task's own ``evaluate``. Everything is checked before the output
 directory is created, and it is written atomically.
 """
@@ -25,20 +27,24 @@ from ..errors import PlmkitError
 from ..io import atomic_dir, write_json
 from ..loading import load, peek
 from ..models.config import config_from_dict, config_to_dict
-from ..models.onnx_model import ONNX_FILE, OnnxModel
+from ..models.onnx_model import GRAPH_FILES, ONNX_FILE, OnnxModel
 from ..tasks import TASK_OF_HEAD, TASKS, Infer, Prep, TaskData, TaskSpec
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer, save_tokenizer
 
 # Tasks whose evaluate runs on an ONNX graph (generate needs the loss and a KV cache).
 ONNX_EVAL_TASKS = ("classify", "ner", "qa")
+ENGINES = {"onnxruntime": "onnx", "openvino": "openvino"}     # --engine -> the output's format
 
 
 @dataclass
 class Config:
     model: str = option(help="fine-tuned checkpoint, or an fp32 ONNX directory (plmkit export --format onnx)")
     out: str = option(help="output directory (an ONNX directory: model.onnx, config, tokenizer)")
-    method: str = option("dynamic", help="dynamic: weights only, activations at run time; "
+    engine: str = option("onnxruntime", help="what runs the INT8 model: onnxruntime (model.onnx) or openvino "
+                         "(OpenVINO IR quantized by NNCF, weights and activations: needs --calibration; "
+                         "pip install 'plmkit[openvino]')", choices=list(ENGINES))
+    method: str = option("dynamic", help="onnxruntime: dynamic: weights only, activations at run time; "
                          "static: activation ranges from calibration data", choices=["dynamic", "static"])
     calibration: str | None = option(None, help="static: labelled data file of the model's task "
                                      "(plain text lines for a model without a task)")
@@ -73,7 +79,7 @@ class Source:
 def open_source(path: str) -> Source:
     saved = peek(path)
     src = saved.path
-    if saved.format == "onnx":
+    if saved.format in GRAPH_FILES:
         meta = saved.meta
         if meta.get("precision") != "fp32":
             raise PlmkitError(f"{src}: already quantized (precision {meta.get('precision')}); "
@@ -130,10 +136,11 @@ def evaluate_file(onnx_file: Path, source: Source, task: TaskSpec, data: TaskDat
 
 def run(cfg: Config) -> int:
     from ..compress.onnx_export import write_onnx_dir
-    from ..compress.quantize import HISTOGRAM_METHODS, FeatureReader, QuantOptions, quantize_file
+    from ..compress.quantize import HISTOGRAM_METHODS, FeatureReader
 
-    if cfg.method == "static" and not cfg.calibration:
-        raise PlmkitError("--method static needs --calibration FILE (data of the model's task)")
+    if (cfg.method == "static" or cfg.engine == "openvino") and not cfg.calibration:
+        what = "--method static" if cfg.engine == "onnxruntime" else "--engine openvino"
+        raise PlmkitError(f"{what} needs --calibration FILE (data of the model's task)")
     source = open_source(cfg.model)
     task, prep = task_of(source, cfg.task)
     head_config = source.config_json.get("head_config", {})
@@ -148,8 +155,7 @@ def run(cfg: Config) -> int:
         # Evaluate's batch size (also bench's): with --activation-ranges tensor the INT8 metric
         # depends on the batching, and this way the three commands report the same number.
         evaluation = TaskData(examples, features, tok, head_config, Infer(precision="fp32"))
-    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse,
-                           cfg.activation_ranges)
+    fmt = ENGINES[cfg.engine]
     with atomic_dir(cfg.out, cfg.overwrite) as tmp, tempfile.TemporaryDirectory(prefix=".plmkit-quant-") as w:
         work = Path(w)
         if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
@@ -158,29 +164,53 @@ def run(cfg: Config) -> int:
         else:
             fp32 = source.onnx_file
         inputs = _graph_inputs(fp32)
-        reader = (FeatureReader(calib, inputs, pad_id(tok), cfg.batch_size,
-                                fixed_shape=cfg.calibrate_method in HISTOGRAM_METHODS) if calib else None)
+        # OpenVINO (NNCF) calibrates on one example at a time, as optimum-intel does.
+        reader = (FeatureReader(calib, inputs, pad_id(tok), cfg.batch_size if fmt == "onnx" else 1,
+                                fixed_shape=cfg.calibrate_method in HISTOGRAM_METHODS and fmt == "onnx")
+                  if calib else None)
+        int8 = tmp / GRAPH_FILES[fmt]
         t0 = time.perf_counter()
-        quantize_file(fp32, tmp / ONNX_FILE, cfg.method, work, reader, options)
+        how = _quantize(cfg, fp32, int8, work, reader)
         seconds = time.perf_counter() - t0
         metrics = ({"fp32": evaluate_file(fp32, source, task, evaluation),
-                    "int8": evaluate_file(tmp / ONNX_FILE, source, task, evaluation)}
+                    "int8": evaluate_file(int8, source, task, evaluation)}
                    if evaluation is not None and task is not None else {})
         write_json(tmp / "config.json", source.config_json)
         if tok is not None or _has_tokenizer(source.path):
             save_tokenizer(tok or load_tokenizer(source.path), tmp,
                            model_max_length=source.config_json["model"].get("max_position"))
-        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": "onnx",
+        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": fmt,
                 "precision": "int8", "stage": "quantize", "parent": str(source.path.resolve()),
-                "inputs": inputs, "outputs": _graph_outputs(tmp / ONNX_FILE),
-                "quantization": {"method": cfg.method, "weights": "qint8", **to_dict(options),
-                                 "format": "QDQ" if cfg.method == "static" else "QOperator",
-                                 "calibration_examples": len(calib or []), "seconds": round(seconds, 2)},
-                "size_bytes": {"fp32": fp32.stat().st_size, "int8": (tmp / ONNX_FILE).stat().st_size},
+                "inputs": inputs, "outputs": _graph_outputs(fp32),
+                "quantization": {**how, "calibration_examples": len(calib or []), "seconds": round(seconds, 2)},
+                "size_bytes": {"fp32": fp32.stat().st_size, "int8": _graph_bytes(int8)},
                 "metrics": metrics, "config": to_dict(cfg)}
         write_json(tmp / "plmkit.json", meta)
-    print(json.dumps({"out": cfg.out, "method": cfg.method, "size_bytes": meta["size_bytes"], "metrics": metrics}))
+    print(json.dumps({"out": cfg.out, "engine": cfg.engine, "method": meta["quantization"]["method"],
+                      "size_bytes": meta["size_bytes"], "metrics": metrics}))
     return 0
+
+
+def _quantize(cfg: Config, fp32: Path, int8: Path, work: Path, reader: Any) -> dict[str, Any]:
+    """Write the INT8 graph ``int8`` for ``cfg.engine``; returns how (plmkit.json "quantization")."""
+    if cfg.engine == "openvino":
+        from ..compress.openvino_quant import quantize_openvino
+
+        quantize_openvino(fp32, int8, reader, subset_size=cfg.calibration_size)
+        return {"engine": "openvino", "method": "static", "tool": "nncf", "preset": "mixed",
+                "model_type": "transformer", "weights": "qint8", "format": "OpenVINO IR"}
+    from ..compress.quantize import QuantOptions, quantize_file
+
+    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse,
+                           cfg.activation_ranges)
+    quantize_file(fp32, int8, cfg.method, work, reader, options)
+    return {"engine": "onnxruntime", "method": cfg.method, "weights": "qint8", **to_dict(options),
+            "format": "QDQ" if cfg.method == "static" else "QOperator"}
+
+
+def _graph_bytes(file: Path) -> int:
+    """The graph file, with OpenVINO's weights file (model.bin) beside model.xml."""
+    return sum(f.stat().st_size for f in (file, file.with_suffix(".bin")) if f.is_file())
 
 
 def _graph_inputs(file: Path) -> list[str]:

@@ -28,9 +28,10 @@ from ..precision import PRECISIONS
 @dataclass
 class Config:
     model: str = option(help="model directory: plmkit or local Hugging Face checkpoint, adapter, or ONNX / "
-                        "INT8 export (plmkit export --format onnx, plmkit quantize)")
+                        "INT8 export (plmkit export --format onnx, plmkit quantize [--engine openvino])")
     backend: str | None = option(None, help="inference backend (default: from --model: onnxruntime for an "
-                                 "ONNX export, torch otherwise)", choices=["torch", "onnxruntime"])
+                                 "ONNX export, openvino for an OpenVINO export, torch otherwise)",
+                                 choices=["torch", "onnxruntime", "openvino"])
     precision: str = option(PRECISION_DEFAULT, help="torch backend (as predict): " + PRECISION_HELP,
                             choices=PRECISIONS)
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
