@@ -49,9 +49,11 @@ OUT = REPO / "bench_out"
 PEER_ROWS = ("optimum-ort", "openvino")
 OPENVINO_ROWS = ("teacher-ov", "student-pruned-ov")         # plmkit's own INT8 on its OpenVINO backend
 
+# SST-2's ratio (heads 0.67, FFN 0.9): the smallest of five candidates within 1.0 point of the teacher
+# on a dev slice (train sentences 62,000-64,000, no other step uses them), benchmarks/RESULTS.md.
 TASKS = {
     "classify": {"train_n": 20_000, "held": (60_000, 62_000), "max_length": 64, "epochs": 1, "lr": 5e-5,
-                 "distill_epochs": 3, "distill_lr": 1e-4, "recover_steps": 400, "heads": 0.5, "ffn": 0.75},
+                 "distill_epochs": 3, "distill_lr": 1e-4, "recover_steps": 400, "heads": 0.67, "ffn": 0.9},
     "ner": {"train_n": 5_000, "held_n": 1_000, "max_length": 128, "epochs": 2, "lr": 1e-4,
             "distill_epochs": 3, "distill_lr": 2e-4, "recover_steps": 400, "heads": 0.5, "ffn": 0.5},
 }
@@ -206,10 +208,13 @@ def goals(results: dict[str, dict], task: str) -> list[tuple[str, bool | None, s
     # plmkit's INT8 model on its faster engine (ONNX Runtime or OpenVINO), per model
     t8 = max(rows["teacher-int8"], rows["teacher-ov"], key=lambda r: r["throughput"])
     s8 = max(rows["student-pruned-int8"], rows["student-pruned-ov"], key=lambda r: r["throughput"])
+    s1 = min(rows["student-pruned-int8"], rows["student-pruned-ov"], key=lambda r: r["latency_p50_ms"])
     pts = lambda r: 100 * (teacher["metric"] - r["metric"])              # noqa: E731  points below fp32 teacher
     out: list[tuple[str, bool | None, str]] = [
         ("pruned INT8 student <= 1.5 pt below the fp32 teacher", pts(s8) <= 1.5, f"{pts(s8):+.2f} pt"),
-        ("student batch-1 p50 < 0.5 ms (goal 4)", s8["latency_p50_ms"] < 0.5, f"{s8['latency_p50_ms']:.3f} ms")]
+        # batch 1 on plmkit's faster engine for it (OpenVINO pays for every new input shape)
+        (f"student ({s1['name']}) batch-1 p50 < 0.5 ms (goal 4)", s1["latency_p50_ms"] < 0.5,
+         f"{s1['latency_p50_ms']:.3f} ms")]
     peers = [rows[k] for k in PEER_ROWS if k in rows]
     if not peers:
         return out + [("goals 1-3 (need the peers)", None, "--no-peers or no peers' environment")]
@@ -307,6 +312,7 @@ def arguments() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny data and steps (a few minutes): checks the wiring; "
                     "its numbers mean nothing")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
+    ap.add_argument("--repeats", type=int, default=None, help="timed passes per bench row (default 3; --quick 1)")
     ap.add_argument("--build-only", action="store_true", help="fine-tune, distil, prune, export and quantize, "
                     "then stop: accuracy steps may share the machine, the benches run later alone")
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
@@ -335,7 +341,7 @@ def settings(task: str, a: argparse.Namespace) -> dict:
     return {**p, "quick": a.quick, "fresh": a.fresh, "build_only": a.build_only, "threads": a.threads, "peers": a.peers,
             "peer_python": a.peer_python, "hidden_weight": a.hidden_weight, "prune_teacher": a.prune_teacher,
             "remove_heads": a.remove_heads, "remove_ffn": a.remove_ffn,
-            "importance_batches": 5 if a.quick else 30, "repeats": 1 if a.quick else 3,
+            "importance_batches": 5 if a.quick else 30, "repeats": a.repeats or (1 if a.quick else 3),
             "latency_examples": 20 if a.quick else 200, "calibration_examples": 32 if a.quick else 300}
 
 

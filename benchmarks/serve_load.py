@@ -1,5 +1,6 @@
-"""Load benchmark of ``plmkit serve``: micro-batching vs. ``--max-batch 1`` on the torch and the INT8
-ONNX backends, and the served throughput vs. the engine's own batch-32 throughput, in one run.
+"""Load benchmark of ``plmkit serve``: micro-batching vs. ``--max-batch 1`` on the torch, the INT8
+ONNX Runtime and (extra ``openvino``) the INT8 OpenVINO backends, and the served throughput vs. the
+engine's own batch-32 throughput, in one run.
 
     python benchmarks/serve_load.py [--clients 64] [--texts-per-request 8] [--max-requests 3000] [--max-seconds 40]
     python benchmarks/serve_load.py --quick        # a functional check: fresh head, 4 clients, 3 s per setting
@@ -11,9 +12,9 @@ ONNX version (``plmkit export --format onnx`` + ``plmkit quantize --method dynam
 backend and setting a server subprocess is started on 127.0.0.1 only; ``--clients`` asyncio
 clients (httpx) send real SST-2 sentences, ``--texts-per-request`` per request, to /v1/classify
 until ``--max-requests`` requests or ``--max-seconds`` have passed. Reported: texts/s,
-requests/s, p50/p95/p99 latency, errors, mean batch; then ``plmkit bench`` times the same two
-models on batches of 32 of the same sentences with the server's thread count (the engine's own
-throughput, no HTTP). Goals (issue 16): batching >= 3x ``--max-batch 1`` on every backend, served
+requests/s, p50/p95/p99 latency, errors, mean batch; then ``plmkit bench`` times the same
+models on batches of 32 of the same sentences, sorted by token length as the server's batcher
+groups them, with the server's thread count (the engine's own throughput, no HTTP). Goals (issue 16): batching >= 3x ``--max-batch 1`` on every backend, served
 >= 80% of the engine's batch-32 throughput, zero errors. Client and server share the machine's CPU.
 """
 from __future__ import annotations
@@ -156,22 +157,36 @@ def mean_batch(metrics: str) -> float:
     return round(total / count, 1) if count else 0.0
 
 
-def int8_model(model: Path, work: Path) -> Path:
-    """The INT8 ONNX version of ``model`` (cached under ``work``)."""
-    onnx, int8 = work / "minilm-sst2-onnx", work / "minilm-sst2-int8"
-    for cmd, out in ((["export", "--model", str(model), "--format", "onnx"], onnx),
-                     (["quantize", "--model", str(onnx), "--method", "dynamic"], int8)):
+def int8_models(model: Path, work: Path) -> dict[str, Path]:
+    """The INT8 versions of ``model`` (cached under ``work``): ONNX Runtime (dynamic) and, when the
+    openvino extra is installed, OpenVINO (NNCF, 300 SST-2 calibration sentences)."""
+    import importlib.util
+
+    onnx, int8, ov = work / "minilm-sst2-onnx", work / "minilm-sst2-int8", work / "minilm-sst2-ov"
+    calibration = work / "calibration.tsv"
+    calibration.write_text("\n".join(SST2.read_text(encoding="utf-8").splitlines()[:301]) + "\n", encoding="utf-8")
+    steps = [(["export", "--model", str(model), "--format", "onnx"], onnx),
+             (["quantize", "--model", str(onnx), "--method", "dynamic"], int8)]
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        steps.append((["quantize", "--model", str(onnx), "--engine", "openvino", "--calibration", str(calibration)], ov))
+    for cmd, out in steps:
         if not (out / "plmkit.json").is_file():
             subprocess.run([sys.executable, "-m", "plmkit.cli", *cmd, "--out", str(out), "--overwrite"], check=True,
                            env={**os.environ, "PLMKIT_QUIET": "1"}, stdout=subprocess.DEVNULL)
-    return int8
+    return {"onnxruntime-int8": int8, **({"openvino-int8": ov} if len(steps) == 3 else {})}
 
 
-def engine_throughput(models: list[Path], n: int, work: Path, threads: int) -> list[float]:
-    """Texts/s of each model on batches of 32 of the first ``n`` served sentences, outside the
-    server (plmkit bench, file order)."""
+def engine_throughput(models: list[Path], texts: list[str], work: Path, threads: int) -> list[float]:
+    """Texts/s of each model on batches of 32 of ``texts`` outside the server (plmkit bench). The
+    texts go in order of token length, so each batch of 32 pads as little as the server's
+    length-grouped micro-batches do (file order would pad more and make the engine look slower)."""
+    from plmkit.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(models[0])
+    lengths = [len(e.ids) for e in tok.encode_batch(texts)]
+    ordered = [t for _, t in sorted(zip(lengths, texts), key=lambda p: p[0])]
     data, out = work / "engine.tsv", work / "engine.json"
-    data.write_text("\n".join(SST2.read_text(encoding="utf-8").splitlines()[:n + 1]) + "\n", encoding="utf-8")
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in ordered), encoding="utf-8")
     subprocess.run([sys.executable, "-m", "plmkit.cli", "bench", "--models", *map(str, models), "--data", str(data),
                     "--batch-sizes", "32", "--baselines", "none", "--threads", str(threads), "--out", str(out)],
                    check=True, env={**os.environ, "PLMKIT_QUIET": "1"}, stdout=subprocess.DEVNULL)
@@ -232,13 +247,13 @@ def main() -> int:
         args.clients, args.max_seconds, args.max_requests = 4, 3.0, 200
     work = Path(args.work) / ("quick" if args.quick else "full")
     model, how = prepare_model(work, finetune=not args.quick)
-    models = {"torch": model, "onnxruntime-int8": int8_model(model, work)}
+    models = {"torch": model, **int8_models(model, work)}
     threads = args.threads or max(1, (os.cpu_count() or 1) - 1)
     texts = sentences(SST2)
     print(f"model: {model} ({how})\nthreads: {threads}\nuptime before: {os.popen('uptime').read().strip()}",
           flush=True)
     results = {backend: serve_settings(path, texts, args, threads) for backend, path in models.items()}
-    engine = dict(zip(models, engine_throughput(list(models.values()), 2000, work, threads)))
+    engine = dict(zip(models, engine_throughput(list(models.values()), texts[:2000], work, threads)))
     print(f"uptime after: {os.popen('uptime').read().strip()}")
     table, met = report(results, engine)
     print("\n" + table + f"\n\nall goals {'met' if met else 'NOT met'}")
