@@ -82,8 +82,9 @@ def load(path: str | Path, task: str | None = None, head_config: dict[str, Any] 
 def _load_onnx(saved: Saved, task: str | None, head_config: dict[str, Any] | None,
                dtype: torch.dtype | None, threads: int | None) -> nn.Module:
     if task is not None and task != saved.task:
-        raise PlmkitError(f"{saved.path}: an {EXPORTS[saved.format]} of a '{saved.task}' model; its head is part of the "
-                          f"graph and cannot become a '{task}' head (use the PyTorch checkpoint it came from)")
+        raise PlmkitError(f"{saved.path}: an {EXPORTS[saved.format]} of a '{saved.task}' model; its head is "
+                          f"part of the graph and cannot become a '{task}' head (use the PyTorch checkpoint it "
+                          "came from)")
     try:
         return load_onnx_dir(saved.path, threads=threads)
     except ImportError as e:
@@ -111,7 +112,8 @@ def _load_checkpoint(saved: Saved, task: str | None, head_config: dict[str, Any]
 
 
 LOADERS: dict[str, Callable[..., nn.Module]] = {
-    "onnx": _load_onnx, "openvino": _load_onnx, "adapter": _load_adapter, "plmkit": _load_checkpoint, "huggingface": _load_checkpoint}
+    "onnx": _load_onnx, "openvino": _load_onnx, "adapter": _load_adapter, "plmkit": _load_checkpoint,
+    "huggingface": _load_checkpoint}
 
 
 def describe(path: str | Path) -> dict[str, Any]:

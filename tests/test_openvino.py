@@ -134,3 +134,12 @@ def test_openvino_predictions_do_not_depend_on_the_batch(clf, ov):
                                              Infer(batch_size=bs, precision="fp32"))) for bs in (1, 64)}
     assert torch.equal(probs[1].argmax(-1), probs[64].argmax(-1))
     assert float((probs[1] - probs[64]).abs().max()) < 1e-3          # 0.0 on the machine it was written on
+
+
+def test_without_openvino_installed_the_message_says_what_to_install(ov, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)          # import openvino -> ImportError
+    assert cli.main(["info", str(ov)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'plmkit[openvino]'" in err[0] and str(ov) in err[0], err

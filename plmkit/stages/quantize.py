@@ -6,9 +6,10 @@ activation ranges on ``--calibration`` (the task's labelled training format, enc
 checkpoint's tokenizer and preprocessing settings; plain text lines for a model without a
 fine-tuning task). ``--engine openvino`` quantizes the same fp32 graph with NNCF for OpenVINO
 (compress/openvino_quant.py: weights and activations, calibrated on ``--calibration``) and writes
-OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run like an ONNX directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the
-calibration file) with the task's own ``evaluate``. Everything is checked before the output
-directory is created, and it is written atomically.
+OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run like an ONNX
+directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the calibration file)
+with the task's own ``evaluate``. Everything is checked before the output directory is created,
+and it is written atomically.
 """
 from __future__ import annotations
 
@@ -40,15 +41,16 @@ ENGINES = {"onnxruntime": "onnx", "openvino": "openvino"}     # --engine -> the 
 @dataclass
 class Config:
     model: str = option(help="fine-tuned checkpoint, or an fp32 ONNX directory (plmkit export --format onnx)")
-    out: str = option(help="output directory (an ONNX directory: model.onnx, config, tokenizer)")
+    out: str = option(help="output directory (model.onnx, or model.xml + model.bin for openvino; config, "
+                      "tokenizer)")
     engine: str = option("onnxruntime", help="what runs the INT8 model: onnxruntime (model.onnx) or openvino "
                          "(OpenVINO IR quantized by NNCF, weights and activations: needs --calibration; "
                          "pip install 'plmkit[openvino]')", choices=list(ENGINES))
     method: str = option("dynamic", help="onnxruntime: dynamic: weights only, activations at run time; "
                          "static: activation ranges from calibration data", choices=["dynamic", "static"])
-    calibration: str | None = option(None, help="static: labelled data file of the model's task "
+    calibration: str | None = option(None, help="static and openvino: labelled data file of the model's task "
                                      "(plain text lines for a model without a task)")
-    calibration_size: int = option(256, help="static: calibration examples used (the first N)", ge=1)
+    calibration_size: int = option(256, help="static and openvino: calibration examples used (the first N)", ge=1)
     eval: str | None = option(None, help="labelled file for accuracy before/after (default: the calibration file)")
     per_channel: bool = option(True, help="one weight scale per output channel")
     reduce_range: bool = option(False, help="7-bit weights (avoids saturation on AVX2 CPUs without VNNI)")
