@@ -93,7 +93,8 @@ TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
 # Named sets of defaults (--recipe NAME; flags and --config override each). "budget": pre-training
 # from scratch in little time, after Cramming (Geiping & Goldstein 2022): no dropout, pre-LN (stable
 # at a higher lr), MLM without NSP (its sentence pairs cost time and help little), 128-token
-# sequences, a large effective batch through accumulation (32 x 4 = 128 sequences), lr 1e-3,
+# sequences, a large effective batch through accumulation (32 x 4 = 128 sequences: against 32 x 1,
+# it learns MLM more slowly in 30 CPU minutes but fine-tuned better, benchmarks/RESULTS.md), lr 1e-3,
 # and, given only --budget, the schedule in wall-clock time (warmup, then linear decay to 0 when the
 # budget ends). Sparse prediction (the vocabulary projection only on masked tokens) is always on.
 RECIPES = {"budget": {"dropout": 0.0, "pre_ln": True, "objective": "mlm", "mlm_prob": 0.15, "seq_len": 128,
