@@ -13,11 +13,12 @@ script runs again with the same commands (a step whose command changed is redone
 after it; --fresh redoes all).
 
 Teacher: all-MiniLM-L6-v2 fine-tuned on the task. Variants: its fp32 ONNX export and dynamic
-INT8; a 3-layer student distilled from it (teacher layers 0,2,4; soft targets plus, by default,
-the hidden states of the mapped layers, TinyBERT's intermediate-layer loss; --distill-epochs);
+INT8; a 3-layer student distilled from it (teacher layers 0,2,4; soft targets plus, for SST-2,
+the hidden states of the mapped layers, TinyBERT's intermediate-layer loss, which NER loses F1 to;
+--hidden-weight, --distill-epochs);
 the student with --heads / --ffn (or per-layer --remove-heads / --remove-ffn counts) removed by
-gradient importance, then a recovery fine-tune that distils from the fp32 teacher (soft targets +
-hidden states; --prune-teacher); that pruned student in INT8. The teacher and the pruned student are
+gradient importance, then a recovery fine-tune that distils from the fp32 teacher (the same
+losses; --prune-teacher); that pruned student in INT8. The teacher and the pruned student are
 also quantized for plmkit's OpenVINO backend (``quantize --engine openvino``, NNCF, calibrated on
 the same examples as the OpenVINO peer): rows teacher-ov and student-pruned-ov; the goals take
 plmkit's faster engine per model. Data no step trained on:
@@ -53,9 +54,13 @@ OPENVINO_ROWS = ("teacher-ov", "student-pruned-ov")         # plmkit's own INT8 
 # on a dev slice (train sentences 62,000-64,000, no other step uses them), benchmarks/RESULTS.md.
 TASKS = {
     "classify": {"train_n": 20_000, "held": (60_000, 62_000), "max_length": 64, "epochs": 1, "lr": 5e-5,
-                 "distill_epochs": 3, "distill_lr": 1e-4, "recover_steps": 400, "heads": 0.67, "ffn": 0.9},
+                 "distill_epochs": 3, "distill_lr": 1e-4, "recover_steps": 400, "heads": 0.67, "ffn": 0.9,
+                 "hidden_weight": 1.0},
     "ner": {"train_n": 5_000, "held_n": 1_000, "max_length": 128, "epochs": 2, "lr": 1e-4,
-            "distill_epochs": 3, "distill_lr": 2e-4, "recover_steps": 400, "heads": 0.5, "ffn": 0.5},
+            "distill_epochs": 3, "distill_lr": 2e-4, "recover_steps": 400, "heads": 0.5, "ffn": 0.5,
+            # logits only: the hidden-state loss cost NER 0.24 pt in distillation and 0.43 pt in the
+            # pruning recovery (pruned INT8 student -1.53 pt with it, -1.04 without; RESULTS.md)
+            "hidden_weight": 0.0},
 }
 QUICK = {"classify": {"train_n": 300, "held": (60_000, 60_200), "recover_steps": 10, "distill_epochs": 1},
          "ner": {"train_n": 200, "held_n": 100, "recover_steps": 10, "distill_epochs": 1, "epochs": 1}}
@@ -319,8 +324,8 @@ def arguments() -> argparse.Namespace:
                     help="bench the optimum-onnx and OpenVINO rows (SST-2; needs benchmarks/peers_env.py)")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (default: .peers-venv)")
     ap.add_argument("--distill-epochs", type=int, default=None, help="student distillation epochs (SST-2 3, NER 3)")
-    ap.add_argument("--hidden-weight", type=float, default=1.0, help="hidden-state MSE weight in distillation and "
-                    "in the pruning recovery (0: logits only)")
+    ap.add_argument("--hidden-weight", type=float, default=None, help="hidden-state MSE weight in distillation and "
+                    "in the pruning recovery (0: logits only; default SST-2 1.0, NER 0)")
     ap.add_argument("--recover-steps", type=int, default=None, help="pruning recovery steps (default 400)")
     ap.add_argument("--prune-teacher", choices=["teacher", "student", "none"], default="teacher",
                     help="whom the pruning recovery distils from: the fp32 teacher, the unpruned student, or nobody")
@@ -335,11 +340,11 @@ def arguments() -> argparse.Namespace:
 
 def settings(task: str, a: argparse.Namespace) -> dict:
     p = {**TASKS[task], **(QUICK[task] if a.quick else {})}
-    for key in ("distill_epochs", "recover_steps", "heads", "ffn"):
+    for key in ("distill_epochs", "recover_steps", "heads", "ffn", "hidden_weight"):
         if getattr(a, key) is not None:
             p[key] = getattr(a, key)
     return {**p, "quick": a.quick, "fresh": a.fresh, "build_only": a.build_only, "threads": a.threads, "peers": a.peers,
-            "peer_python": a.peer_python, "hidden_weight": a.hidden_weight, "prune_teacher": a.prune_teacher,
+            "peer_python": a.peer_python, "prune_teacher": a.prune_teacher,
             "remove_heads": a.remove_heads, "remove_ffn": a.remove_ffn,
             "importance_batches": 5 if a.quick else 30, "repeats": a.repeats or (1 if a.quick else 3),
             "latency_examples": 20 if a.quick else 200, "calibration_examples": 32 if a.quick else 300}
