@@ -86,11 +86,15 @@ def compose(name: str, module: str, base: type, *parts: type, defaults: dict[str
             if f.name in own:
                 raise TypeError(f"{name}: option '{f.name}' is declared by both {base.__name__} and "
                                 f"{part.__name__}")
+            hint = hints[f.name]
             if f.name in defaults:
-                new = _field(defaults.pop(f.name), dataclasses.MISSING, f.metadata)
+                value = defaults.pop(f.name)
+                new = _field(value, dataclasses.MISSING, f.metadata)
+                if value is None:           # "unset": the stage fills it in (e.g. per mode)
+                    hint = hint | None
             else:
                 new = _field(f.default, f.default_factory, f.metadata)
-            fields.append((f.name, hints[f.name], new))
+            fields.append((f.name, hint, new))
     if defaults:
         raise TypeError(f"{name}: defaults for unknown shared options {sorted(defaults)}")
     if recipes:

@@ -445,10 +445,12 @@ def _sop(shards: TokenShards, ids: TokenIds, seq_len: int, short_seq_prob: float
     return SentencePairs(shards, ids, seq_len, order=True, short_seq_prob=short_seq_prob)
 
 
-# Task name (as in PlmModel.task) -> example set builder.
+# Task name (as in PlmModel.task) -> example set builder. "text": MLM's packed sequences, unmasked
+# (general distillation: teacher and student read the text as fine-tuning will show it).
 EXAMPLE_SETS: dict[str, Callable[[TokenShards, TokenIds, int, float], ExampleSet]] = {
-    "mlm": _mlm, "mlm+nsp": _nsp, "mlm+sop": _sop, "clm": _clm,
+    "mlm": _mlm, "mlm+nsp": _nsp, "mlm+sop": _sop, "clm": _clm, "text": _mlm, "rtd": _mlm,
 }
+MASKED = ("mlm", "mlm+nsp", "mlm+sop", "rtd")   # tasks whose batches are masked (ELECTRA's generator reads MLM's)
 
 
 def make_batch_source(task: str, shards: TokenShards, tokenizer: Tokenizer, *, seq_len: int,
@@ -456,14 +458,14 @@ def make_batch_source(task: str, shards: TokenShards, tokenizer: Tokenizer, *, s
                       shuffle: bool = True, loop: bool = True, short_seq_prob: float = 0.1,
                       mlm_prob: float = 0.15, mask_frac: float = 0.8, random_frac: float = 0.1,
                       whole_word: bool = False, eos: int | None = None) -> PretrainBatches:
-    """The batch source for a pre-training ``task`` ("mlm", "mlm+nsp", "mlm+sop", "clm");
+    """The batch source for a pre-training ``task`` ("mlm", "mlm+nsp", "mlm+sop", "clm", "rtd", "text");
     ``eos`` as in ``TokenIds.from_tokenizer``."""
     if task not in EXAMPLE_SETS:
         raise PlmkitError(f"unknown pre-training task {task!r} (choose from {', '.join(EXAMPLE_SETS)})")
     ids = TokenIds.from_tokenizer(tokenizer, eos)
     examples = EXAMPLE_SETS[task](shards, ids, seq_len, short_seq_prob)
     masker = None
-    if task.startswith("mlm"):
+    if task in MASKED:
         continuation = None
         if whole_word:
             prefix = getattr(tokenizer.model, "continuing_subword_prefix", None) or "##"

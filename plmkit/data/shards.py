@@ -9,7 +9,8 @@ Layout of a shard directory (all little-endian raw arrays, described by ``meta.j
 
 Segments of a document are contiguous in ``tokens`` and documents follow each other, so
 any run of consecutive segments or documents is one contiguous token slice. The last
-``val_fraction`` of documents (at least one) is the validation split.
+``val_fraction`` of documents (at least one) is the validation split, or the last ``val_fraction``
+of the lines when documents are too few for that (``val_split``: a one-sentence-per-line file).
 
 The directory name is a hash of (file paths, sizes, mtimes; tokenizer.json; settings), so
 a rerun with the same inputs reuses it and any change builds a new one. It is written
@@ -186,7 +187,8 @@ def build_shards(paths: Iterable[str | Path], tokenizer: Tokenizer, cache_root: 
     if not 0.0 <= val_fraction < 1.0:
         raise PlmkitError(f"val_fraction must be in [0, 1), got {val_fraction}")
     files = check_text_files(paths, full=False)  # the key needs their stat()
-    settings = {"doc_per_file": doc_per_file, "val_fraction": val_fraction, "newlines": newlines}
+    # "split": the hold-out rule's version (val_split), so caches made under another rule are not reused
+    settings = {"doc_per_file": doc_per_file, "val_fraction": val_fraction, "newlines": newlines, "split": 2}
     out = Path(cache_root) / f"shards-{shard_key(files, tokenizer, settings)}"
     if (out / "meta.json").is_file():
         log.info("reusing cached shards in %s", out)
@@ -199,17 +201,43 @@ def build_shards(paths: Iterable[str | Path], tokenizer: Tokenizer, cache_root: 
         w = _tokenise(files, tokenizer, tmp, doc_per_file, dtype, chunk_chars, "\n" if newlines else "")
         if w.n_tokens == 0:
             raise PlmkitError(f"corpus produced no tokens: {', '.join(map(str, files))}")
-        n_val = 0 if val_fraction == 0 else max(1, round(w.n_docs * val_fraction))
-        if w.n_docs - n_val < 1:
-            raise PlmkitError(f"corpus has {w.n_docs} document(s): too few to hold out a validation "
-                              "split (add text, or set val_fraction to 0)")
+        docs = np.fromfile(tmp / "docs.bin", dtype=np.int64).reshape(-1, 2)
+        docs, n_train = val_split(docs, val_fraction)
+        docs.tofile(tmp / "docs.bin")
         write_json(tmp / "meta.json", {
             "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
-            "n_tokens": w.n_tokens, "n_segments": w.n_segments, "n_docs": w.n_docs,
-            "n_train_docs": w.n_docs - n_val, "settings": settings,
+            "n_tokens": w.n_tokens, "n_segments": w.n_segments, "n_docs": len(docs),
+            "n_train_docs": n_train, "settings": settings,
             "files": [str(p.resolve()) for p in files]})
     log.info("wrote %d tokens, %d segments, %d documents", w.n_tokens, w.n_segments, w.n_docs)
     return out
+
+
+def val_split(docs: np.ndarray, val_fraction: float) -> tuple[np.ndarray, int]:
+    """(documents, number of training documents): the last ``val_fraction`` of documents (at least
+    one) are held out, unless they hold more than twice that share of the segments (lines) and more
+    than a twentieth of them: a one-sentence-per-line file without blank lines is one document, and
+    the last of a few big documents can be most of the text. Then the last ``val_fraction`` of the segments is held out
+    instead, the document they start in split in two at a segment boundary.
+
+    docs [D, 2] segment [first, last + 1) rows, contiguous from 0."""
+    n_docs = len(docs)
+    if val_fraction == 0:
+        return docs, n_docs
+    n_segments = int(docs[-1, 1])
+    want = max(1, round(n_segments * val_fraction))                 # segments to hold out
+    n_val = max(1, round(n_docs * val_fraction))
+    if n_docs - n_val >= 1 and n_segments - int(docs[n_docs - n_val, 0]) <= max(2 * want, n_segments // 20):
+        return docs, n_docs - n_val
+    cut = n_segments - want                                         # the first held-out segment
+    if cut < 1:
+        raise PlmkitError(f"corpus has {n_segments} line(s) of text: too few to hold out a validation split "
+                          "(add text, or pass --val-fraction 0)")
+    d = int(np.searchsorted(docs[:, 1], cut, side="right"))         # the document segment `cut` is in
+    if int(docs[d, 0]) == cut:
+        return docs, d
+    halves = np.array([[docs[d, 0], cut], [cut, docs[d, 1]]], dtype=np.int64)
+    return np.concatenate([docs[:d], halves, docs[d + 1:]]), d + 1
 
 
 def _memmap(path: Path, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -246,3 +274,15 @@ def token_share(shards: TokenShards, token_id: int, chunk: int = 1 << 24) -> flo
     hits = sum(int(np.count_nonzero(np.asarray(shards.tokens[i:min(b, i + chunk)]) == token_id))
                for i in range(a, b, chunk))
     return hits / max(1, b - a)
+
+
+def token_counts(shards: TokenShards, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
+    """[vocab_size] float64: how often each token id occurs in this split, counted in chunks."""
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    if not shards.n_docs:
+        return counts
+    bounds = shards.doc_tokens
+    a, b = int(bounds[0, 0]), int(bounds[-1, 1])
+    for i in range(a, b, chunk):
+        counts += np.bincount(np.asarray(shards.tokens[i:min(b, i + chunk)]), minlength=vocab_size)[:vocab_size]
+    return counts

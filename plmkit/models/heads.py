@@ -253,6 +253,31 @@ class SpanHead(nn.Module):
         return ModelOutput(loss=loss, start_logits=start, end_logits=end)
 
 
+class RTDHead(nn.Module):
+    """ELECTRA's discriminator: was each token replaced (1) or is it the original (0)? dense H -> H,
+    activation, H -> 1 (HF ``discriminator_predictions``); binary cross-entropy over the labelled
+    tokens (labels -100 at padding)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = _linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = ACTIVATIONS[cfg.head_activation or cfg.activation]
+        self.prediction = _linear(cfg.hidden_size, 1)
+
+    def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
+        logits = self.prediction(self.act(self.dense(out.last_hidden_state))).squeeze(-1)     # [B, T]
+        labels = batch.get("labels")
+        if labels is None:
+            return ModelOutput(logits=logits)
+        keep = labels != IGNORE
+        picked, target = logits[keep].float(), labels[keep].float()
+        loss = F.binary_cross_entropy_with_logits(picked, target)
+        aux = {"rtd_loss": loss.detach()}
+        if not self.training:
+            aux["rtd_acc"] = ((picked > 0).float() == target).float().mean()
+        return ModelOutput(loss=loss, logits=logits, aux=aux)
+
+
 class NoHead(nn.Module):
     """Bare backbone (feature extraction, HF BertModel)."""
 
@@ -274,11 +299,12 @@ HEADS: dict[str, HeadBuilder] = {
     "classify": lambda cfg, bb, hc: SequenceHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc), hc.get("pooling")),
     "token": lambda cfg, bb, hc: TokenHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
     "span": lambda cfg, bb, hc: SpanHead(cfg),
+    "rtd": lambda cfg, bb, hc: RTDHead(cfg),
 }
 # Which backbones a head fits: True needs a causal model, False a bidirectional one, None either.
 HEAD_CAUSAL: dict[str, bool | None] = {
     "base": None, "mlm": False, "mlm+nsp": False, "mlm+sop": False, "clm": True, "classify": None,
-    "token": False, "span": False,
+    "token": False, "span": False, "rtd": False,
 }
 
 

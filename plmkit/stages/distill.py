@@ -1,4 +1,6 @@
-"""Distil a fine-tuned teacher into a smaller student (classify, ner, qa, generate).
+"""Distil a fine-tuned teacher into a smaller student (classify, ner, qa, generate), or, with
+``--corpus``, any encoder into a smaller pre-trained one on unlabelled text (general distillation,
+``compress/general.py``; its run is ``_run_general`` at the end of this file).
 
 Reads top to bottom: check the flags -> the teacher, its task, tokenizer and preprocessing
 settings -> read and encode the data with the teacher's settings -> the student (chosen
@@ -14,7 +16,9 @@ and ``--resume`` continues from its last checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,30 +28,44 @@ import torch
 from tokenizers import Tokenizer
 
 from ..compress import distill as D
+from ..compress import general as G
 from ..config import compose, dump_yaml, option, pick, to_dict
+from ..data.corpus import check_text_files
 from ..data.features import collate, feature_lengths, length_bucketed_batches
+from ..data.pretrain import make_batch_source
+from ..data.shards import build_shards, open_shards, token_share
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
+from ..loading import load
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..tokenizer import load_tokenizer, unk_id
 from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
+UNKNOWN_WARN = 0.05   # warn when more of the corpus than this is the teacher's unknown token
+STUDENT_OPTIONS = ("student_layers", "student_size", "student_config", "student_model")
 DISTILLABLE = [name for name, t in TASKS.items() if t.head in D.LOGITS]
 
 
 @dataclass
 class _Options:
-    teacher: str = option(help="fine-tuned teacher checkpoint")
-    task: str = option(help="the teacher's task", choices=DISTILLABLE)
-    train: str = option(help="training data file (the task's format)")
+    teacher: str = option(help="teacher checkpoint: fine-tuned (task distillation), or any encoder with --corpus")
     out: str = option(help="output checkpoint directory for the student")
+    task: str | None = option(None, help="the teacher's task (task distillation)", choices=DISTILLABLE)
+    train: str | None = option(None, help="training data file (the task's format)")
+    corpus: list[str] | None = option(None, help="general distillation: unlabelled UTF-8 text files (one "
+                                      "sentence or paragraph a line; blank lines between documents optional); "
+                                      "the student is an ordinary pre-trained checkpoint that finetune takes. "
+                                      "Defaults then: --lr 1e-3, 1 pass (--budget alone: planned in time), "
+                                      "--hidden-weight 1")
     student_layers: str | None = option(None, help="student = these teacher layers, e.g. 0,2,4 (copies the "
-                                        "embeddings, those layers, the pooler and the task head)")
+                                        "embeddings, those layers, the pooler and the task head); with --corpus "
+                                        "and no student option: every third layer from 0 (a third of the compute)")
     student_size: str | None = option(None, help="fresh student of this preset size", choices=list(BERT_PRESETS))
     student_config: str | None = option(None, help="fresh student from a JSON file of model config fields "
                                         "(hidden_size, num_layers, num_heads, intermediate_size, ...)")
@@ -55,7 +73,12 @@ class _Options:
                                        "teacher's tokenizer, e.g. a smaller model of the same family")
     temperature: float = option(2.0, help="softmax temperature of the soft targets")
     alpha: float = option(0.5, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft targets")
-    hidden_weight: float = option(0.0, help="weight of the hidden-state MSE of mapped layers (0: off)")
+    hidden_weight: float | None = option(None, help="weight of the hidden-state MSE of mapped layers (0: off; "
+                                         "default 0, and 1 with --corpus)", ge=0)
+    relation_weight: float = option(1.0, help="--corpus: weight of MiniLM v2's query/key/value self-attention "
+                                    "relations of the last student layer and its teacher layer (0: off)", ge=0)
+    relation_heads: int | None = option(None, help="--corpus: relation heads (default: the teacher's heads when "
+                                        "they divide both widths)", ge=1)
     attention_weight: float = option(0.0, help="weight of the attention-distribution KL of mapped layers (0: off)")
     embedding_weight: float = option(0.0, help="weight of the embedding-output MSE (0: off)")
     layer_map: str | None = option(None, help="student:teacher layer pairs for the hidden/attention losses, "
@@ -66,22 +89,48 @@ class _Options:
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     max_length: int | None = option(None, help="tokens per example (default: the teacher's setting)", ge=8)
+    seq_len: int = option(128, help="--corpus: tokens per packed sequence", ge=8)
+    val_fraction: float = option(0.01, help="--corpus: share of the text held out to report the distillation "
+                                 "loss on", ge=0, lt=1)
+    eval_batches: int = option(20, help="--corpus: validation batches per evaluation (0: none)", ge=0)
+    cache_dir: str = option(".plmkit_cache", help="--corpus: token shard cache directory")
     overwrite: bool = option(False, help="replace an existing --out")
 
 
 # Training options (plmkit/train/args.py) with another default for distillation. FSDP and
 # layer-wise lr decay are left out (the student is saved alone; it has no layer map here).
-TRAIN_DEFAULTS = {"epochs": 3.0, "lr": 1e-4, "warmup_ratio": 0.1, "keep_last": 1}
+# Given none of --max-steps, --epochs, --budget: 3 epochs of --train, 1 pass over --corpus
+# (--budget alone plans the schedule in time, as for pretrain).
+# The peak lr likewise: 1e-4 for --train, 1e-3 for --corpus (the best of 1e-4, 3e-4 and 1e-3 by the
+# held-out distillation loss after 150 s from all-MiniLM-L6-v2, benchmarks/RESULTS.md).
+TRAIN_DEFAULTS = {"lr": None, "warmup_ratio": 0.1, "keep_last": 1}
+EPOCHS = {"task": 3.0, "corpus": 1.0}
+LR = {"task": 1e-4, "corpus": 1e-3}
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "layerwise_lr_decay"))
 
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
     """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
-    _check_request(cfg)
+    cfg = _settled(cfg)
+    if cfg.corpus:
+        _check_general(cfg)
+    else:
+        _check_request(cfg)
+
+
+def _settled(cfg: Config) -> Config:
+    """The defaults that depend on the mode (task or --corpus), filled in as distill.yaml records them."""
+    mode = "corpus" if cfg.corpus else "task"
+    epochs = cfg.epochs if cfg.max_steps or cfg.epochs or cfg.budget else EPOCHS[mode]
+    hidden = cfg.hidden_weight if cfg.hidden_weight is not None else float(mode == "corpus")
+    return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden, lr=cfg.lr or LR[mode])
 
 
 def run(cfg: Config) -> int:
+    cfg = _settled(cfg)
+    if cfg.corpus:
+        return _run_general(cfg)
     spec = _check_request(cfg)
     args = pick(TrainArgs, cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
@@ -168,8 +217,10 @@ def _fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str,
 
 def _check_request(cfg: Config) -> D.DistillSpec:
     """Settings that are wrong whatever the model: fail before reading anything."""
-    chosen = [f for f in ("student_layers", "student_size", "student_config", "student_model")
-              if getattr(cfg, f) is not None]
+    if cfg.task is None or cfg.train is None:
+        raise PlmkitError("say what to distil on: --task T --train FILE (task distillation of a fine-tuned "
+                          "teacher) or --corpus FILE... (general distillation on unlabelled text)")
+    chosen = [f for f in STUDENT_OPTIONS if getattr(cfg, f) is not None]
     if len(chosen) != 1:
         raise PlmkitError("choose the student with exactly one of --student-layers (e.g. 0,2,4), "
                           "--student-size, --student-config or --student-model"
@@ -269,3 +320,133 @@ def _print_summary(metrics: dict[str, Any], steps: int, seconds: float, out: Pat
     if name is not None:
         line += f"; {name}: teacher {metrics['teacher'][name]:.4g}, student {metrics['student'][name]:.4g}"
     print(line + f"; student in {out}")
+
+
+# ----------------------------------------------------------------------------- general distillation
+
+def _check_general(cfg: Config) -> G.GeneralSpec:
+    """--corpus: the options that belong to task distillation are refused, before anything is read."""
+    wrong = [flag for flag, given in (("--task", cfg.task), ("--train", cfg.train), ("--eval", cfg.eval),
+                                      ("--cache-teacher", cfg.cache_teacher)) if given]
+    if wrong:
+        raise PlmkitError(f"--corpus distils on unlabelled text: {', '.join(wrong)} belong to task distillation "
+                          "(drop them, or drop --corpus)")
+    if cfg.attention_weight or cfg.embedding_weight:
+        raise PlmkitError("--corpus learns from hidden states (--hidden-weight) and self-attention relations "
+                          "(--relation-weight); --attention-weight and --embedding-weight are task-distillation losses")
+    chosen = [f for f in STUDENT_OPTIONS if getattr(cfg, f) is not None]
+    if len(chosen) > 1:
+        raise PlmkitError(f"choose the student with at most one of --student-layers, --student-size, "
+                          f"--student-config or --student-model (got {len(chosen)})")
+    if cfg.student_layers is not None:
+        D.parse_layers(cfg.student_layers)
+    spec = G.GeneralSpec(cfg.hidden_weight, cfg.relation_weight, cfg.relation_heads)
+    spec.check()
+    check_args(pick(TrainArgs, cfg))
+    return spec
+
+
+def _run_general(cfg: Config) -> int:
+    """General distillation: the student learns the teacher's hidden states and self-attention
+    relations on --corpus; written as a pre-trained checkpoint with the teacher's tokenizer."""
+    spec = _check_general(cfg)
+    args = pick(TrainArgs, cfg)
+    out = check_out_dir(Path(cfg.out), cfg.overwrite)
+    work = _work_dir(out, cfg)
+    check_text_files(cfg.corpus)
+    teacher, dropped = G.teacher_backbone(load(cfg.teacher, needs_torch="distillation"))
+    tok = load_tokenizer(cfg.teacher)
+    if cfg.seq_len > teacher.config.max_position:
+        raise PlmkitError(f"--seq-len {cfg.seq_len} exceeds the teacher's {teacher.config.max_position} positions")
+    torch.manual_seed(cfg.seed)
+    student, init, layer_map = _general_student(teacher, tok, cfg)
+    spec.layer_map = (D.parse_layer_map(cfg.layer_map, student.config.num_layers, teacher.config.num_layers)
+                      if cfg.layer_map else layer_map)
+    module = G.GeneralDistillModule(student, teacher, spec)
+    shard_dir = build_shards(cfg.corpus, tok, cfg.cache_dir, val_fraction=cfg.val_fraction)
+    _warn_unknown(tok, shard_dir, cfg.corpus)
+    source = make_batch_source("text", open_shards(shard_dir, "train"), tok, seq_len=cfg.seq_len,
+                               batch_size=cfg.batch_size, seed=cfg.seed)
+    print(f"distilling {cfg.teacher} ({teacher.num_parameters():,} parameters{'; ' + dropped if dropped else ''}) "
+          f"into a student of {student.num_parameters():,} parameters ({init}) on {len(cfg.corpus)} file(s): "
+          f"relations of student layer {module.pair[0]} / teacher layer {module.pair[1]} "
+          f"({spec.relation_heads} heads), hidden states {spec.layer_map}")
+    t0 = time.perf_counter()
+    with dropped_unless_resumable(work):
+        result = train(module, source, args, work, eval_fn=_general_eval(shard_dir, tok, cfg),
+                       fingerprint=_general_fingerprint(cfg, teacher, student),
+                       save_fn=D.save_student, load_fn=D.load_student,
+                       flops_per_token=G.flops_per_token(student, teacher))
+    seconds = time.perf_counter() - t0
+    metrics = {"steps": result.steps, "stopped": result.stopped_reason, "train_seconds": round(seconds, 2),
+               "train_loss": result.losses[-1] if result.losses else None, **result.last_metrics}
+    if result.resumes:
+        metrics["resumes"] = result.resumes
+    student.cpu().eval()
+    report = {"student": D.describe_student(student, init), "teacher_parameters": teacher.num_parameters(),
+              "general": True, "hidden_weight": spec.hidden_weight, "relation_weight": spec.relation_weight,
+              "relation_heads": spec.relation_heads, "relation_layers": list(module.pair),
+              "layer_map": {str(k): v for k, v in spec.layer_map.items()}}
+    _write_output(student, tok, out, cfg, metrics, report, work)
+    shutil.rmtree(work, ignore_errors=True)
+    shown = "".join(f", {k} {v:.4g}" for k, v in result.last_metrics.items())
+    print(f"trained {result.steps} steps in {seconds:.1f} s ({result.stopped_reason}){shown}; student in {out}")
+    return 0
+
+
+def _general_student(teacher: PlmModel, tok: Tokenizer, cfg: Config) -> tuple[PlmModel, str, dict[int, int]]:
+    """The student (a bare encoder), where it came from, and its default layer map."""
+    n = teacher.config.num_layers
+    if cfg.student_size is not None:
+        student, init = D.student_from_preset(teacher, cfg.student_size), f"fresh preset '{cfg.student_size}'"
+    elif cfg.student_config is not None:
+        student, init = D.student_from_config(teacher, cfg.student_config), f"fresh config {cfg.student_config}"
+    elif cfg.student_model is not None:
+        _same_tokenizer(cfg.student_model, tok, cfg.teacher)
+        student, init = D.student_from_model(teacher, cfg.student_model), f"pre-trained {cfg.student_model}"
+    else:
+        layers = D.parse_layers(cfg.student_layers) if cfg.student_layers else G.default_student_layers(n)
+        return D.student_from_layers(teacher, layers), f"teacher layers {layers}", G.layer_map_for(layers, n)
+    return student, init, D.uniform_layer_map(student.config.num_layers, n)
+
+
+def _same_tokenizer(student_dir: str, tok: Tokenizer, teacher_dir: str) -> None:
+    """The student reads the teacher's token ids: their vocabularies must be the same."""
+    theirs = load_tokenizer(student_dir)
+    if theirs.get_vocab(with_added_tokens=True) != tok.get_vocab(with_added_tokens=True):
+        raise PlmkitError(f"--student-model {student_dir} and --teacher {teacher_dir} have different tokenizers "
+                          f"({theirs.get_vocab_size()} vs {tok.get_vocab_size()} tokens): general distillation "
+                          "compares them token by token, so they must share one")
+
+
+def _warn_unknown(tok: Tokenizer, shard_dir: Path, corpus: list[str]) -> None:
+    unk = unk_id(tok)
+    if unk is None:
+        return
+    rate = token_share(open_shards(shard_dir, "train"), unk)
+    print(f"unknown tokens: {rate:.2%} of the corpus")
+    if rate > UNKNOWN_WARN:
+        print(f"warning: {rate:.1%} of the corpus ({', '.join(corpus)}) is the teacher's unknown token: its "
+              "tokenizer does not cover this text's script or vocabulary", file=sys.stderr)
+
+
+def _general_eval(shard_dir: Path, tok: Tokenizer, cfg: Config):
+    """Mean distillation losses on the held-out text (None: nothing held out)."""
+    val = open_shards(shard_dir, "val")
+    if val.n_docs == 0 or cfg.eval_batches == 0:
+        return None
+    try:
+        batches = make_batch_source("text", val, tok, seq_len=cfg.seq_len, batch_size=min(cfg.batch_size, 16),
+                                    seed=cfg.seed, shuffle=False, loop=False)
+    except PlmkitError as e:
+        print(f"note: no validation ({e})")
+        return None
+    return lambda module: G.evaluate(module, batches, cfg.eval_batches)
+
+
+def _general_fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str, Any]:
+    return {"teacher": str(Path(cfg.teacher).resolve()), "student": config_to_dict(student.config),
+            "student_init": [cfg.student_layers, cfg.student_size, cfg.student_config, cfg.student_model],
+            "loss": [cfg.hidden_weight, cfg.relation_weight, cfg.relation_heads, cfg.layer_map],
+            "corpus": [[str(Path(p).resolve()), Path(p).stat().st_size] for p in cfg.corpus],
+            "seq_len": cfg.seq_len, "batch_size": cfg.batch_size}

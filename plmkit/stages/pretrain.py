@@ -13,7 +13,6 @@ checkpoints (``checkpoints/step-N``), ``metrics.jsonl`` and the resolved ``pretr
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import sys
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from ..io import atomic_dir, atomic_write_text
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import ARCHS, BERT_PRESETS, config_to_dict, preset
 from ..models.model import PlmModel
-from ..tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
+from ..models.rtd import RTDPretrainer, discriminator_config
+from ..tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer, unk_id
 from ..precision import autocast_dtype
 from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
@@ -41,7 +41,7 @@ from ..train.state import load_safetensors
 from . import pretrain_init as I
 
 # arch -> its objectives, the default first
-OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop"), "albert": ("mlm+sop", "mlm"), "gpt": ("clm",)}
+OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop", "rtd"), "albert": ("mlm+sop", "mlm"), "gpt": ("clm",)}
 # what the options left unset (None, so that "given" shows) mean for a new model
 NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000}
 RUN_FILE = "pretrain.yaml"
@@ -59,10 +59,11 @@ class _Options:
     arch: str | None = option(None, help="model family of a new model (default bert); albert = factorised "
                               "embeddings + one shared layer, exports to HF's ALBERT", choices=list(ARCHS))
     size: str | None = option(None, help="size preset of a new model (default mini)", choices=list(BERT_PRESETS))
-    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (encoders) or clm (gpt); default: mlm+nsp "
-                                   "(bert), mlm+sop (albert), clm (gpt), or the --init checkpoint's own; an "
-                                   "mlm-only new BERT has no pooler (nothing would train it)",
-                                   choices=["mlm", "mlm+nsp", "mlm+sop", "clm"])
+    objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (encoders), rtd (bert: ELECTRA's replaced-token "
+                                   "detection; the discriminator is saved, in ELECTRA's layout, its generator in "
+                                   "OUT/generator) or clm (gpt); default: mlm+nsp (bert), mlm+sop (albert), clm "
+                                   "(gpt), or the --init checkpoint's own; an mlm-only new BERT has no pooler "
+                                   "(nothing would train it)", choices=["mlm", "mlm+nsp", "mlm+sop", "rtd", "clm"])
     pre_ln: bool | None = option(None, help="encoders: LayerNorm before each sub-layer (GPT-2's layout, the usual "
                                  "choice for high learning rates); the model cannot be exported to the HF "
                                  "BERT / ALBERT layout")
@@ -135,7 +136,7 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     shard_dir = _shards(cfg, tok, task, info)
     if info.is_main:
         _report_unknown(tok, shard_dir, cfg)
-    model, said = _model(cfg, task, tok, parent)
+    model, said = _model(cfg, task, tok, parent, shard_dir)
     n_params = model.num_parameters()
     if info.is_main:
         mb = sum(Path(p).stat().st_size for p in cfg.corpus) / 1e6
@@ -230,6 +231,9 @@ def _check_request(cfg: Config, info: D.DistInfo, parent: I.Parent | None) -> tu
             raise PlmkitError("--embedding-size and --share-layers are encoder options (--arch bert or albert)")
     args = pick(TrainArgs, cfg)
     check_args(args)
+    if task == "rtd" and args.fsdp:
+        raise PlmkitError("--objective rtd trains two models with shared embeddings: --fsdp does not shard it; "
+                          "use DDP (torchrun without --fsdp)")
     autocast_dtype(args.precision, D.default_device(info))      # bf16 where unsupported: refused now
     return task, args
 
@@ -246,16 +250,17 @@ def _settled(cfg: Config, task: str) -> Config:
                                vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
 
 
-def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None) -> tuple[PlmModel, str]:
+def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
+           shard_dir: Path) -> tuple[PlmModel | RTDPretrainer, str]:
     """The model training starts from: the --init checkpoint's, or a new one from a size preset."""
     if parent:
-        return I.build_model(parent, task, cfg.dropout, cfg.seed)
+        return I.build_model(parent, task, cfg.dropout, cfg.seed, open_shards(shard_dir, "train"))
     arch = _arch(cfg)
     overrides: dict[str, Any] = {}
     for name in ("pre_ln", "embedding_size", "share_layers"):
         if getattr(cfg, name) is not None:
             overrides[name] = getattr(cfg, name)
-    if task == "mlm":   # no NSP/SOP: the pooler would get no gradient (and DDP would fail on it)
+    if task in ("mlm", "rtd"):   # no NSP/SOP: the pooler would get no gradient (and DDP would fail on it)
         overrides["use_pooler"] = False
     if cfg.dropout is not None:
         overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
@@ -264,12 +269,14 @@ def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None) -> t
     if not model_cfg.causal and tok.token_to_id("[PAD]") is not None:
         model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
+    if task == "rtd":
+        return RTDPretrainer.new(discriminator_config(model_cfg)), ""
     return PlmModel(model_cfg, task), ""
 
 
 def _report_unknown(tok: Tokenizer, shard_dir: Path, cfg: Config) -> None:
     """How much of the corpus the tokenizer reads as its unknown token (another script, say)."""
-    unk = _unk_id(tok)
+    unk = unk_id(tok)
     if unk is None:
         return
     rate = token_share(open_shards(shard_dir, "train"), unk)
@@ -278,15 +285,6 @@ def _report_unknown(tok: Tokenizer, shard_dir: Path, cfg: Config) -> None:
         print(f"warning: {rate:.1%} of the corpus ({', '.join(cfg.corpus)}) is the unknown token: the tokenizer "
               f"does not cover its script or vocabulary{'; --add-tokens can add words' if cfg.init else ''}",
               file=sys.stderr)
-
-
-def _unk_id(tok: Tokenizer) -> int | None:
-    """The id the tokenizer model emits for what it cannot read (None: byte-level BPE has none)."""
-    name = getattr(tok.model, "unk_token", None)
-    if name:
-        return tok.token_to_id(name)
-    unk = json.loads(tok.to_str()).get("model", {}).get("unk_id")
-    return unk if isinstance(unk, int) else None
 
 
 def _check_out_dir(out: Path, cfg: Config) -> None:
@@ -387,6 +385,10 @@ def _write_final(model: PlmModel, tok, out: Path, cfg: Config, metrics: dict[str
     staging = out / ".final"
     shutil.rmtree(staging, ignore_errors=True)
     with atomic_dir(staging, overwrite=True) as tmp:
+        if isinstance(model, RTDPretrainer):     # the discriminator is the model; the generator is kept beside
+            (tmp / "generator").mkdir()
+            write_checkpoint_files(model.generator, tmp / "generator", tok, {**meta, "role": "rtd generator"})
+            model = model.discriminator
         write_checkpoint_files(model, tmp, tok, meta)
     names = sorted(p.name for p in staging.iterdir())
     for name in [n for n in names if n != "config.json"] + ["config.json"]:

@@ -264,3 +264,12 @@ def _from_gpt2_files(path: Path) -> Tokenizer:
         tok.post_processor = processors.RobertaProcessing(("</s>", sep), ("<s>", cls), trim_offsets=True,
                                                           add_prefix_space=prefix)
     return tok
+
+
+def unk_id(tok: Tokenizer) -> int | None:
+    """The id the tokenizer model emits for what it cannot read (None: byte-level BPE has none)."""
+    name = getattr(tok.model, "unk_token", None)
+    if name:
+        return tok.token_to_id(name)
+    unk = json.loads(tok.to_str()).get("model", {}).get("unk_id")
+    return unk if isinstance(unk, int) else None

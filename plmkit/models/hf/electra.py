@@ -2,8 +2,9 @@
 
 - When ``embedding_size`` E differs from H, the embeddings (width E, normalised) go through
   ``embeddings_project`` (E -> H, plmkit's ``backbone.embeddings.proj``).
-- The discriminator is the model people fine-tune: ``ElectraForPreTraining`` (its replaced-token
-  head is dropped) reads as the bare backbone. Sequence classification reads the raw [CLS]
+- The discriminator is the model people fine-tune: ``ElectraForPreTraining`` reads as the
+  backbone with its replaced-token head (task ``rtd``: ``discriminator_predictions``), which
+  fine-tuning replaces like any pre-training head. Sequence classification reads the raw [CLS]
   vector through its own dense + exact GELU (cls_head "gelu": ``classifier.dense`` ->
   ``classifier.out_proj``).
 - ``ElectraForMaskedLM`` is the generator: H -> E dense, exact GELU, LayerNorm, tied E -> V.
@@ -25,6 +26,8 @@ HEADS: dict[str, NamePairs] = {
     "classify": [("classifier.dense", "head.transform.dense"), ("classifier.out_proj", "head.classifier")],
     "token": [("classifier", "head.classifier")],
     "span": [("qa_outputs", "head.qa_outputs")],
+    "rtd": [("discriminator_predictions.dense", "head.dense"),
+            ("discriminator_predictions.dense_prediction", "head.prediction")],
     "base": [],
 }
 
@@ -44,7 +47,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
 
 ELECTRA = register(Family(
     name="electra", model_types=("electra",),
-    archs={"ElectraModel": "base", "ElectraForPreTraining": "base", "ElectraForMaskedLM": "mlm",
+    archs={"ElectraModel": "base", "ElectraForPreTraining": "rtd", "ElectraForMaskedLM": "mlm",
            "ElectraForSequenceClassification": "classify", "ElectraForTokenClassification": "token",
            "ElectraForQuestionAnswering": "span"},
     prefix="electra.", names=NAMES, heads=HEADS, config_from_hf=config_from_hf, config_to_hf=config_to_hf))
