@@ -8,8 +8,9 @@
                        or {"messages": [{"role", "content"}, ...], ...}: the model's chat template renders them
     GET  /health, GET /metrics (Prometheus text), GET /openapi.json
 
-and a protocol other clients already speak: OpenAI's (/v1/chat/completions with streaming,
-/v1/completions, /v1/embeddings, /v1/models: serve/openai.py).
+and two protocols other clients already speak: OpenAI's (/v1/chat/completions with streaming,
+/v1/completions, /v1/embeddings, /v1/models: serve/openai.py) and Text Embeddings Inference's
+(/embed, /predict, /rerank, /tokenize, /info: serve/tei.py).
 
 There is no /docs page: FastAPI's page loads Swagger UI from a CDN, which is blank offline; the
 OpenAPI document at /openapi.json opens in any OpenAPI viewer.
@@ -46,6 +47,7 @@ from .common import check_texts as _check_texts
 from .common import json_answer as _json
 from .metrics import Metrics
 from .openai import openai_routes
+from .tei import tei_routes
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -323,6 +325,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     _task_routes(app, served, limits, need, infer)
     routes = Routes(served, limits, infer)
     openai_routes(app, routes)
+    tei_routes(app, routes)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
