@@ -6,7 +6,7 @@ transformers' ``generate``, token for token, on single prompts and left-padded b
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -47,12 +47,15 @@ def _next_logits(model: PlmModel, ids: Tensor, mask: Tensor | None, past, use_ca
 def generate(model: PlmModel, input_ids: Tensor, max_new_tokens: int = 50, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | Sequence[int] | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             attention_mask: Tensor | None = None) -> Tensor:
+             attention_mask: Tensor | None = None, on_step: Callable[[Tensor], bool] | None = None) -> Tensor:
     """input_ids [B, T] -> [B, T + n] (n <= max_new_tokens; stops early when every row hit an EOS id).
 
     A batch of prompts of different lengths is left-padded with ``attention_mask`` [B, T] marking the
     real tokens (positions then count each row's real tokens, as transformers' generate does). A row
     that has finished is filled with its first EOS id until the others finish.
+
+    ``on_step(next_ids [B])`` sees each step's tokens as they are chosen (serve streams them);
+    returning True stops the loop (every row met a stop string, or its client left).
     """
     if not getattr(model, "can_generate", False):
         raise PlmkitError(f"generation needs a decoder with a language-model head, got a '{model.task}' "
@@ -82,6 +85,8 @@ def generate(model: PlmModel, input_ids: Tensor, max_new_tokens: int = 50, tempe
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+        if on_step is not None and on_step(nxt):
+            break
         if stops and bool(done.all()):
             break
     return ids

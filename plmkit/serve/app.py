@@ -8,13 +8,18 @@
                        or {"messages": [{"role", "content"}, ...], ...}: the model's chat template renders them
     GET  /health, GET /metrics (Prometheus text), GET /openapi.json
 
+and two protocols other clients already speak: OpenAI's (/v1/chat/completions with streaming,
+/v1/completions, /v1/embeddings, /v1/models: serve/openai.py) and Text Embeddings Inference's
+(/embed, /predict, /rerank, /tokenize, /info: serve/tei.py).
+
 There is no /docs page: FastAPI's page loads Swagger UI from a CDN, which is blank offline; the
 OpenAPI document at /openapi.json opens in any OpenAPI viewer.
 
 Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON, 404 an endpoint the
 model's task cannot answer, 413 a body over --max-body-bytes, 415 a POST without
 ``Content-Type: application/json``, 422 wrong types, empty lists or a limit exceeded, 503
-the request timed out or the server is shutting down.
+the request timed out or the server is shutting down. The protocol routes answer the same
+errors in their own clients' shape (serve/common.py).
 """
 from __future__ import annotations
 
@@ -23,32 +28,29 @@ import json
 import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import PlmkitError
 from .backend import ENDPOINTS, Item, ServedModel
 from .batcher import MicroBatcher, ServerClosing
+from .common import OPENAI_ROUTES, TEI_ROUTES, ApiError, Limits, Routes, error_body, error_param, error_response
+from .common import check_text as _check_text
+from .common import check_texts as _check_texts
+from .common import json_answer as _json
 from .metrics import Metrics
+from .openai import openai_routes
+from .tei import tei_routes
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
-
-
-@dataclass
-class Limits:
-    max_batch: int = 32              # items per model call
-    max_wait_ms: float = 5.0         # how long the first item of a batch waits for company
-    max_body_bytes: int = 1 << 20
-    max_texts: int = 64              # texts per request
-    max_chars: int = 10_000          # characters per text (QA: per question and per context)
-    timeout_s: float = 30.0          # per request, queueing included
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,7 +152,8 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app, self.metrics = app, metrics
-        self.known = {f"/v1/{e}" for e in ENDPOINTS} | {"/health", "/metrics", "/openapi.json"}
+        self.known = ({f"/v1/{e}" for e in ENDPOINTS} | {"/health", "/metrics", "/openapi.json"}
+                      | set(OPENAI_ROUTES) | set(TEI_ROUTES))
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -195,9 +198,9 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and not declared.isdigit():
-            return await _refuse(send, 400, f"invalid Content-Length header {declared.decode('latin-1')!r}")
+            return await _refuse(scope, send, 400, f"invalid Content-Length header {declared.decode('latin-1')!r}")
         if declared is not None and int(declared) > self.max_bytes:
-            return await self._too_large(send, declared.decode())
+            return await self._too_large(scope, send, declared.decode())
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -209,7 +212,7 @@ class BodyLimitMiddleware:
                 # of the answer: read (and drop) a bounded tail of the body first.
                 if message.get("more_body", False):
                     await _drain(receive, DRAIN_BYTES)
-                return await self._too_large(send, f"more than {self.max_bytes}")
+                return await self._too_large(scope, send, f"more than {self.max_bytes}")
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
@@ -224,9 +227,9 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    async def _too_large(self, send: Callable, got: str) -> None:
-        await _refuse(send, 413, f"request body too large: {got} bytes, the limit is {self.max_bytes} "
-                                 "(--max-body-bytes)")
+    async def _too_large(self, scope: Scope, send: Callable, got: str) -> None:
+        await _refuse(scope, send, 413, f"request body too large: {got} bytes, the limit is {self.max_bytes} "
+                                        "(--max-body-bytes)")
 
 
 class JsonOnlyMiddleware:
@@ -243,13 +246,14 @@ class JsonOnlyMiddleware:
             if "json" not in ctype.lower():
                 await _drain(receive, DRAIN_BYTES)
                 got = f"got Content-Type {ctype!r}" if ctype else "got no Content-Type header"
-                return await _refuse(send, 415, f"the body must be JSON (Content-Type: application/json), {got}")
+                return await _refuse(scope, send, 415, f"the body must be JSON (Content-Type: application/json), {got}")
         await self.app(scope, receive, send)
 
 
-async def _refuse(send: Callable, status: int, detail: str) -> None:
+async def _refuse(scope: Scope, send: Callable, status: int, detail: str) -> None:
     """Answer without reading (the rest of) the body; the connection closes afterwards."""
-    body = json.dumps({"detail": detail}).encode()
+    status, answer = error_body(scope["path"], status, detail)
+    body = json.dumps(answer).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -257,22 +261,6 @@ async def _refuse(send: Callable, status: int, detail: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-
-def _check_texts(texts: list[str], limits: Limits, field: str = "texts") -> None:
-    if len(texts) > limits.max_texts:
-        raise HTTPException(422, f"{field}: {len(texts)} texts, at most {limits.max_texts} per request (--max-texts)")
-    for i, t in enumerate(texts):
-        _check_text(t, limits, f"{field}[{i}]")
-
-
-def _check_text(text: str, limits: Limits, field: str) -> None:
-    if len(text) > limits.max_chars:
-        raise HTTPException(422, f"{field}: {len(text)} characters, at most {limits.max_chars} (--max-chars)")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise HTTPException(422, f"{field}: not valid Unicode (an unpaired surrogate \\ud800-\\udfff)") from None
-
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     errors = exc.errors()
@@ -304,7 +292,11 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, detail = _validation_message(exc)
-        return JSONResponse({"detail": detail}, status_code=status)
+        return error_response(request.url.path, ApiError(status, detail, param=error_param(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(request.url.path, exc)     # unknown paths and methods too
 
     def need(endpoint: str) -> Callable[[], None]:
         def check() -> None:
@@ -313,14 +305,15 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
                 raise HTTPException(404, reason)
         return check
 
-    async def infer(endpoint: str, size: int, prepare: Callable[[], list[Item]]) -> list[dict[str, Any]]:
+    async def infer(endpoint: str, size: int, prepare: Callable[[], list[Item]],
+                    timeout_s: float | None = limits.timeout_s) -> list[dict[str, Any]]:
         """Tokenising (``prepare``) and the model call both run on the model thread, in one hop
         per micro-batch (serve/batcher.py); bad input found there is a 422 for this request."""
         def work() -> list[tuple[Any, int, Any]]:
             return [(it.key, it.length, it.payload) for it in prepare()]
 
         try:
-            return await asyncio.wait_for(batcher.submit(endpoint, size, work), limits.timeout_s)
+            return await asyncio.wait_for(batcher.submit(endpoint, size, work), timeout_s)
         except PlmkitError as e:
             raise HTTPException(422, str(e)) from None
         except asyncio.TimeoutError:
@@ -330,6 +323,9 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
             raise HTTPException(503, str(e)) from None
 
     _task_routes(app, served, limits, need, infer)
+    routes = Routes(served, limits, infer)
+    openai_routes(app, routes)
+    tei_routes(app, routes)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -394,18 +390,6 @@ def _task_routes(app: FastAPI, served: ServedModel, limits: Limits, need: Callab
             _check_text(text, limits, "prompt" if messages is None else f"messages[{k}].content")
         return _json((await infer("generate", 1, lambda: served.prepare_generate(
             req.prompt, req.max_new_tokens, req.temperature, req.top_k, req.top_p, req.seed, messages)))[0])
-
-
-def _json(answer: dict[str, Any]) -> Response | dict[str, Any]:
-    """The answer as JSON bytes directly: FastAPI would otherwise validate the dicts the server
-    built itself against ``response_model`` and then serialise them, two passes over every score
-    on the event loop for nothing. The models stay, for /openapi.json. A NaN or infinity
-    (invalid JSON) goes the validated way, where pydantic writes null."""
-    try:
-        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        return answer
-    return Response(body.encode(), media_type="application/json")
 
 
 # Several uvicorn worker processes import the app by name and build it from the environment.

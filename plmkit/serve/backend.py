@@ -42,6 +42,7 @@ from ..precision import PRECISIONS, autocast, resolve
 from ..tasks.common import Prep, pad_id
 from ..tokenizer import load_tokenizer
 from ..tokenizer.chat import encode_prompt, end_ids
+from .streams import Stream, run_streams
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -148,6 +149,7 @@ class Item:
     length: int                 # tokens; the batcher sorts by it so a batch pads little
     payload: dict[str, Any]
     key: Hashable = None        # items with equal keys may share a model call (None: any of the endpoint)
+    truncated: bool = False     # the text was longer than max_length (TEI's truncate: false refuses it)
 
 
 class ServedModel:
@@ -180,7 +182,8 @@ class ServedModel:
 
     # -- which endpoints this model answers ---------------------------------------------
 
-    def supports(self, endpoint: str) -> str | None:
+    def supports(self, endpoint: str, route: str | None = None) -> str | None:
+        """``route``: the path named in the reason (a protocol route needs what ``endpoint`` does)."""
         what = f"the served model is a '{self.task}' {self.family} model"
         needs = {"classify": (self.task == "classify" and bool(self.labels), "a classification model (task 'classify')"),
                  "ner": (self.task == "token" and bool(self.labels), "a token-classification model (task 'ner')"),
@@ -189,7 +192,7 @@ class ServedModel:
                            "an encoder model (on onnxruntime or openvino: an export of task 'base')"),
                  "generate": (self.backend.can_generate, "a decoder (GPT) language model on the torch backend")}
         ok, need = needs[endpoint]
-        return None if ok else f"/v1/{endpoint} needs {need}; {what} on {self.backend.name}"
+        return None if ok else f"{route or '/v1/' + endpoint} needs {need}; {what} on {self.backend.name}"
 
     def endpoints(self) -> list[str]:
         return [e for e in ENDPOINTS if self.supports(e) is None]
@@ -206,7 +209,8 @@ class ServedModel:
         items = []   # a long text is cut as in fine-tuning (head_config.preprocess.long_text)
         for enc in self.plain.encode_batch(texts, add_special_tokens=False):
             windows = self.frame.features(enc.ids, self.prep.long_text, self.prep.doc_stride)
-            items.append(Item(sum(len(w["input_ids"]) for w in windows), {"windows": windows}))
+            items.append(Item(sum(len(w["input_ids"]) for w in windows), {"windows": windows},
+                              truncated=len(enc.ids) > self.frame.budget))
         return items
 
     def prepare_embed(self, texts: list[str], normalize: bool) -> list[Item]:
@@ -252,6 +256,31 @@ class ServedModel:
         key: Hashable = object() if (seed is not None and temperature > 0) else (len(ids), *params.values())
         return [Item(len(ids), {"ids": ids, "seed": seed, **params}, key)]
 
+    def prepare_stream(self, stream: Stream, prompt: str | None, messages: list[dict] | None,
+                       max_new_tokens: int | None, temperature: float, top_p: float | None,
+                       seed: int | None) -> list[Item]:
+        """A prompt for the OpenAI routes (serve/streams.py decodes it). Unlike /v1/generate a long
+        prompt is refused, not cut; max_new_tokens None: up to the end of the context."""
+        limit = self.config.max_position
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise PlmkitError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}")
+        ids = encode_prompt(self.tok, prompt, messages)
+        if not ids:
+            raise PlmkitError("the prompt is empty after tokenisation")
+        room = limit - len(ids)
+        if room < 1:
+            raise PlmkitError(f"the prompt has {len(ids)} tokens: no room left in the model's context of {limit}")
+        new = room if max_new_tokens is None else max_new_tokens
+        if new > room:
+            raise PlmkitError(f"the prompt has {len(ids)} tokens and max_tokens is {new}: more than the model's "
+                              f"context of {limit} tokens")
+        params = {"max_new_tokens": new, "temperature": temperature, "top_k": None, "top_p": top_p}
+        stream.begin(self.tok, self.eos, len(ids), new)
+        # Prompts of any length with the same settings share a call (left-padded); a seeded
+        # sample runs alone so it does not depend on its neighbours.
+        key: Hashable = object() if (seed is not None and temperature > 0) else (temperature, top_p)
+        return [Item(len(ids), {"ids": ids, "seed": seed, "stream": stream, **params}, key)]
+
     # -- model thread side: one micro-batch ----------------------------------------------
 
     def run(self, endpoint: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -264,14 +293,19 @@ class ServedModel:
 
 def _feature_item(enc: Any) -> Item:
     return Item(len(enc.ids), {"input_ids": enc.ids, "attention_mask": enc.attention_mask,
-                               "token_type_ids": enc.type_ids})
+                               "token_type_ids": enc.type_ids}, truncated=bool(enc.overflowing))
 
 
-def _run_classify(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _class_logits(sm: ServedModel, payloads: list[dict[str, Any]]) -> Tensor:
+    """[B, C]: each item's logits, averaged over the windows of a long text."""
     windows = [w for p in payloads for w in p.get("windows", [p])]       # a pair is one window
     logits = sm.backend.heads(sm._batch(windows)).logits.float()         # [W, C]
     sizes = [len(p.get("windows", [p])) for p in payloads]
-    probs = torch.stack([part.mean(0) for part in logits.split(sizes)]).softmax(-1)   # [B, C]
+    return torch.stack([part.mean(0) for part in logits.split(sizes)])
+
+
+def _run_classify(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    probs = _class_logits(sm, payloads).softmax(-1)                      # [B, C]
     out = []
     for row in probs.tolist():
         best = int(np.argmax(row))
@@ -289,8 +323,17 @@ def _run_embed(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str
     for p, v in zip(payloads, vec):
         if p["normalize"]:
             v = torch.nn.functional.normalize(v, dim=-1)
-        out.append({"embedding": v.tolist()})
+        out.append({"embedding": v.tolist(), "tokens": len(p["input_ids"])})
     return out
+
+
+def _run_scores(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The raw logits (TEI's /predict and /rerank score them as asked)."""
+    return [{"logits": row} for row in _class_logits(sm, payloads).tolist()]
+
+
+def _run_tokenize(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return payloads                      # nothing to run: ``prepare`` tokenised on the model thread
 
 
 def _run_ner(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -369,4 +412,6 @@ def _run_generate(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[
 
 
 RUNNERS: dict[str, Callable[[ServedModel, list[dict[str, Any]]], list[dict[str, Any]]]] = {
-    "classify": _run_classify, "embed": _run_embed, "ner": _run_ner, "qa": _run_qa, "generate": _run_generate}
+    "classify": _run_classify, "embed": _run_embed, "ner": _run_ner, "qa": _run_qa, "generate": _run_generate,
+    # the protocol routes' own (serve/openai.py, serve/tei.py): not endpoints of their own
+    "stream": run_streams, "scores": _run_scores, "tokenize": _run_tokenize}
