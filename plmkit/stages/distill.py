@@ -14,6 +14,7 @@ and ``--resume`` continues from its last checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,8 +25,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..compress import distill as D
+from ..compress import measured
 from ..config import compose, dump_yaml, option, pick, to_dict
-from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..models.checkpoint import write_checkpoint_files
@@ -33,7 +34,7 @@ from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
 from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
@@ -55,7 +56,9 @@ class _Options:
                                        "teacher's tokenizer, e.g. a smaller model of the same family")
     temperature: float = option(2.0, help="softmax temperature of the soft targets")
     alpha: float = option(0.5, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft targets")
-    hidden_weight: float = option(0.0, help="weight of the hidden-state MSE of mapped layers (0: off)")
+    hidden_weight: float | None = option(None, help="weight of the hidden-state MSE of mapped layers (0: off; "
+                                         f"default: the task's measured weight, {measured.described()}; 0 with "
+                                         "--cache-teacher)", ge=0)
     attention_weight: float = option(0.0, help="weight of the attention-distribution KL of mapped layers (0: off)")
     embedding_weight: float = option(0.0, help="weight of the embedding-output MSE (0: off)")
     layer_map: str | None = option(None, help="student:teacher layer pairs for the hidden/attention losses, "
@@ -78,10 +81,19 @@ Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULT
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
     """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
-    _check_request(cfg)
+    _check_request(resolved(cfg))
+
+
+def resolved(cfg: Config) -> Config:
+    """``cfg`` with the task's measured hidden-state weight where --hidden-weight is unset
+    (compress/measured.py; logits only with --cache-teacher, which keeps no hidden states)."""
+    if cfg.hidden_weight is not None:
+        return cfg
+    return dataclasses.replace(cfg, hidden_weight=0.0 if cfg.cache_teacher else measured.hidden_weight(cfg.task))
 
 
 def run(cfg: Config) -> int:
+    cfg = resolved(cfg)
     spec = _check_request(cfg)
     args = pick(TrainArgs, cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
@@ -218,15 +230,10 @@ def _build_student(teacher: PlmModel, cfg: Config) -> tuple[PlmModel, str]:
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
-    """Length-bucketed, dynamically padded batches (as finetune's) that also carry their feature
-    indices, which the teacher logit cache is keyed by."""
-    buckets = length_bucketed_batches(feature_lengths(features), cfg.batch_size, seed=cfg.seed)
-    pad = pad_id(tok)
-
-    def make(idx: list[int]) -> dict[str, torch.Tensor]:
-        return {**collate([features[i] for i in idx], pad), "feature_index": torch.tensor(idx)}
-
-    return IndexedBatches(len(features), make, cfg.batch_size, seed=cfg.seed, batches=buckets)
+    """Batches as finetune forms them (length buckets or random per task, ``label_norm`` for
+    token labels) that also carry their feature indices, which the teacher logit cache is keyed by."""
+    return task_batches(features, pad_id(tok), cfg.batch_size, cfg.seed, TASKS[cfg.task].group_by_length,
+                        with_index=True)
 
 
 def _flops_per_token(student: PlmModel, teacher: PlmModel | None) -> float:
