@@ -127,6 +127,28 @@ def test_token_level_loss_masks_ignored_positions():
     assert torch.allclose(kd_loss(s2, t, y, 2.0, 0.4), want)
 
 
+def test_label_norm_weighs_every_labelled_token_alike():
+    """With the batch's ``label_norm`` (the dataset's mean labelled tokens per batch), the CE and KL
+    terms are sums over the labelled tokens divided by it, as the task heads' loss: a norm equal to
+    this batch's own count gives the per-batch mean, twice that count half of it."""
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    y = torch.tensor([[1, -100, 2, 0, -100], [3, 3, -100, -100, -100]])
+    ce, kl = D.kd_terms(s, t, y, 2.0)
+    ce_n, kl_n = D.kd_terms(s, t, y, 2.0, torch.tensor(10.0))          # 5 labelled tokens, norm 10
+    assert float(ce_n) == pytest.approx(float(F.cross_entropy(s.flatten(0, 1), y.flatten(), ignore_index=-100,
+                                                              reduction="sum")) / 10, rel=1e-6)
+    assert float(ce_n) == pytest.approx(float(ce) / 2, rel=1e-6) and float(kl_n) == pytest.approx(float(kl) / 2,
+                                                                                                   rel=1e-6)
+    model = PlmModel(_cfg(layers=1), "token", HEAD)
+    module = D.DistillModule(model, model, D.DistillSpec(temperature=2.0, alpha=0.4))
+    out_s, out_t = ModelOutput(logits=s), ModelOutput(logits=t)
+    mean = module.logit_loss(out_s, out_t, {"labels": y})[0]
+    assert torch.allclose(module.logit_loss(out_s, out_t, {"labels": y, "label_norm": torch.tensor(5.0)})[0], mean)
+    assert torch.allclose(module.logit_loss(out_s, out_t, {"labels": y, "label_norm": torch.tensor(10.0)})[0],
+                          mean / 2)
+
+
 # ----------------------------------------------------------------------------- students
 
 def test_student_from_layers_copies_exactly_those_weights():
@@ -367,7 +389,7 @@ def test_fresh_student_from_a_config_file(root, tmp_path):
     (["--student-layers", "0", "--cache-teacher", "--hidden-weight", "1"], "--cache-teacher"),
     (["--student-layers", "0", "--alpha", "1.5"], "--alpha"),
     (["--student-layers", "0", "--temperature", "0"], "--temperature"),
-    (["--student-layers", "0", "--layer-map", "0:1"], "--layer-map pairs layers"),
+    (["--student-layers", "0", "--hidden-weight", "0", "--layer-map", "0:1"], "--layer-map pairs layers"),
     (["--student-layers", "0", "--hidden-weight", "1", "--layer-map", "0:5"], "teacher layer 5 does not exist"),
     (["--student-layers", "0", "--task", "ner"], "fine-tuned for 'classify'"),
     (["--student-config", "missing.json"], "student config not found"),
@@ -401,3 +423,42 @@ def test_interrupted_distillation_resumes(root, monkeypatch, capsys):
     assert _distill(root, "classify", out, *args) == 1 and "--resume" in capsys.readouterr().err
     assert _distill(root, "classify", out, *args, "--resume") == 0
     assert json.loads((out / "plmkit.json").read_text())["metrics"]["steps"] == 6 and not work.exists()
+
+
+# ----------------------------------------------------------------------------- the measured defaults per task
+
+@pytest.mark.parametrize("task, extra, weight", [("classify", [], 1.0), ("ner", [], 0.0),
+                                                 ("classify", ["--cache-teacher"], 0.0)])
+def test_hidden_weight_defaults_to_the_tasks_measured_one(root, tmp_path, task, extra, weight):
+    """SST-2 distils with TinyBERT's hidden-state loss, NER with logits only (compress/measured.py);
+    the resolved value is what the output records."""
+    out = tmp_path / "s"
+    assert _distill(root, task, out, "--student-layers", "0", "--max-steps", "1", *extra) == 0
+    assert json.loads((out / "plmkit.json").read_text())["distillation"]["hidden_weight"] == weight
+    assert f"hidden_weight: {weight}" in (out / "distill.yaml").read_text()
+
+
+def test_token_batches_carry_label_norm_and_follow_the_tasks_grouping(root):
+    """distill (and prune) form batches as finetune: NER random batches whose every labelled token
+    weighs the same (label_norm), classification length buckets without it."""
+    from plmkit.stages import distill as stage
+    from plmkit.train import task_batches
+
+    feats, tok = _features(root, "ner")
+    batches = list(stage._batches(feats, tok, stage.Config(teacher="t", task="ner", train="x", out="o",
+                                                           batch_size=8, student_layers="0")))
+    labelled = sum(sum(1 for v in f["labels"] if v != -100) for f in feats)
+    assert {float(b["label_norm"]) for b in batches} == {labelled / 3}          # 24 sentences, 3 batches
+    assert sorted(int(i) for b in batches for i in b["feature_index"]) == list(range(len(feats)))
+    cls_feats, _ = _features(root, "classify")
+    assert all("label_norm" not in b for b in task_batches(cls_feats, 0, 8, 0, group_by_length=True))
+
+
+def test_prune_recovery_hidden_weight_defaults_per_task(root, tmp_path):
+    """NER's pruning recovery distils logits only: the hidden-state loss cost CoNLL-2003 0.43 F1."""
+    out = tmp_path / "p"
+    assert cli.main(["prune", "--model", str(root / "teacher_ner"), "--train", str(root / "ner.txt"), "--heads",
+                     "0.5", "--distill", "--max-steps", "2", "--out", str(out), *FAST]) == 0
+    recovery = json.loads((out / "plmkit.json").read_text())["pruning"]["recovery"]
+    assert recovery["distillation"]["hidden_weight"] == 0.0
+    assert json.loads((out / "plmkit.json").read_text())["config"]["hidden_weight"] == 0.0

@@ -76,17 +76,23 @@ def distill_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 
 
 def kd_terms(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-             temperature: float) -> tuple[Tensor, Tensor]:
+             temperature: float, norm: Tensor | float | None = None) -> tuple[Tensor, Tensor]:
     """(hard-label CE, soft KL at T) over the positions whose label is not -100.
 
     Sequence classification: logits [B, C], labels [B]. Tokens (NER): [B, T, C], [B, T].
     Spans (QA): [B, T] logits over positions, labels [B] positions.
+    Both are means over the kept positions, or, given ``norm`` (the batch's ``label_norm``: the
+    dataset's mean count of labelled tokens per batch), their sums over ``norm``, so a token
+    weighs the same in a batch of short sentences as in one of long sentences (as the task heads).
     """
     keep = labels != IGNORE                                                # [B] or [B, T]
     kl = distill_kl(student_logits, teacher_logits, temperature, keep)
     if not bool(keep.any()):
         return student_logits.sum() * 0.0, kl
     ce = F.cross_entropy(_wide(student_logits).flatten(0, -2), labels.flatten(), ignore_index=IGNORE)
+    if norm is not None:                                                   # mean * count / norm = sum / norm
+        scale = keep.sum() / norm
+        ce, kl = ce * scale, kl * scale
     return ce, kl
 
 
@@ -357,7 +363,7 @@ class DistillModule(nn.Module):
                 target = target.clamp(0, s_logits.size(1) - 1)
             if self.student.task in SHIFTED:
                 s_logits, t_logits, target = s_logits[:, :-1], t_logits[:, :-1], target[:, 1:]
-            ce, kl = kd_terms(s_logits, t_logits, target, T)
+            ce, kl = kd_terms(s_logits, t_logits, target, T, labels.get("label_norm"))
             ces.append(ce)
             kls.append(kl)
         ce, kl = torch.stack(ces).mean(), torch.stack(kls).mean()

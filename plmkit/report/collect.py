@@ -71,12 +71,14 @@ def _read_stage(path: Path, root: Path) -> Stage | None:
     _check_objects(path / "plmkit.json", meta, ("metrics", "pruning", "strategy", "size_bytes"))
     stamp = _read_optional(path / STAMP) or {}
     extra = {}
-    for name in ("bench.json", *ANALYSIS_FILES):
+    for name in ("bench.json", "compress.json", *ANALYSIS_FILES):
         found = _read_optional(path / name)
         if found is not None:
             extra[name] = found
     if "bench.json" in extra:
         _check_bench(path / "bench.json", extra["bench.json"])
+    if "compress.json" in extra:
+        _check_rows(path / "compress.json", extra["compress.json"], "candidates", _COMPRESS_NUMBERS)
     records = _read_metrics(path / "metrics.jsonl")
     if not (meta or records or extra or stamp):
         return None
@@ -96,19 +98,27 @@ def _check_objects(path: Path, data: dict[str, Any], keys: tuple[str, ...]) -> N
             raise PlmkitError(f"{path}: '{key}' must be a JSON object, found {type(data[key]).__name__}")
 
 
+# compress.json candidate fields the report reads as numbers
+_COMPRESS_NUMBERS = ("params", "size_mb", "score", "drop_points", "latency_ms", "throughput", "speedup")
+
+
 def _check_bench(path: Path, bench: dict[str, Any]) -> None:
     """The shape the report relies on: ``rows`` a list of objects with a name and numbers."""
-    rows = bench.get("rows", [])
-    if not isinstance(rows, list):
-        raise PlmkitError(f"{path}: 'rows' must be a list of result rows, found {type(rows).__name__}")
     _check_objects(path, bench, ("machine",))
+    _check_rows(path, bench, "rows", _BENCH_NUMBERS)
+
+
+def _check_rows(path: Path, data: dict[str, Any], key: str, numbers: tuple[str, ...]) -> None:
+    rows = data.get(key, [])
+    if not isinstance(rows, list):
+        raise PlmkitError(f"{path}: '{key}' must be a list of result rows, found {type(rows).__name__}")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-            raise PlmkitError(f"{path}: rows[{i}] must be an object with a 'name' string")
-        for key in _BENCH_NUMBERS:
-            value = row.get(key)
+            raise PlmkitError(f"{path}: {key}[{i}] must be an object with a 'name' string")
+        for field_name in numbers:
+            value = row.get(field_name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise PlmkitError(f"{path}: rows[{i}].{key} must be a number, found {value!r}")
+                raise PlmkitError(f"{path}: {key}[{i}].{field_name} must be a number, found {value!r}")
 
 
 def _read_optional(path: Path) -> Any:

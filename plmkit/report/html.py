@@ -43,6 +43,7 @@ def render(run: Run) -> str:
     """The whole page as a string."""
     body = [s for s in (
         _stages_section(run),
+        _compress_section(run),
         _variants_section(run),
         _curves_section(run),
         _comparison_section(run),
@@ -387,6 +388,37 @@ def _compression_section(run: Run) -> str:
     if not rows:
         return ""
     return _section("Distillation and quantization", _table(["stage", "compared", "measure", "before", "after"], rows))
+
+
+def _compress_section(run: Run) -> str:
+    """plmkit compress: every candidate on the dev slice, the Pareto chart, and why it chose what it chose."""
+    parts = []
+    for s, data in run.find("compress.json"):
+        rows = data.get("candidates", [])
+        metric, rule = data.get("metric", "metric"), data.get("rule") or {}
+        speed = "latency" if rule.get("speed") == "latency" else "throughput"
+        table = _table(["candidate", "engine", "params", "size MB", f"dev {metric}", "points vs teacher",
+                        "p50 ms (b=1)", "ex/s (b=32)", "speedup", "Pareto", "chosen"],
+                       [[r.get("name"), r.get("engine"), r.get("params"), r.get("size_mb"), r.get("score"),
+                         None if r.get("drop_points") is None else -r["drop_points"], r.get("latency_ms"),
+                         r.get("throughput"), r.get("speedup"), r.get("pareto"), r.get("chosen")] for r in rows],
+                       ["front" if r.get("chosen") else "" for r in rows])
+        x = "latency_ms" if speed == "latency" else "throughput"
+        points = [{"x": r.get(x), "y": r.get("score"), "label": r.get("name"), "front": r.get("pareto")}
+                  for r in rows]
+        chart = svg.scatter(points, title=f"dev {metric} vs {speed}", y_label=f"dev {metric}",
+                            x_label="p50 latency, batch 1 (ms)" if speed == "latency" else "examples/s, batch 32")
+        choice = data.get("choice") or {}
+        reasons = "".join(f"<li>{esc(str(t))}</li>" for t in choice.get("reasons", []))
+        schedule = _table(["heads removed", "FFN removed", "what happened"],
+                          [[e.get("heads"), e.get("ffn"), e.get("status")] for e in data.get("schedule", [])])
+        dev = data.get("dev") or {}
+        note = (f"{s.name}: teacher {data.get('teacher', '?')}, dev {metric} {data.get('teacher_score', '?')} on "
+                f"{dev.get('examples', '?')} examples ({dev.get('source', '?')}); rule: {rule.get('text', '?')} "
+                f"(--max-drop {rule.get('max_drop')}, --target-speedup {rule.get('target_speedup')}).")
+        parts.append(f'<p class="note">{esc(note)}</p><h3>Chosen: {esc(str(choice.get("name")))}</h3>'
+                     f"<ul>{reasons}</ul>" + table + _charts(chart) + "<h3>Pruning schedule</h3>" + schedule)
+    return _section("Compression: the candidates and the choice", *parts) if parts else ""
 
 
 # --------------------------------------------------------------------------- analysis views

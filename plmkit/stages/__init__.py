@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("plmkit.stages.distill", "distil a teacher into a smaller student"),
     "prune": ("plmkit.stages.prune", "prune heads/FFN neurons (structured) or weights (unstructured)"),
     "quantize": ("plmkit.stages.quantize", "INT8-quantize a model through ONNX Runtime"),
+    "compress": ("plmkit.stages.compress", "distil, prune and quantize a fine-tuned model: the smallest (or fastest) "
+                 "candidate within an accuracy budget, chosen on a dev slice (the recommended path)"),
     "bench": ("plmkit.stages.bench", "benchmark model variants: size, latency, throughput, metric"),
     "info": ("plmkit.stages.info", "show a checkpoint's architecture, size and lineage"),
     "export": ("plmkit.stages.export", "export a checkpoint (hf layout or onnx)"),

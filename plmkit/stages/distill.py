@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 
 from ..compress import distill as D
 from ..compress import general as G
+from ..compress import measured
 from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
 from ..data.features import collate, feature_lengths, length_bucketed_batches
@@ -42,7 +43,7 @@ from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
 from ..tokenizer import load_tokenizer, unk_id
 from ..train.logging import copy_logs
 
@@ -74,7 +75,8 @@ class _Options:
     temperature: float = option(2.0, help="softmax temperature of the soft targets")
     alpha: float = option(0.5, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft targets")
     hidden_weight: float | None = option(None, help="weight of the hidden-state MSE of mapped layers (0: off; "
-                                         "default 0, and 1 with --corpus)", ge=0)
+                                         f"default: the task's measured weight, {measured.described()}; 0 with "
+                                         "--cache-teacher; 1 with --corpus)", ge=0)
     relation_weight: float = option(1.0, help="--corpus: weight of MiniLM v2's query/key/value self-attention "
                                     "relations of the last student layer and its teacher layer (0: off)", ge=0)
     relation_heads: int | None = option(None, help="--corpus: relation heads (default: the teacher's heads when "
@@ -112,23 +114,29 @@ Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULT
 
 def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
     """``plmkit run`` calls this before any stage: the options (the data needs the model's settings)."""
-    cfg = _settled(cfg)
+    cfg = resolved(cfg)
     if cfg.corpus:
         _check_general(cfg)
     else:
         _check_request(cfg)
 
 
-def _settled(cfg: Config) -> Config:
-    """The defaults that depend on the mode (task or --corpus), filled in as distill.yaml records them."""
+def resolved(cfg: Config) -> Config:
+    """``cfg`` with the defaults that depend on the mode (task or --corpus) filled in, as distill.yaml
+    records them: the length (3 epochs of --train, 1 pass over --corpus, unless --max-steps, --epochs
+    or --budget says), the lr, and the hidden-state weight (the task's measured one, compress/measured.py;
+    0 with --cache-teacher, which keeps no hidden states; 1 with --corpus)."""
     mode = "corpus" if cfg.corpus else "task"
     epochs = cfg.epochs if cfg.max_steps or cfg.epochs or cfg.budget else EPOCHS[mode]
-    hidden = cfg.hidden_weight if cfg.hidden_weight is not None else float(mode == "corpus")
+    hidden = cfg.hidden_weight
+    if hidden is None:
+        hidden = 1.0 if mode == "corpus" else 0.0 if cfg.cache_teacher or cfg.task is None \
+            else measured.hidden_weight(cfg.task)
     return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden, lr=cfg.lr or LR[mode])
 
 
 def run(cfg: Config) -> int:
-    cfg = _settled(cfg)
+    cfg = resolved(cfg)
     if cfg.corpus:
         return _run_general(cfg)
     spec = _check_request(cfg)
@@ -269,15 +277,10 @@ def _build_student(teacher: PlmModel, cfg: Config) -> tuple[PlmModel, str]:
 
 
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
-    """Length-bucketed, dynamically padded batches (as finetune's) that also carry their feature
-    indices, which the teacher logit cache is keyed by."""
-    buckets = length_bucketed_batches(feature_lengths(features), cfg.batch_size, seed=cfg.seed)
-    pad = pad_id(tok)
-
-    def make(idx: list[int]) -> dict[str, torch.Tensor]:
-        return {**collate([features[i] for i in idx], pad), "feature_index": torch.tensor(idx)}
-
-    return IndexedBatches(len(features), make, cfg.batch_size, seed=cfg.seed, batches=buckets)
+    """Batches as finetune forms them (length buckets or random per task, ``label_norm`` for
+    token labels) that also carry their feature indices, which the teacher logit cache is keyed by."""
+    return task_batches(features, pad_id(tok), cfg.batch_size, cfg.seed, TASKS[cfg.task].group_by_length,
+                        with_index=True)
 
 
 def _flops_per_token(student: PlmModel, teacher: PlmModel | None) -> float:

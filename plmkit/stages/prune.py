@@ -8,10 +8,15 @@ shared training loop -> masks folded into the weights -> metric after -> the che
 written atomically, with the pruning report in plmkit.json.
 
 With ``--distill`` the recovery distils: the unpruned model (or ``--teacher``) is kept frozen,
-and the pruned one learns from its soft targets and its hidden states (one MSE per layer:
-pruning removes heads and neurons, never the hidden width, so the layers line up) as well as
-from the labels. Not the default: on CoNLL-2003 (MiniLM NER teacher, 50% heads and FFN removed,
-150 recovery steps) it recovered F1 0.836 against 0.838 from the labels alone (README, Pruning).
+and the pruned one learns from its soft targets and, with ``--hidden-weight`` > 0, its hidden
+states (one MSE per layer: pruning removes heads and neurons, never the hidden width, so the
+layers line up) as well as from the labels. The hidden-state weight defaults to the task's
+measured one (compress/measured.py: SST-2 1.0; CoNLL-2003 0, where that loss cost 0.43 F1 in
+the recovery). Not the default: on CoNLL-2003 (MiniLM NER teacher, 50% heads and FFN removed,
+150 recovery steps) distilling with hidden states recovered F1 0.836 against 0.838 from the
+labels alone (README, Pruning); ``plmkit compress`` distils from the fine-tuned teacher.
+Token tasks train on the task's batches with every labelled token weighted alike
+(``label_norm``), as ``finetune``.
 
 The recovery run's working files live in a hidden sibling ``.OUT.prune`` that is removed at
 the end.
@@ -19,6 +24,7 @@ the end.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +34,9 @@ import torch
 from tokenizers import Tokenizer
 
 from ..compress import distill as D
+from ..compress import measured
 from ..compress import prune as P
 from ..config import compose, option, pick, to_dict
-from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..errors import PlmkitError
 from ..io import check_out_dir
 from ..loading import load
@@ -39,7 +45,7 @@ from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer
-from ..train import IndexedBatches, TrainArgs, check_args, train
+from ..train import IndexedBatches, TrainArgs, check_args, task_batches, train
 from ..train.loop import total_steps
 
 
@@ -77,8 +83,9 @@ class _Options:
     temperature: float = option(2.0, help="recovery distillation: softmax temperature of the soft targets", gt=0)
     alpha: float = option(0.5, help="recovery distillation: weight of the hard-label loss (1 - alpha: soft targets)",
                           ge=0, le=1)
-    hidden_weight: float = option(1.0, help="recovery distillation: weight of the hidden-state MSE between each "
-                                  "layer and the teacher's (uniform layer map; 0: logits only)", ge=0)
+    hidden_weight: float | None = option(None, help="recovery distillation: weight of the hidden-state MSE between "
+                                         "each layer and the teacher's (uniform layer map; 0: logits only; default: "
+                                         f"the task's measured weight, {measured.described()})", ge=0)
     batch_size: int = option(32, help="examples per batch", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     overwrite: bool = option(False, help="replace an existing --out")
@@ -110,6 +117,8 @@ def run(cfg: Config) -> int:
     _check_request(cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     model, data = _load(cfg)
+    if cfg.hidden_weight is None:       # the task's measured weight (compress/measured.py)
+        cfg = dataclasses.replace(cfg, hidden_weight=measured.hidden_weight(data.task.name if data.task else None))
     structured = _structured_plan(cfg, model)
     teacher = _teacher(cfg, model, data)            # before pruning: the unpruned model is the default
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,12 +267,9 @@ def _prune_structured(model: PlmModel, cfg: Config, plan: dict[str, P.Removal], 
 
 
 def _batches(data: _Data, cfg: Config) -> IndexedBatches:
-    """Length-bucketed, dynamically padded task batches (as plmkit finetune builds them)."""
-    feats = data.train
-    buckets = length_bucketed_batches(feature_lengths(feats), cfg.batch_size, seed=cfg.seed)
-    pad = pad_id(data.tok)
-    return IndexedBatches(len(feats), lambda idx: collate([feats[i] for i in idx], pad),
-                          cfg.batch_size, seed=cfg.seed, batches=buckets)
+    """Task batches as plmkit finetune forms them: length buckets or random per task, ``label_norm``
+    for per-token labels."""
+    return task_batches(data.train, pad_id(data.tok), cfg.batch_size, cfg.seed, data.task.group_by_length)
 
 
 def _schedule(cfg: Config, data: _Data) -> list[tuple[int, float]]:

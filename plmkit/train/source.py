@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import torch
 
+from ..data.features import collate, feature_lengths, label_norm, length_bucketed_batches
 from ..errors import PlmkitError
 
 Batch = dict[str, Any]
@@ -113,3 +114,28 @@ class IndexedBatches:
         if state.get("seed", self.seed) != self.seed:
             raise PlmkitError(f"data position was saved with seed {state['seed']}; now {self.seed}")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def task_batches(features: list[dict[str, Any]], pad: int, batch_size: int, seed: int, group_by_length: bool,
+                 with_index: bool = False) -> IndexedBatches:
+    """Training batches of encoded task features, as finetune, distill and prune form them.
+
+    ``group_by_length``: length buckets (little padding; the task's setting, ``TaskSpec.group_by_length``),
+    else random batches, reshuffled each epoch. Per-token labels (NER, generation) also carry
+    ``label_norm`` (``data.features.label_norm``), so every labelled token weighs the same whatever
+    the length of the batch it lands in. ``with_index``: each batch carries its ``feature_index``
+    (the key of distillation's teacher-logit cache).
+    """
+    buckets = length_bucketed_batches(feature_lengths(features), batch_size, seed=seed) if group_by_length else None
+    n_batches = len(buckets) if buckets else -(-len(features) // batch_size)
+    norm = label_norm(features, n_batches)
+
+    def make(idx: list[int]) -> Batch:
+        batch = collate([features[i] for i in idx], pad)
+        if norm is not None:
+            batch["label_norm"] = torch.tensor(norm)
+        if with_index:
+            batch["feature_index"] = torch.tensor(idx)
+        return batch
+
+    return IndexedBatches(len(features), make, batch_size, seed=seed, batches=buckets)

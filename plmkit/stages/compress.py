@@ -1,0 +1,552 @@
+"""``plmkit compress``: the measured compression recipe as one command, its choices made on a dev slice.
+
+    plmkit compress --model runs/sst2 --train train.tsv --out runs/sst2-small          # within 1.0 point
+    plmkit compress --model runs/sst2 --train train.tsv --out runs/sst2-fast --target-speedup 8
+
+Reads top to bottom: check the request -> the teacher and the dev slice (carved from --train, which
+the student then never trains on, or --eval), the teacher's dev score, and the refusal of a dev slice
+too small to tell half a point (compress/plan.py); all bad input stops here -> every candidate,
+each step a plmkit stage run as a cached step of the work folder ``.OUT.compress`` beside --out:
+  1. the teacher, measured by ``plmkit bench`` on the dev slice in PyTorch (the reference: dev
+     score, batch-1 latency, batch-32 throughput) and INT8-quantized by every available engine
+     (ONNX Runtime dynamic per token and per tensor, static; OpenVINO), each measured alike;
+  2. the student distilled from it (every second teacher layer, or --student-size), with the task's
+     measured loss weights (compress/measured.py) or, with --search-loss, the best of logits /
+     + hidden states / + attention on the dev slice; measured and quantized as the teacher;
+  3. the student pruned along the task's chain of (heads, FFN) ratios, each recovered by
+     distillation from the teacher, measured and quantized, the search stepping towards the most
+     aggressive ratio within --max-drop (or the mildest reaching --target-speedup) while the
+     --budget lasts;
+-> the rule (compress/plan.py ``select``) picks one candidate -> --out, written atomically: that
+model (evaluate, predict, serve and bench take it as is), ``compress.json`` (every candidate's dev
+score, size, latency and throughput, the Pareto front, the schedule, the steps, why this one) and
+``report.html`` (plmkit report's page of it, with the Pareto chart).
+
+A step whose command and inputs did not change is reused (the recipe runner's stamps), so a killed
+run continues where it stopped (the distillation from its last checkpoint), and the same command
+with another --max-drop or --target-speedup measures only what it has not measured yet. The work
+folder stays after a successful run for that reason; delete it to free the disk.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..compress import measured
+from ..compress import plan as P
+from ..config import build, option, to_dict
+from ..data.readers import read_lines
+from ..data.split import sample_dev, split_lines, split_squad
+from ..errors import PlmkitError
+from ..eval.metrics import get_entities
+from ..io import atomic_dir, atomic_write_text, check_out_dir, read_json, write_json
+from ..models.config import BERT_PRESETS
+from ..report.collect import collect
+from ..report.html import render
+from ..tasks import Infer, TaskData, load_finetuned
+from ..train import parse_budget
+from . import recipe
+
+COMPRESS_TASKS = ("classify", "ner", "qa")
+DEV_SHARE, DEV_MAX = 0.25, 10_000          # default dev slice: a quarter of --train, at most this many examples
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way to quantize a candidate: ``plmkit quantize`` options, and what it needs installed."""
+    name: str
+    group: str                       # the --engine value that selects it
+    settings: dict[str, Any]
+    calibrated: bool                 # reads --calibration (the first --calibration-size training examples)
+    needs: tuple[str, ...]
+
+
+ENGINES = (
+    Engine("ort-token", "onnxruntime", {"engine": "onnxruntime", "method": "dynamic", "activation_ranges": "token"},
+           False, ("onnx", "onnxruntime")),
+    Engine("ort-tensor", "onnxruntime", {"engine": "onnxruntime", "method": "dynamic",
+                                         "activation_ranges": "tensor"}, False, ("onnx", "onnxruntime")),
+    Engine("ort-static", "onnxruntime", {"engine": "onnxruntime", "method": "static"}, True, ("onnx", "onnxruntime")),
+    Engine("openvino", "openvino", {"engine": "openvino"}, True, ("onnx", "onnxruntime", "openvino", "nncf")),
+)
+EXTRAS = {"onnxruntime": "plmkit[onnx]", "openvino": "plmkit[openvino]"}
+# --search-loss: (hidden-state weight, attention weight) of each distillation tried on the dev slice
+LOSSES = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
+
+
+@dataclass
+class Config:
+    model: str = option(help="the fine-tuned teacher (plmkit finetune's output)")
+    train: str = option(help="training data of the task (the teacher's); the dev slice is carved from it")
+    out: str = option(help="output directory: the chosen model, compress.json, report.html")
+    task: str | None = option(None, help="the teacher's task (default: the one it records)",
+                              choices=list(COMPRESS_TASKS))
+    eval: str | None = option(None, help="dev data for every choice, instead of a slice of --train; never the data "
+                              "you report on")
+    dev_size: int | None = option(None, help="examples of --train held out as the dev slice (default: a quarter, at "
+                                  f"most {DEV_MAX:,}); it must resolve 0.5-point differences (compress/plan.py)", ge=1)
+    resolution: float = option(P.RESOLUTION, help="points: the smallest difference the dev slice must resolve; "
+                               "one too small for it (standard error of the teacher's dev score above this) is "
+                               "refused, saying how many examples it needs", gt=0)
+    max_drop: float = option(1.0, help="accuracy budget: points below the teacher's dev score a candidate may lose",
+                             ge=0)
+    target_speedup: float | None = option(None, help="instead of the smallest model: the most accurate one within "
+                                          "--max-drop at this many times the teacher's speed (--speed)", gt=0)
+    speed: str = option("throughput", help="what faster means: batch-32 throughput or batch-1 p50 latency",
+                        choices=list(P.SPEEDS))
+    engine: str = option("auto", help="INT8 engines tried: auto (every one installed), onnxruntime (dynamic per "
+                         "token and per tensor, static), openvino, one of those by name, or none (PyTorch only)",
+                         choices=["auto", "onnxruntime", "openvino", *[e.name for e in ENGINES if e.name != "openvino"],
+                                  "none"])
+    budget: str = option("1h", help="wall-clock limit of the whole run (a resumed run counts what the killed one "
+                         "did): pruning ratios that would not fit are skipped")
+    student_layers: str | None = option(None, help="the student: these teacher layers (default: every second "
+                                        "one, 0,2,4 of 6)")
+    student_size: str | None = option(None, help="the student: a fresh model of this preset size instead",
+                                      choices=list(BERT_PRESETS))
+    hidden_weight: float | None = option(None, help="distillation and recovery: hidden-state MSE weight (default: the "
+                                         f"task's measured one, {measured.described()})", ge=0)
+    attention_weight: float = option(0.0, help="distillation: attention KL weight", ge=0)
+    search_loss: bool = option(False, help="distil once per loss (logits; + hidden states; + attention) and keep "
+                               "the best student on the dev slice, instead of the task's measured weights")
+    ratios: str | None = option(None, help="pruning schedule, HEADS:FFN fractions removed, mild to aggressive "
+                                "(default per task: compress/measured.py, e.g. classify "
+                                "0.5:0.75,0.5:0.9,0.67:0.9,0.75:0.9)")
+    distill_epochs: float = option(3.0, help="distillation epochs", gt=0)
+    distill_lr: float = option(1e-4, help="distillation peak learning rate", gt=0)
+    temperature: float = option(2.0, help="distillation temperature", gt=0)
+    alpha: float = option(0.5, help="weight of the hard-label loss (1 - alpha: the teacher's soft targets)",
+                          ge=0, le=1)
+    recover_steps: int = option(400, help="pruning recovery steps (distilled from the teacher)", ge=1)
+    recover_lr: float = option(5e-5, help="pruning recovery peak learning rate", gt=0)
+    importance_batches: int = option(30, help="batches that rank heads and neurons for pruning", ge=1)
+    calibration_size: int = option(300, help="static and OpenVINO INT8: training examples that calibrate "
+                                   "activations", ge=1)
+    batch_size: int = option(32, help="training batch size", ge=1)
+    repeats: int = option(3, help="bench: timed passes per candidate (medians)", ge=1)
+    latency_examples: int = option(200, help="bench: examples timed at batch size 1", ge=1)
+    threads: int | None = option(None, help="bench: threads (default: all cores)", ge=1)
+    seed: int = option(0, help="random seed: the dev slice, distillation, pruning")
+    work: str | None = option(None, help="cache folder of the steps (default: .OUT.compress beside --out)")
+    overwrite: bool = option(False, help="replace an existing --out")
+
+
+def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
+    """``plmkit run`` calls this before any stage: the options."""
+    _check_request(cfg)
+
+
+@dataclass
+class _Request:
+    engines: list[Engine]
+    ratios: tuple[measured.Ratio, ...]
+    start: int
+    budget_s: float
+
+
+@dataclass
+class _Data:
+    task: str
+    metric: str
+    train: Path                      # what the student trains on (never the dev slice)
+    dev: Path
+    calibration: Path
+    teacher_score: float             # in-process, fp32, on the dev slice
+    hidden_size: int
+    layers: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def run(cfg: Config) -> int:
+    req = _check_request(cfg)
+    out = check_out_dir(Path(cfg.out), cfg.overwrite)
+    work = (Path(cfg.work) if cfg.work else out.with_name(f".{out.name}.compress")).resolve()
+    steps = _Steps(work, P.Clock(req.budget_s), time.perf_counter())
+    data = _prepare(cfg, work)
+    if not req.ratios:
+        req.ratios, req.start = measured.defaults(data.task).ratios, measured.defaults(data.task).start
+    steps.todo, steps.recover_steps = _initial_plan(cfg, req), cfg.recover_steps
+    print(f"steps cached in {work} (each step's output: {work / recipe.STATE_DIR / 'logs'})", flush=True)
+    cands = _measure(steps, cfg, data, req, "teacher", Path(cfg.model).resolve(), None)
+    teacher = cands[0]
+    student, loss = _distil(steps, cfg, data)
+    cands += _measure(steps, cfg, data, req, "student", student, student.name)
+    schedule = _walk(steps, cfg, data, req, student, teacher, cands, loss["hidden_weight"])
+    choice = P.select(cands, teacher, cfg.max_drop, cfg.target_speedup, cfg.speed)
+    summary = _summary(cfg, data, cands, teacher, choice, loss, schedule, steps)
+    _write_output(out, cfg, choice.candidate, summary)
+    _print_result(summary, out)
+    return 0
+
+
+def _check_request(cfg: Config) -> _Request:
+    """Settings that are wrong whatever the data: fail before reading anything."""
+    if cfg.student_layers is not None and cfg.student_size is not None:
+        raise PlmkitError("choose the student with --student-layers or --student-size, not both")
+    if cfg.eval is not None and cfg.dev_size is not None:
+        raise PlmkitError("--dev-size carves the dev slice out of --train; with --eval FILE the file is the dev slice")
+    if cfg.target_speedup is not None and cfg.target_speedup <= 1:
+        raise PlmkitError(f"--target-speedup is a factor over the teacher's speed and must be > 1, "
+                          f"got {cfg.target_speedup}")
+    ratios = P.parse_ratios(cfg.ratios) if cfg.ratios else ()       # () : the task's, once it is known
+    return _Request(_engines(cfg.engine), ratios, len(ratios) // 2, parse_budget(cfg.budget))
+
+
+def _engines(choice: str) -> list[Engine]:
+    """The engines --engine asks for; one it names that is not installed is an error, auto skips it."""
+    if choice == "none":
+        return []
+    chosen = [e for e in ENGINES if choice in ("auto", e.group, e.name)]
+    usable = [e for e in chosen if all(importlib.util.find_spec(m) is not None for m in e.needs)]
+    if choice != "auto" and len(usable) < len(chosen):
+        raise PlmkitError(f"--engine {choice}: not installed (pip install '{EXTRAS[chosen[0].group]}')")
+    if not usable:
+        print("note: no INT8 engine is installed (pip install 'plmkit[onnx]'): PyTorch candidates only")
+    return usable
+
+
+# ----------------------------------------------------------------------------- the teacher and the dev slice
+
+def _prepare(cfg: Config, work: Path) -> _Data:
+    """The teacher's task, the carved files in WORK/data, the teacher's dev score and the dev-size rule.
+    A refusal removes a work folder this run created."""
+    teacher, task, prep, tok = load_finetuned(cfg.model, cfg.task, needs_torch="compression")
+    if task.name not in COMPRESS_TASKS:
+        raise PlmkitError(f"{cfg.model}: compress takes {', '.join(COMPRESS_TASKS)} models, not '{task.name}'")
+    fresh = not work.exists()
+    try:
+        train, dev, calibration, info = _carve(cfg, work, task, prep, teacher.head_config.get("labels"))
+        dev_examples = task.read(str(dev), prep, labels=teacher.head_config.get("labels"))
+        data = TaskData(dev_examples, task.encode(tok, dev_examples, teacher.head_config, prep), tok,
+                        teacher.head_config, Infer(64, "fp32"))
+        score = float(task.evaluate(teacher, data)[task.metric])
+        units = _units(task.name, dev_examples)
+        P.check_dev(units, score, task.name, str(cfg.eval or f"the dev slice of {cfg.train}"),
+                    units / len(dev_examples), cfg.resolution)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    info.update(examples=len(dev_examples), units=units, unit=P.UNITS[task.name], resolution=cfg.resolution,
+                needed=P.dev_units_needed(score, cfg.resolution))
+    print(f"dev slice: {len(dev_examples):,} examples ({units:,} {P.UNITS[task.name]}; the rule needs "
+          f"{info['needed']:,}); teacher {task.metric} {score:.4f}")
+    return _Data(task.name, task.metric, train, dev, calibration, score, teacher.config.hidden_size,
+                 teacher.config.num_layers, info)
+
+
+def _carve(cfg: Config, work: Path, task: Any, prep: Any, labels: list[str] | None) -> tuple[Path, Path, Path, dict]:
+    """(train file, dev file, calibration file, how): --eval as the dev slice, or a seeded slice of --train."""
+    folder = work / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(cfg.train).suffix or ".txt"
+    if cfg.eval is not None:
+        train, dev, how = Path(cfg.train).resolve(), Path(cfg.eval).resolve(), {"source": "--eval"}
+    else:
+        n = len(task.read(cfg.train, prep, labels=labels))
+        k = cfg.dev_size or min(DEV_MAX, max(1, round(DEV_SHARE * n)))
+        train, dev = folder / f"train{suffix}", folder / f"dev{suffix}"
+        if task.name == "qa":
+            rest, held, k = split_squad(read_json(cfg.train), k, cfg.seed)
+            if not rest["data"]:
+                raise PlmkitError(f"{cfg.train}: holding out {k:,} questions for the dev slice leaves none to "
+                                  "train on (--dev-size, or --eval FILE)")
+            _write_json(train, rest)
+            _write_json(dev, held)
+        else:
+            parts = _split_file(cfg.train, task, prep, labels, sample_dev(n, k, cfg.seed))
+            _write_lines(train, parts[0])
+            _write_lines(dev, parts[1])
+        how = {"source": f"carved from --train: {k:,} of {n:,} {P.UNITS.get(task.name, 'examples')}, seed {cfg.seed}"}
+    calibration = folder / f"calibration{suffix}"
+    _write_calibration(calibration, train, task, prep, labels, cfg.calibration_size)
+    return train, dev, calibration, {**how, "file": str(dev)}
+
+
+def _split_file(path: str | Path, task: Any, prep: Any, labels: list[str] | None,
+                dev: set[int]) -> tuple[list[str], list[str]]:
+    """A line-based file cut at its examples' first lines (data/split.py)."""
+    examples = task.read(str(path), prep, labels=labels)
+    blocks = task.name == "ner" and Path(path).suffix.lower() not in (".jsonl", ".json")
+    return split_lines(read_lines(path), [ex.line for ex in examples], dev, blocks)
+
+
+def _write_calibration(path: Path, train: Path, task: Any, prep: Any, labels: list[str] | None, n: int) -> None:
+    """The first ``n`` training examples (QA: the first paragraphs holding ``n`` questions)."""
+    if task.name == "qa":
+        _write_json(path, split_squad(read_json(train), n, None)[1])
+        return
+    count = len(task.read(str(train), prep, labels=labels))
+    _write_lines(path, _split_file(train, task, prep, labels, set(range(min(n, count), count)))[0])
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    if not path.is_file() or read_json(path) != doc:
+        write_json(path, doc)
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Rewritten only when the text changes (the steps' fingerprints hash the bytes anyway)."""
+    text = "\n".join(lines) + "\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+
+
+def _units(task: str, examples: list[Any]) -> int:
+    """What the dev score counts: gold entities for NER, else examples (sentences, questions)."""
+    if task == "ner":
+        return len(get_entities([ex.tags for ex in examples]))
+    return len(examples)
+
+
+# ----------------------------------------------------------------------------- cached steps
+
+FALLBACK_S = {"bench": 30.0, "quantize": 45.0, "distill": 600.0, "prune": 300.0}
+
+
+class _Steps:
+    """Runs plmkit stages as cached, resumable steps of the work folder, with the recipe runner's
+    fingerprints and stamps (stages/recipe.py), and says after each how much time is left."""
+
+    def __init__(self, work: Path, clock: P.Clock, t0: float):
+        self.work, self.clock, self.t0 = work, clock, t0
+        self.fps: dict[str, str] = {}
+        self.log: list[dict[str, Any]] = []
+        self.todo: list[str] = []              # kinds of the steps still planned, for the time left
+        self.seconds_per_step: float | None = None   # distillation's, to estimate a pruning recovery
+        self.recover_steps = 0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def estimate(self, kind: str) -> float:
+        fallback = FALLBACK_S[kind]
+        if kind == "prune" and self.seconds_per_step:
+            fallback = 1.2 * self.seconds_per_step * self.recover_steps
+        return self.clock.estimate(kind, fallback)
+
+    def planned(self) -> float:
+        return sum(self.estimate(k) for k in self.todo)
+
+    def run(self, name: str, command: str, values: dict[str, Any], deps: list[str], inputs: list[Path]) -> Path:
+        """The step's output folder WORK/NAME, from its stamp when command and inputs are unchanged."""
+        from . import COMMANDS
+
+        module = importlib.import_module(COMMANDS[command][0])
+        folder = self.work / name
+        values = {**values, "out": str(folder / "bench.json") if command == "bench" else str(folder)}
+        cfg = build(module.Config, values, source=f"compress step '{name}'")
+        step = recipe.Step(name, command, module, cfg, deps, [Path(p).resolve() for p in inputs])
+        self.fps[name] = fp = recipe.fingerprint(step, self.work, self.fps)
+        stamp = recipe.read_stamp(folder)
+        cached = stamp.get("fingerprint") == fp
+        seconds = float(stamp.get("seconds", 0.0)) if cached else recipe.run_step(step, self.work, fp, quiet=True)
+        self.clock.record(command, seconds, cached)
+        if command in self.todo:
+            self.todo.remove(command)
+        self.log.append({"step": name, "command": command, "seconds": round(seconds, 1), "cached": cached})
+        print(f"[compress] {name}: {'cached' if cached else f'{seconds:.0f} s'}; "
+              f"{self.clock.left_text(self.elapsed(), self.planned())}", flush=True)
+        return folder
+
+    def failed(self, name: str, error: PlmkitError) -> None:
+        self.log.append({"step": name, "failed": str(error)})
+        print(f"[compress] {name}: failed, left out: {error}", flush=True)
+
+
+def _initial_plan(cfg: Config, req: _Request) -> list[str]:
+    """The kinds of step a run is expected to take (the search usually measures two ratios)."""
+    model = ["bench"] + ["quantize", "bench"] * len(req.engines)
+    students = (len(LOSSES) if cfg.search_loss else 1)
+    return (model + ["distill"] * students + ["bench"] * (students if cfg.search_loss else 0) + model
+            + (["prune"] + model) * min(2, len(req.ratios)))
+
+
+# ----------------------------------------------------------------------------- candidates
+
+def _bench_values(cfg: Config, data: _Data, model: Path) -> dict[str, Any]:
+    return {"models": [str(model)], "data": str(data.dev), "batch_sizes": [1, 32], "baselines": "none",
+            "precision": "fp32", "repeats": cfg.repeats, "latency_examples": cfg.latency_examples,
+            "threads": cfg.threads}
+
+
+def _row(bench_dir: Path) -> dict[str, Any]:
+    return read_json(bench_dir / "bench.json")["rows"][0]
+
+
+def _measure(steps: _Steps, cfg: Config, data: _Data, req: _Request, label: str, path: Path,
+             dep: str | None) -> list[P.Candidate]:
+    """``path`` in PyTorch and quantized by every engine, each benched on the dev slice: its candidates,
+    PyTorch first. ``dep``: the step that made ``path`` (None: the teacher, an input). An engine that
+    fails on this model is left out and logged."""
+    deps, inputs = ([dep], [data.dev]) if dep else ([], [data.dev, path])
+    torch_row = _row(steps.run(f"{label}-torch", "bench", _bench_values(cfg, data, path), deps, inputs))
+    params = int(torch_row["params"])       # the model's size in every engine: its parameters
+    cands = [_candidate(label, "torch", path, torch_row, params)]
+    for engine in req.engines:
+        name = f"{label}-{engine.name}"
+        values: dict[str, Any] = {"model": str(path), **engine.settings}
+        if engine.calibrated:
+            values.update(calibration=str(data.calibration), calibration_size=cfg.calibration_size)
+        try:
+            quantized = steps.run(name, "quantize", values, deps, [*inputs[1:], data.calibration])
+            row = _row(steps.run(f"{name}-bench", "bench", _bench_values(cfg, data, quantized), [name], [data.dev]))
+        except PlmkitError as e:
+            steps.failed(name, e)
+            continue
+        cands.append(_candidate(label, engine.name, quantized, row, params))
+    return cands
+
+
+def _candidate(label: str, engine: str, path: Path, row: dict[str, Any], params: int) -> P.Candidate:
+    return P.Candidate(f"{label}/{engine}", label, engine, str(path), params, float(row["size_mb"]),
+                       float(row["metric"]), float(row["latency_p50_ms"]), float(row["throughput"]))
+
+
+def _distil(steps: _Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, Any]]:
+    """The student (its folder) and how its loss was chosen: the task's measured weights, or the best
+    of LOSSES on the dev slice (--search-loss; an equal score keeps the earlier, simpler loss)."""
+    given = cfg.hidden_weight is not None
+    default = (cfg.hidden_weight if given else measured.hidden_weight(data.task), cfg.attention_weight)
+    losses = list(LOSSES) if cfg.search_loss else [default]
+    layers = None if cfg.student_size else (cfg.student_layers or ",".join(map(str, range(0, data.layers, 2))))
+    tried = []
+    for hidden, attention in losses:
+        name = f"student-h{hidden:g}-a{attention:g}"
+        values = {"teacher": cfg.model, "task": data.task, "train": str(data.train), "student_layers": layers,
+                  "student_size": cfg.student_size, "hidden_weight": hidden, "attention_weight": attention,
+                  "cache_teacher": not (hidden or attention), "epochs": cfg.distill_epochs, "lr": cfg.distill_lr,
+                  "temperature": cfg.temperature, "alpha": cfg.alpha, "batch_size": cfg.batch_size, "seed": cfg.seed}
+        path = steps.run(name, "distill", values, [], [Path(cfg.model), data.train])
+        score = None
+        if cfg.search_loss:
+            score = _row(steps.run(f"{name}-torch", "bench", _bench_values(cfg, data, path), [name], [data.dev]))
+            score = float(score["metric"])
+        tried.append({"step": name, "hidden_weight": hidden, "attention_weight": attention, "dev_score": score})
+    best = max(tried, key=lambda t: (t["dev_score"] or 0.0, -tried.index(t)))
+    distilled = read_json(steps.work / best["step"] / "plmkit.json").get("metrics", {})
+    if distilled.get("steps"):
+        seconds = next(e["seconds"] for e in steps.log if e.get("step") == best["step"])
+        steps.seconds_per_step = seconds / distilled["steps"] if seconds else None
+    how = ("the best on the dev slice (--search-loss)" if cfg.search_loss else
+           "--hidden-weight" if given else f"the task's measured weights ({measured.defaults(data.task).source})")
+    return steps.work / best["step"], {**best, "chosen_by": how, "tried": tried}
+
+
+# ----------------------------------------------------------------------------- the pruning schedule
+
+def _walk(steps: _Steps, cfg: Config, data: _Data, req: _Request, student: Path, teacher: P.Candidate,
+          cands: list[P.Candidate], hidden: float) -> list[dict[str, Any]]:
+    """Prune, recover, measure along the chain of ratios (``plan.next_ratio``) while the budget lasts;
+    the candidates join ``cands``. Returns the schedule: each ratio and what became of it."""
+    schedule: list[dict[str, Any]] = [{"heads": h, "ffn": f, "status": "not needed by the search"}
+                                      for h, f in req.ratios]
+    reason = _no_pruning(cfg, teacher, [c for c in cands if c.model == "student"])
+    if reason:
+        for entry in schedule:
+            entry["status"] = reason
+        steps.todo = []
+        return schedule
+    # the hidden-state loss pairs each layer with the teacher's: only when the widths agree
+    width = read_json(student / "config.json")["model"]["hidden_size"]
+    recovery_hidden = hidden if width == data.hidden_size else 0.0
+    passed: dict[int, bool] = {}
+    while (i := P.next_ratio(passed, req.start, len(req.ratios), cfg.target_speedup is not None)) is not None:
+        if "prune" not in steps.todo:
+            steps.todo += ["prune", "bench"] + ["quantize", "bench"] * len(req.engines)
+        cost = steps.estimate("prune") + sum(steps.estimate(k) for k in ["bench"] + ["quantize", "bench"] * len(
+            req.engines))
+        if not steps.clock.fits(steps.elapsed(), cost):
+            schedule[i]["status"] = (f"skipped: about {P.fmt_duration(cost)} more would pass the --budget "
+                                     f"{cfg.budget}")
+            break
+        heads, ffn = req.ratios[i]
+        label = f"pruned-h{heads:g}-f{ffn:g}"
+        values = {"model": str(student), "task": data.task, "train": str(data.train), "heads": heads, "ffn": ffn,
+                  "importance_batches": cfg.importance_batches, "max_steps": cfg.recover_steps,
+                  "lr": cfg.recover_lr, "distill": True, "teacher": cfg.model, "temperature": cfg.temperature,
+                  "alpha": cfg.alpha, "hidden_weight": recovery_hidden, "batch_size": cfg.batch_size,
+                  "seed": cfg.seed}
+        path = steps.run(label, "prune", values, [student.name], [Path(cfg.model), data.train])
+        mine = _measure(steps, cfg, data, req, label, path, label)
+        cands.extend(mine)
+        passed[i] = _passes(cfg, teacher, mine)
+        best = max(mine, key=lambda c: c.score)
+        schedule[i].update(status="measured", passed=passed[i], params=mine[0].params,
+                           best=best.name, best_drop=round(P.drop(teacher, best), 3))
+    steps.todo = [k for k in steps.todo if k != "prune"]
+    return schedule
+
+
+def _passes(cfg: Config, teacher: P.Candidate, mine: list[P.Candidate]) -> bool:
+    """The search's criterion: some engine of this ratio is within --max-drop (or reaches the speedup)."""
+    if cfg.target_speedup is not None:
+        return any(P.speedup(teacher, c, cfg.speed) >= cfg.target_speedup for c in mine)
+    return any(P.drop(teacher, c) <= cfg.max_drop + 1e-9 for c in mine)
+
+
+def _no_pruning(cfg: Config, teacher: P.Candidate, student: list[P.Candidate]) -> str | None:
+    """Why pruning cannot help (None: it may): the student already misses the budget, or already
+    reaches the target speedup (pruning only trades accuracy for more speed)."""
+    best = max(student, key=lambda c: c.score)
+    if cfg.target_speedup is None and P.drop(teacher, best) > cfg.max_drop + 1e-9:
+        return (f"skipped: the unpruned student is already {P.drop(teacher, best):.2f} points below the teacher "
+                f"(--max-drop {cfg.max_drop:g})")
+    fast = [c for c in student if P.speedup(teacher, c, cfg.speed) >= (cfg.target_speedup or float("inf"))]
+    if fast:
+        return f"skipped: the unpruned student reaches {cfg.target_speedup:g}x already ({fast[0].name})"
+    return None
+
+
+# ----------------------------------------------------------------------------- the output
+
+def _summary(cfg: Config, data: _Data, cands: list[P.Candidate], teacher: P.Candidate, choice: P.Choice,
+             loss: dict[str, Any], schedule: list[dict[str, Any]], steps: _Steps) -> dict[str, Any]:
+    """compress.json: every candidate, the rule and the choice, the schedule, the steps."""
+    front = P.pareto(cands, cfg.speed)
+    rows = [{**c.as_dict(), "drop_points": round(P.drop(teacher, c), 3),
+             "speedup": round(P.speedup(teacher, c, cfg.speed), 3), "pareto": f,
+             "chosen": c is choice.candidate} for c, f in zip(cands, front)]
+    return {"teacher": str(Path(cfg.model).resolve()), "task": data.task, "metric": data.metric,
+            "teacher_score": teacher.score, "dev": data.info,
+            "rule": {"max_drop": cfg.max_drop, "target_speedup": cfg.target_speedup, "speed": cfg.speed,
+                     "text": "the most accurate at the target speedup within --max-drop; equal scores to the "
+                             "faster" if cfg.target_speedup else
+                             "the smallest within --max-drop; equal sizes to the faster"},
+            "choice": {"name": choice.candidate.name, "path": choice.candidate.path, "met": choice.met,
+                       "reasons": choice.reasons},
+            "candidates": rows, "loss": loss, "schedule": schedule, "steps": steps.log,
+            "seconds": round(steps.clock.spent_s + steps.elapsed(), 1), "budget_s": steps.clock.budget_s,
+            "work": str(steps.work), "config": to_dict(cfg)}
+
+
+def _write_output(out: Path, cfg: Config, chosen: P.Candidate, summary: dict[str, Any]) -> None:
+    """The chosen model's files, compress.json and report.html, all or nothing."""
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        shutil.copytree(chosen.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(recipe.STAMP, "bench.json"))
+        write_json(tmp / "compress.json", summary)
+        page = collect(tmp)
+        page.path = out
+        for stage in page.stages:
+            stage.path, stage.name = (out, out.name) if stage.path == tmp else (stage.path, stage.name)
+        atomic_write_text(tmp / "report.html", render(page))
+
+
+def _print_result(summary: dict[str, Any], out: Path) -> None:
+    metric, rows = summary["metric"], sorted(summary["candidates"], key=lambda r: (r["params"], -r["throughput"]))
+    print(f"\n{'candidate':<34} {'params':>11} {'MB':>7} {metric:>9} {'pts':>6} {'p50 ms':>8} {'ex/s':>9} "
+          f"{'speedup':>7}")
+    for r in rows:
+        mark = " <- chosen" if r["chosen"] else (" *" if r["pareto"] else "")
+        points = 0.0 - r["drop_points"] + 0.0
+        print(f"{r['name']:<34} {r['params']:>11,} {r['size_mb']:>7.1f} {r['score']:>9.4f} {points:>+6.2f} "
+              f"{r['latency_ms']:>8.3f} {r['throughput']:>9.1f} {r['speedup']:>6.2f}x{mark}")
+    print("(* on the Pareto front of dev score and speed)")
+    for reason in summary["choice"]["reasons"]:
+        print(f"  {reason}")
+    print(f"compressed model in {out} (compress.json, report.html); cached steps in {summary['work']}")
