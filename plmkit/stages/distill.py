@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
 from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..data.pretrain import make_batch_source
-from ..data.shards import build_shards, open_shards, token_share
+from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import load
@@ -44,11 +43,10 @@ from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
 from ..tasks.common import pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
-from ..tokenizer import load_tokenizer, unk_id
+from ..tokenizer import load_tokenizer, report_unknown
 from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
-UNKNOWN_WARN = 0.05   # warn when more of the corpus than this is the teacher's unknown token
 STUDENT_OPTIONS = ("student_layers", "student_size", "student_config", "student_model")
 DISTILLABLE = [name for name, t in TASKS.items() if t.head in D.LOGITS]
 
@@ -367,7 +365,7 @@ def _run_general(cfg: Config) -> int:
                       if cfg.layer_map else layer_map)
     module = G.GeneralDistillModule(student, teacher, spec)
     shard_dir = build_shards(cfg.corpus, tok, cfg.cache_dir, val_fraction=cfg.val_fraction)
-    _warn_unknown(tok, shard_dir, cfg.corpus)
+    report_unknown(tok, open_shards(shard_dir, "train"), cfg.corpus)
     source = make_batch_source("text", open_shards(shard_dir, "train"), tok, seq_len=cfg.seq_len,
                                batch_size=cfg.batch_size, seed=cfg.seed)
     print(f"distilling {cfg.teacher} ({teacher.num_parameters():,} parameters{'; ' + dropped if dropped else ''}) "
@@ -420,17 +418,6 @@ def _same_tokenizer(student_dir: str, tok: Tokenizer, teacher_dir: str) -> None:
         raise PlmkitError(f"--student-model {student_dir} and --teacher {teacher_dir} have different tokenizers "
                           f"({theirs.get_vocab_size()} vs {tok.get_vocab_size()} tokens): general distillation "
                           "compares them token by token, so they must share one")
-
-
-def _warn_unknown(tok: Tokenizer, shard_dir: Path, corpus: list[str]) -> None:
-    unk = unk_id(tok)
-    if unk is None:
-        return
-    rate = token_share(open_shards(shard_dir, "train"), unk)
-    print(f"unknown tokens: {rate:.2%} of the corpus")
-    if rate > UNKNOWN_WARN:
-        print(f"warning: {rate:.1%} of the corpus ({', '.join(corpus)}) is the teacher's unknown token: its "
-              "tokenizer does not cover this text's script or vocabulary", file=sys.stderr)
 
 
 def _general_eval(shard_dir: Path, tok: Tokenizer, cfg: Config):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +24,7 @@ from tokenizers import Tokenizer
 from ..config import compose, dump_yaml, from_recipe, load_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
 from ..data.pretrain import make_batch_source
-from ..data.shards import build_shards, open_shards, token_share
+from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
 from ..eval.lm import evaluate_lm, flops_per_token
 from ..io import atomic_dir, atomic_write_text
@@ -33,7 +32,7 @@ from ..models.checkpoint import write_checkpoint_files
 from ..models.config import ARCHS, BERT_PRESETS, config_to_dict, preset
 from ..models.model import PlmModel
 from ..models.rtd import RTDPretrainer, discriminator_config
-from ..tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer, unk_id
+from ..tokenizer import load_tokenizer, report_unknown, save_tokenizer, special_ids, train_tokenizer
 from ..precision import autocast_dtype
 from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
@@ -45,7 +44,6 @@ OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop", "rtd"), "albert": ("mlm+sop"
 # what the options left unset (None, so that "given" shows) mean for a new model
 NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000}
 RUN_FILE = "pretrain.yaml"
-UNKNOWN_WARN = 0.05   # warn when more of the corpus than this is the unknown token
 
 
 @dataclass
@@ -135,7 +133,8 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     tok = parent.tokenizer if parent else _tokenizer(cfg, out, info)
     shard_dir = _shards(cfg, tok, task, info)
     if info.is_main:
-        _report_unknown(tok, shard_dir, cfg)
+        report_unknown(tok, open_shards(shard_dir, "train"), cfg.corpus,
+                       "; --add-tokens can add words" if cfg.init else "")
     model, said = _model(cfg, task, tok, parent, shard_dir)
     n_params = model.num_parameters()
     if info.is_main:
@@ -272,19 +271,6 @@ def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
     if task == "rtd":
         return RTDPretrainer.new(discriminator_config(model_cfg)), ""
     return PlmModel(model_cfg, task), ""
-
-
-def _report_unknown(tok: Tokenizer, shard_dir: Path, cfg: Config) -> None:
-    """How much of the corpus the tokenizer reads as its unknown token (another script, say)."""
-    unk = unk_id(tok)
-    if unk is None:
-        return
-    rate = token_share(open_shards(shard_dir, "train"), unk)
-    print(f"unknown tokens: {rate:.2%} of the corpus")
-    if rate > UNKNOWN_WARN:
-        print(f"warning: {rate:.1%} of the corpus ({', '.join(cfg.corpus)}) is the unknown token: the tokenizer "
-              f"does not cover its script or vocabulary{'; --add-tokens can add words' if cfg.init else ''}",
-              file=sys.stderr)
 
 
 def _check_out_dir(out: Path, cfg: Config) -> None:

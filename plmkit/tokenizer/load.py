@@ -18,11 +18,13 @@ tokens: Llama 3's ``<|eot_id|>``, Qwen's ``<|im_end|>``) is read from the source
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
+from ..data.shards import TokenShards, token_share
 from ..errors import PlmkitError
 from ..io import atomic_write_text, read_json, write_json
 from .train import BERT_SPECIALS, GPT_EOS, GPT_PAD, bert_pipeline, bert_post_processor, gpt_pipeline
@@ -273,3 +275,19 @@ def unk_id(tok: Tokenizer) -> int | None:
         return tok.token_to_id(name)
     unk = json.loads(tok.to_str()).get("model", {}).get("unk_id")
     return unk if isinstance(unk, int) else None
+
+
+UNKNOWN_WARN = 0.05   # warn when more of a corpus than this is the unknown token
+
+
+def report_unknown(tok: Tokenizer, shards: TokenShards, files: list[str], advice: str = "") -> None:
+    """Print how much of a corpus (token shards) the tokenizer reads as its unknown token, and warn
+    above UNKNOWN_WARN: a corpus in another script than the tokenizer covers trains mostly [UNK]."""
+    unk = unk_id(tok)
+    if unk is None:
+        return
+    rate = token_share(shards, unk)
+    print(f"unknown tokens: {rate:.2%} of the corpus")
+    if rate > UNKNOWN_WARN:
+        print(f"warning: {rate:.1%} of the corpus ({', '.join(files)}) is the unknown token: the tokenizer does "
+              f"not cover its script or vocabulary{advice}", file=sys.stderr)
