@@ -19,7 +19,7 @@ from plmkit.data.corpus import check_text_files, iter_documents
 from plmkit.data.masking import IGNORE_INDEX, is_continuation, mask_tokens, word_starts
 from plmkit.data.pretrain import (ClmBlocks, DocStream, MlmPacked, SentencePairs, TokenIds,
                                   make_batch_source)
-from plmkit.data.shards import build_shards, open_shards
+from plmkit.data.shards import build_shards, open_shards, val_split
 from plmkit.errors import InputError, PlmkitError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -158,6 +158,34 @@ def test_cache_reused_and_rebuilt_on_change(tmp_path, tokenizer, caplog):
     changed = build_shards([src], tokenizer, cache)  # file content
     assert changed != first and open_shards(changed).n_docs + 1 == 31
     assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_val_split_rule():
+    """Whole documents when they are many; the last lines when documents are too few (one
+    sentence a line, no blank lines) or the last one is most of the text."""
+    many = np.array([[i, i + 3] for i in range(0, 600, 3)])              # 200 documents of 3 lines
+    docs, n_train = val_split(many, 0.01)
+    assert n_train == 198 and np.array_equal(docs, many)
+    one = np.array([[0, 1000]])                                           # one document of 1,000 lines
+    docs, n_train = val_split(one, 0.01)
+    assert n_train == 1 and docs.tolist() == [[0, 990], [990, 1000]]
+    big_last = np.array([[0, 10], [10, 20], [20, 1000]])
+    docs, n_train = val_split(big_last, 0.01)
+    assert n_train == 3 and docs.tolist() == [[0, 10], [10, 20], [20, 990], [990, 1000]]
+    assert val_split(one, 0.0)[1] == 1
+    with pytest.raises(PlmkitError, match="--val-fraction 0"):
+        val_split(np.array([[0, 1]]), 0.01)
+
+
+def test_one_sentence_per_line_file_holds_out_its_last_lines(tmp_path, tokenizer):
+    lines = [" ".join(f"w{(i * 7 + j) % 50}" for j in range(6)) + " ." for i in range(400)]
+    src = tmp_path / "lines.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shard_dir = build_shards([src], tokenizer, tmp_path / "cache")
+    train, val = open_shards(shard_dir, "train"), open_shards(shard_dir, "val")
+    assert (train.n_segments, val.n_segments) == (396, 4)
+    assert tokenizer.decode(val.tokens[val.doc_tokens[0, 0]:val.doc_tokens[0, 1]].tolist()).startswith(
+        tokenizer.decode(tokenizer.encode(lines[396]).ids))
 
 
 # --------------------------------------------------------------------------- masking
