@@ -219,6 +219,27 @@ def test_generate_stops_at_end_of_text(files, capsys, monkeypatch):
     assert out == tok.decode(prompt + tail, skip_special_tokens=False) + "\n" and "<|endoftext|>" not in out
 
 
+@pytest.mark.parametrize("flag, value", [("--max-new-tokens", "-1"), ("--max-new-tokens", "0"),
+                                         ("--temperature", "-1"), ("--top-k", "0"), ("--top-p", "1.5")])
+def test_generate_refuses_out_of_bounds_sampling(files, capsys, flag, value):
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", flag, value]) == 1
+    _one_line_error(capsys, flag)
+
+
+def test_generate_says_when_the_context_ends_it(files, capsys):
+    """A limit past the context (64 tokens) is not refused, but the cut is said, on stderr."""
+    from plmkit.tokenizer import load_tokenizer
+
+    prompt = len(load_tokenizer(files["gpt"]).encode("a fine", add_special_tokens=False).ids)
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", "--max-new-tokens",
+                     "100000", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert (f"generation stopped after {64 - prompt} new tokens: the model's context is 64 tokens and the prompt "
+            f"has {prompt} (--max-new-tokens 100000)") in err, err
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_messages_say_an_encoder(files, capsys):
     assert cli.main(["generate", "--model", str(files["clf"]), "--prompt", "a fine"]) == 1
     _one_line_error(capsys, "this one is an encoder")
