@@ -202,7 +202,7 @@ def build_shards(paths: Iterable[str | Path], tokenizer: Tokenizer, cache_root: 
         n_val = 0 if val_fraction == 0 else max(1, round(w.n_docs * val_fraction))
         if w.n_docs - n_val < 1:
             raise PlmkitError(f"corpus has {w.n_docs} document(s): too few to hold out a validation "
-                              "split (add text, or set val_fraction to 0)")
+                              "split (add text, or pass --val-fraction 0)")
         write_json(tmp / "meta.json", {
             "format_version": FORMAT_VERSION, "dtype": dtype.name, "vocab_size": vocab_size,
             "n_tokens": w.n_tokens, "n_segments": w.n_segments, "n_docs": w.n_docs,
