@@ -57,23 +57,45 @@ def check_input_dir(path: str | Path, what: str = "directory") -> Path:
 
 
 def check_out_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output directory unless ``overwrite``."""
+    """Refuse an existing, non-empty output directory unless ``overwrite``, and a location that
+    cannot be written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PlmkitError(f"{path}: output path exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise PlmkitError(f"{path}: output directory exists (pass --overwrite to replace it)")
+    check_writable(path)
     return path
 
 
 def check_out_file(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an output file path that is a directory, or an existing file unless ``overwrite``."""
+    """Refuse an output file path that is a directory, an existing file unless ``overwrite``, and
+    a location that cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise PlmkitError(f"{path}: is a directory; give a file path to write")
     if path.exists() and not overwrite:
         raise PlmkitError(f"{path}: file exists (pass --overwrite to replace it)")
+    check_writable(path)
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output whose location cannot be written (/proc, a read-only directory, a path
+    through a file) before any work, naming the output rather than the hidden work directory a
+    stage would trip over minutes later: a probe directory is created and removed where the
+    output's first missing part would go (named like a temporary sibling, so a kill in between
+    leaves nothing ``clean_stale`` keeps)."""
+    child = path.absolute()
+    while not child.parent.exists() and child.parent != child.parent.parent:
+        child = child.parent
+    parent = child.parent
+    if not parent.is_dir():
+        raise PlmkitError(f"{path}: cannot write ({parent} is not a directory)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=_tmp_prefix(child), dir=parent))
+    except OSError as e:
+        raise PlmkitError(f"{path}: cannot write ({parent}: {e.strerror or e})") from None
 
 
 @contextlib.contextmanager

@@ -495,6 +495,8 @@ def test_bad_inputs_fail_cleanly(tmp_path, encoder_dir, files, capsys):
         (["--task", "ner", "--train", str(_bad(tmp_path, "n.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n'))],
          "n.jsonl:1: 2 tokens but 1 tags"),
         (["--task", "classify", "--train", str(_bad(tmp_path, "empty.tsv", "\n"))], "file is empty"),
+        (["--task", "generate", "--train", str(files["gen"])],
+         f"{encoder_dir}: --task generate needs a decoder (causal LM: GPT-2, Llama, ...); this model is an encoder"),
     ]
     for args, expected in cases:
         out = tmp_path / "out"
@@ -509,6 +511,18 @@ def test_bad_inputs_fail_cleanly(tmp_path, encoder_dir, files, capsys):
     assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", good,
                  "--out", str(existing)]) == 1
     assert "--overwrite" in capsys.readouterr().err and (existing / "keep.txt").is_file()
+
+
+def test_task_the_decoder_cannot_do_and_unwritable_out_are_said_first(tmp_path, decoder_dir, files, capsys):
+    """In the user's words, naming what they gave, before the data is read or the model loaded."""
+    assert main(["finetune", "--model", str(decoder_dir), "--task", "ner", "--train", str(files["ner_train"]),
+                 "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{decoder_dir}: --task ner needs an encoder (BERT-style); this model is a decoder" in err, err
+    assert main(["finetune", "--model", str(decoder_dir), "--task", "generate", "--train", str(files["gen"]),
+                 "--out", "/proc/plmkit-x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("plmkit: error: /proc/plmkit-x: cannot write") and ".train" not in err, err
 
 
 # --- real data --------------------------------------------------------------------------------

@@ -30,11 +30,11 @@ from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo, default_lr, lr_help
 from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.features import LONG_TEXT, collate, feature_lengths, label_norm, length_bucketed_batches
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from ..io import atomic_dir, atomic_write_text, check_out_dir
-from ..loading import load, peek
+from ..loading import Saved, load, model_config, peek
 from ..models.checkpoint import read_model_config, replace_head, write_checkpoint_files
-from ..models.heads import POOLINGS, default_pooling
+from ..models.heads import HEAD_CAUSAL, POOLINGS, default_pooling
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
@@ -114,7 +114,7 @@ def run(cfg: Config) -> int:
     prep = _prep(cfg)
 
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
-    peek(cfg.model)                      # --model names a model directory (else: what it is instead)
+    _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
@@ -160,6 +160,18 @@ def run(cfg: Config) -> int:
     print(f"trained {result.steps} steps in {seconds:.1f} s ({result.stopped_reason})"
           + (f"; best at step {metrics['best_step']}: {scores}" if scores else "") + f"; model in {out}")
     return 0
+
+
+def _check_backbone(saved: Saved, task: TaskSpec) -> None:
+    """A task the model cannot do (generate on an encoder, ner on a decoder) is said now, in the
+    flag's words, before the data is read and the weights loaded."""
+    if saved.format not in ("plmkit", "huggingface"):
+        return                  # adapters and exports: the loader says what to use instead
+    need, backbone = HEAD_CAUSAL[task.head], model_config(saved)
+    if need is not None and need != backbone.causal:
+        want = "a decoder (causal LM: GPT-2, Llama, ...)" if need else "an encoder (BERT-style)"
+        raise PlmkitError(f"{saved.path}: --task {task.name} needs {want}; this model is "
+                          f"{a_or_an(backbone.family)}")
 
 
 def _work_dir(out: Path, cfg: Config) -> Path:
