@@ -219,7 +219,9 @@ def test_stage_directory_symlinked_out_of_the_run_is_refused(setup, calls, capsy
     setup["run"].mkdir()
     (setup["run"] / "finetune").symlink_to(elsewhere, target_is_directory=True)
     assert _run(setup) == 1
-    assert "writes outside the stage's directory" in capsys.readouterr().err
+    link = setup["run"].resolve() / "finetune"
+    err = capsys.readouterr().err
+    assert f"writes outside the stage's directory: {link} is a symlink to {elsewhere.resolve()};" in err, err
     assert calls == [] and (elsewhere / "precious.txt").read_text() == "mine"
 
 

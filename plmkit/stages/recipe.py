@@ -210,8 +210,22 @@ def _check_outputs(cfg: Any, stage_dir: Path, src: str) -> None:
             continue
         target = Path(value).expanduser().resolve()
         if not target.is_relative_to(stage_dir):
-            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory {stage_dir}; "
+            link = _link_out(Path(value).expanduser().absolute(), stage_dir)
+            where = (f": {link} is a symlink to {link.resolve()}" if link is not None
+                     else f" {stage_dir}")
+            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory{where}; "
                               "a recipe stage writes only to ${out} or a path inside it")
+
+
+def _link_out(path: Path, stage_dir: Path) -> Path | None:
+    """The last symlink on ``path`` that leads out of ``stage_dir`` (the stage's directory itself
+    linked elsewhere, say), or None: then ``..`` or an absolute path is what leads out."""
+    found, walked = None, Path(path.anchor)
+    for part in path.parts[1:]:
+        walked = walked / part
+        if walked.is_symlink() and not walked.resolve().is_relative_to(stage_dir):
+            found = walked
+    return found
 
 
 def _stage_module(kind: str, src: str) -> Any:
