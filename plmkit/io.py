@@ -7,7 +7,8 @@ power cut leaves the old output or the new one, never a renamed but empty file.
 
 Temporary siblings are named ``.NAME.tmp-PID-XXXX`` (and a replaced directory waits as
 ``.NAME.old-PID``): a process killed mid-write leaves one behind, and the next write to
-the same path removes those whose process is gone. A location that cannot be written
+the same path removes those whose process is gone. Scratch space a stage needs while it makes
+an output (``work_dir``) is such a sibling too, never a folder in the system temp directory. A location that cannot be written
 (read-only, /proc, a full disk) is one ``PlmkitError`` naming the path.
 """
 from __future__ import annotations
@@ -200,6 +201,30 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def work_dir(path: str | Path, *, libraries: bool = False) -> Iterator[Path]:
+    """A scratch directory for the work that makes ``path``, removed when the block ends. It is a
+    temporary sibling of ``path`` (``.NAME.tmp-PID-XXXX``), not a folder in the system temp
+    directory: a run killed mid-way (``kill -9``) leaves it where the next write of ``path``
+    removes it (``clean_stale``), on the output's filesystem and in plain sight. ``libraries``:
+    the scratch folders libraries make through ``tempfile`` in the block (ONNX Runtime's and
+    NNCF's, hundreds of MB for a large model) go inside it too."""
+    path = Path(path)
+    started = time.time()
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path, started)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+    previous = tempfile.tempdir
+    try:
+        if libraries:
+            tempfile.tempdir = str(tmp)
+        yield tmp
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(src: Path, dst: Path) -> None:
