@@ -124,6 +124,45 @@ def test_json_files_of_the_wrong_shape(files, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+def _set(path: tuple, value):
+    def edit(raw: dict) -> None:
+        parent = raw
+        for key in path[:-1]:
+            parent = parent[key]
+        if value is _DROP:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set(("model", "hidden_size"), "16"), 'model.hidden_size must be a whole number, got "16"'),     # types
+    (_set(("model", "num_heads"), 0), "num_heads must be >= 1, got 0"),                              # sizes
+    (_set(("model", "heads"), [2, 2, 2]), "'heads' has 3 entries for 1 layers"),                      # per layer
+    (_set(("model", "norm"), "batchnorm"), "norm must be one of layernorm, rmsnorm"),                 # choices
+    (_set(("task",), "sentiment"), '"task" must be one of base, mlm'),                                # the head
+    (_set(("head_config", "num_labels"), _DROP), "head_config.num_labels must be a whole number >= 1"),
+    (_set(("head_config", "preprocess"), [128]), "head_config.preprocess must be an object, got [128]"),
+    (_set(("model", "pad_token_id"), 10**6), "pad_token_id 1000000 is not a token id"),
+], ids=["type", "size", "per-layer", "choice", "task", "head_config", "preprocess", "token-id"])
+def test_damaged_config_json_is_one_line_naming_it(files, tmp_path, capsys, edit, words):
+    """Each family of damage once failed deep in torch or the head code, or without the file's name."""
+    bad = tmp_path / "clf"
+    bad.mkdir()
+    for f in files["clf"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    raw = json.loads((bad / "config.json").read_text())
+    edit(raw)
+    (bad / "config.json").write_text(json.dumps(raw))
+    for command in (["info", str(bad)], ["evaluate", "--model", str(bad), "--data", str(files["data"])]):
+        assert cli.main(command) == 1
+        _one_line_error(capsys, f"{bad / 'config.json'}: ", words)
+
+
 def test_config_that_is_binary_or_a_directory(files, tmp_path, capsys):
     binary = tmp_path / "c.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")

@@ -166,7 +166,8 @@ class ServedModel:
         self.task, self.family, self.head_config = model.task, model.family, model.head_config
         self.labels: list[str] = list(model.head_config.get("labels") or [])
         self.config = model.config
-        self.prep = build(Prep, model.head_config.get("preprocess", {}), source=f"{self.path}: head_config.preprocess")
+        self.prep = build(Prep, model.head_config.get("preprocess", {}),
+                          source=f"{self.path / 'config.json'}: head_config.preprocess")
         self.max_length = min(self.prep.max_length, model.config.max_position)
         self.tok = load_tokenizer(self.path)
         # configured once: the task encoders copy the tokenizer on every call, too slow per request
