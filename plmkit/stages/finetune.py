@@ -38,6 +38,7 @@ from ..models.heads import HEAD_CAUSAL, POOLINGS, default_pooling
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
+from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
 from ..train.logging import METRICS_FILE, copy_logs
@@ -78,6 +79,9 @@ class _Options:
     text_pair_column: str | None = option(None, help="classify: second-text column for sentence pairs")
     label_column: str | None = option(None, help="classify: label column (default: label, ...)")
     header: bool | None = option(None, help="classify: the table has a header row (default: detect)")
+    label_scheme: str = option("iob", help="ner: iob: the training tags must be an entity tag set (IOB, IOB2, "
+                               "BIOES: O, B-TYPE, I-TYPE, ...), else refused (a POS column read as the tag); "
+                               "none: train on any tags as they are", choices=["iob", "none"])
     overwrite: bool = option(False, help="replace an existing --out")
 
 
@@ -192,6 +196,8 @@ def _prep(cfg: Config) -> Prep:
         raise PlmkitError(f"--pooling is for classification (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
         raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
+    if cfg.label_scheme != "iob" and cfg.task != "ner":
+        raise PlmkitError(f"--label-scheme {cfg.label_scheme} is an ner option")
     stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
     return Prep(max_length=cfg.max_length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
                 text_pair_column=cfg.text_pair_column, label_column=cfg.label_column, header=cfg.header)
@@ -200,6 +206,8 @@ def _prep(cfg: Config) -> Prep:
 def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list[Any] | None]:
     """Training examples, and evaluation examples from --eval or carved out of --train."""
     train_ex = task.read(cfg.train, prep)
+    if task.name == "ner" and cfg.label_scheme == "iob":
+        check_tag_scheme(train_ex, cfg.train)
     if cfg.eval:
         labels = task.head_config(train_ex, prep).get("labels")
         return train_ex, task.read(cfg.eval, prep, labels=labels)
