@@ -8,8 +8,9 @@ power cut leaves the old output or the new one, never a renamed but empty file.
 Temporary siblings are named ``.NAME.tmp-PID-XXXX`` (and a replaced directory waits as
 ``.NAME.old-PID``): a process killed mid-write leaves one behind, and the next write to
 the same path removes those whose process is gone. Scratch space a stage needs while it makes
-an output (``work_dir``) is such a sibling too, never a folder in the system temp directory. A location that cannot be written
-(read-only, /proc, a full disk) is one ``PlmkitError`` naming the path.
+an output (``work_dir``) is such a sibling too, never a folder in the system temp directory. A
+location that cannot be written (read-only, /proc, a full disk) is one ``PlmkitError`` naming
+the path, before any work (``check_writable``).
 """
 from __future__ import annotations
 
