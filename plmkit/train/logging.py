@@ -180,7 +180,8 @@ class Progress:
     """Feedback over the optimizer steps, on rank 0: a tqdm bar while stderr is a terminal; while
     stdout is not one (a log file, a pipe, a recipe's stage log) a line there every ``every``
     seconds and at the end: step, loss, tokens/s and ETA; the same lines to each ``watching``
-    watcher at its own pace. Silent with PLMKIT_QUIET=1 and on the other ranks."""
+    watcher at its own pace. Silent on the other ranks, and with PLMKIT_QUIET=1 but for the
+    watchers (asked for explicitly)."""
 
     def __init__(self, total: int | None, initial: int, enabled: bool, *, every: float = 30.0,
                  world_size: int = 1, budget_s: float | None = None, spent_s: float = 0.0) -> None:
