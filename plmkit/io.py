@@ -7,8 +7,10 @@ power cut leaves the old output or the new one, never a renamed but empty file.
 
 Temporary siblings are named ``.NAME.tmp-PID-XXXX`` (and a replaced directory waits as
 ``.NAME.old-PID``): a process killed mid-write leaves one behind, and the next write to
-the same path removes those whose process is gone. A location that cannot be written
-(read-only, /proc, a full disk) is one ``PlmkitError`` naming the path.
+the same path removes those whose process is gone. Scratch space a stage needs while it makes
+an output (``work_dir``) is such a sibling too, never a folder in the system temp directory. A
+location that cannot be written (read-only, /proc, a full disk) is one ``PlmkitError`` naming
+the path, before any work (``check_writable``).
 """
 from __future__ import annotations
 
@@ -57,23 +59,45 @@ def check_input_dir(path: str | Path, what: str = "directory") -> Path:
 
 
 def check_out_dir(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output directory unless ``overwrite``."""
+    """Refuse an existing, non-empty output directory unless ``overwrite``, and a location that
+    cannot be written."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PlmkitError(f"{path}: output path exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise PlmkitError(f"{path}: output directory exists (pass --overwrite to replace it)")
+    check_writable(path)
     return path
 
 
 def check_out_file(path: str | Path, overwrite: bool) -> Path:
-    """Refuse an output file path that is a directory, or an existing file unless ``overwrite``."""
+    """Refuse an output file path that is a directory, an existing file unless ``overwrite``, and
+    a location that cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise PlmkitError(f"{path}: is a directory; give a file path to write")
     if path.exists() and not overwrite:
         raise PlmkitError(f"{path}: file exists (pass --overwrite to replace it)")
+    check_writable(path)
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Refuse an output whose location cannot be written (/proc, a read-only directory, a path
+    through a file) before any work, naming the output rather than the hidden work directory a
+    stage would trip over minutes later: a probe directory is created and removed where the
+    output's first missing part would go (named like a temporary sibling, so a kill in between
+    leaves nothing ``clean_stale`` keeps)."""
+    child = path.absolute()
+    while not child.parent.exists() and child.parent != child.parent.parent:
+        child = child.parent
+    parent = child.parent
+    if not parent.is_dir():
+        raise PlmkitError(f"{path}: cannot write ({parent} is not a directory)")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=_tmp_prefix(child), dir=parent))
+    except OSError as e:
+        raise PlmkitError(f"{path}: cannot write ({parent}: {e.strerror or e})") from None
 
 
 @contextlib.contextmanager
@@ -178,6 +202,30 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def work_dir(path: str | Path, *, libraries: bool = False) -> Iterator[Path]:
+    """A scratch directory for the work that makes ``path``, removed when the block ends. It is a
+    temporary sibling of ``path`` (``.NAME.tmp-PID-XXXX``), not a folder in the system temp
+    directory: a run killed mid-way (``kill -9``) leaves it where the next write of ``path``
+    removes it (``clean_stale``), on the output's filesystem and in plain sight. ``libraries``:
+    the scratch folders libraries make through ``tempfile`` in the block (ONNX Runtime's and
+    NNCF's, hundreds of MB for a large model) go inside it too."""
+    path = Path(path)
+    started = time.time()
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path, started)
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
+    previous = tempfile.tempdir
+    try:
+        if libraries:
+            tempfile.tempdir = str(tmp)
+        yield tmp
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

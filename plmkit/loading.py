@@ -4,6 +4,7 @@
     model = load("runs/base", task="classify", head_config={"num_labels": 2, ...})  # fresh head
     model = load(path, needs_torch="generation")       # an ONNX export is refused, saying why
     saved = peek(path)                                 # format, task, head_config; nothing loaded
+    model_config(saved)                                # family, sizes; nothing loaded
     info = describe(path)                              # what ``plmkit info`` prints
 
 A model directory holds config.json; the other files decide its format (``peek``), and the
@@ -32,6 +33,7 @@ from .adapters.checkpoint import attach, is_adapter, kept_structure, parent_dir,
 from .errors import PlmkitError
 from .models import hf
 from .models.checkpoint import load_model, read_meta, read_model_config
+from .models.config import ModelConfig, config_from_dict
 from .models.onnx_model import GRAPH_FILES, graph_format, load_onnx_dir
 
 EXPORTS = {"onnx": "ONNX export", "openvino": "OpenVINO export"}      # graph formats, as messages name them
@@ -60,6 +62,14 @@ def peek(path: str | Path) -> Saved:
     meta = read_meta(path)
     fmt = graph or ("adapter" if is_adapter(meta) else "plmkit")
     return Saved(path, fmt, raw.get("task", "base"), raw.get("head_config", {}), raw, meta)
+
+
+def model_config(saved: Saved) -> ModelConfig:
+    """The backbone's settings (family, sizes, causal), from config.json alone: no weights read."""
+    source = str(saved.path / "config.json")
+    if saved.format == "huggingface":
+        return hf.read_config(saved.config, source)[0]
+    return config_from_dict(saved.config.get("model"), source=source)
 
 
 def load(path: str | Path, task: str | None = None, head_config: dict[str, Any] | None = None, *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -160,8 +161,47 @@ def test_missing_transformers_baseline_is_said_in_the_table_and_the_json(models,
     assert "note: no transformers baseline row: transformers is not installed" in out[table_end:]
     result = json.loads((models["dir"] / "bench.json").read_text())
     assert [r["name"] for r in result["rows"]] == ["int8"]
-    assert result["notes"] == ["no transformers baseline row: transformers is not installed (pip install "
-                               "'plmkit[hf]'); speedups are relative to the first row"]
+    assert result["notes"][0] == ("no transformers baseline row: transformers is not installed (pip install "
+                                  "'plmkit[hf]'); speedups are relative to the first row")
+    assert all(n.startswith("warning: ") for n in result["notes"][1:])     # a busy machine may add warnings
+
+
+def _row(name: str, spread: float) -> dict:
+    return {"name": name, "by_batch": {"1": {"pass_spread": 0.01}, "32": {"pass_spread": spread}}}
+
+
+def test_trust_warnings_for_a_busy_machine_and_passes_that_disagree():
+    from plmkit.bench import trust_warnings
+
+    machine = {"threads": 2, "logical_cpus": 2, "load_avg_before": [0.1, 0.1, 0.1]}
+    assert trust_warnings([_row("a", 0.05)], {**machine, "other_cpu_cores": 0.2}, 3) == []
+    busy = trust_warnings([_row("a", 0.05)], {**machine, "other_cpu_cores": 1.6}, 3)
+    assert busy == ["warning: the machine was busy: other processes kept 1.6 of its 2 CPUs busy while the bench "
+                    "timed on 2 threads; timings and speed-ups are not trustworthy (rerun on an idle machine)"]
+    # work on the cores the bench leaves free does not slow it down
+    assert trust_warnings([_row("a", 0.05)], {**machine, "logical_cpus": 8, "other_cpu_cores": 5.0}, 3) == []
+    # without /proc/stat: the load average before timing stands in
+    assert "the load average before timing was 1.9 on 2 CPUs" in trust_warnings(
+        [_row("a", 0.05)], {**machine, "other_cpu_cores": None, "load_avg_before": [1.9, 1, 1]}, 3)[0]
+    noisy = trust_warnings([_row("a", 0.3), _row("b", 0.8)], {**machine, "other_cpu_cores": 0.0}, 3)
+    assert noisy == ["warning: the 3 timed passes of the same batches differed by up to 80% (b, batch size 32; "
+                     "2 measurement(s) above 25%): timings and speed-ups are not trustworthy (rerun on an idle "
+                     "machine, or with more --repeats)"]
+
+
+def test_bench_on_a_busy_machine_warns_under_the_table_and_in_the_json(models, capsys, monkeypatch):
+    from plmkit import bench
+
+    start = bench.cpu_sample()
+    assert start is None or bench.other_cores(start) >= 0          # Linux: measured from /proc/stat
+    monkeypatch.setattr(bench, "other_cores", lambda start: float(os.cpu_count()))    # every core taken
+    stage.run(_cfg(models, models=[str(models["int8"])], hf_baseline=False, batch_sizes=[4], max_examples=8))
+    out = capsys.readouterr().out
+    assert "warning: the machine was busy: other processes kept" in out[out.rindex("int8"):]
+    result = json.loads((models["dir"] / "bench.json").read_text())
+    assert result["machine"]["other_cpu_cores"] == os.cpu_count()
+    assert any(n.startswith("warning: the machine was busy") for n in result["notes"])
+    assert not list(models["dir"].glob(".bench.json.tmp-*"))          # its work folder is gone
 
 
 # ----------------------------------------------------------------------------- peer rows

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,34 @@ def test_without_stage_drops_the_stage_and_references():
                           "config": {"models": ["${run}/prune", "${run}/quantize"], "data": "x"}}]}
     assert without_stage(recipe, "quantize")["stages"] == [
         {"name": "bench", "stage": "bench", "config": {"models": ["${run}/prune"], "data": "x"}}]
+
+
+def test_demo_shows_pretraining_progress_on_the_terminal(tmp_path, capsys, monkeypatch):
+    """The demo runs its stages quietly (output in the logs): the terminal still gets the log's name,
+    progress lines with step, loss and ETA while pre-training runs, and the time it took. The
+    shipped recipe up to pre-training, at the tiny settings; a line per step instead of per 30 s."""
+    from importlib import resources
+
+    import yaml
+
+    from plmkit.stages import recipe as R
+
+    path = Path(str(resources.files("plmkit").joinpath("recipes/demo.yaml")))
+    demo = yaml.safe_load(path.read_text(encoding="utf-8"))
+    demo["stages"] = demo["stages"][:3]
+    assert [s["name"] for s in demo["stages"]] == ["data", "tokenizer", "pretrain"]
+    monkeypatch.setattr(R, "STATUS_EVERY", 0.0)
+    R.execute(demo, path, tmp_path / "demo", {"pretrain_steps": 20, "n_docs": 300, "n_train": 256, "n_eval": 96},
+              quiet=True)
+    out = capsys.readouterr().out
+    log = tmp_path.resolve() / "demo" / ".recipe" / "logs" / "pretrain.log"
+    stage = out[out.index(f"- pretrain (pretrain) ... output: {log}\n"):]
+    lines = stage.splitlines()
+    first = r"  pretrain: step 1/20 \(5%\) \| loss \d+\.\d{4} \| [\d,]+ tokens/s \| ETA [\dhms]+"     # 7m26s
+    assert re.fullmatch(first, lines[1]), lines
+    assert lines[20].startswith("  pretrain: step 20/20 (100%)"), lines
+    assert re.fullmatch(r"  pretrain done in [\dhms]+ \(\d+ CPU-s\)", lines[21]), lines
+    assert "pre-training bert-tiny" in log.read_text() and "pre-training bert-tiny" not in out
 
 
 @pytest.mark.slow

@@ -495,6 +495,13 @@ def test_bad_inputs_fail_cleanly(tmp_path, encoder_dir, files, capsys):
         (["--task", "ner", "--train", str(_bad(tmp_path, "n.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n'))],
          "n.jsonl:1: 2 tokens but 1 tags"),
         (["--task", "classify", "--train", str(_bad(tmp_path, "empty.tsv", "\n"))], "file is empty"),
+        (["--task", "ner", "--train", str(_bad(tmp_path, "pos.txt", POS_CONLL))],
+         "pos.txt:1: tag 'NNP' is not an entity tag: NER expects IOB / IOB2 / BIOES tags (O, B-TYPE, I-TYPE, "
+         "E-TYPE, S-TYPE), and the tags here (4: JJ, NN, NNP, VBZ) are not; is the last column the NER tag? "
+         "--label-scheme none trains on these tags as they are"),
+        (["--task", "classify", "--train", good, "--label-scheme", "none"], "--label-scheme none is an ner option"),
+        (["--task", "generate", "--train", str(files["gen"])],
+         f"{encoder_dir}: --task generate needs a decoder (causal LM: GPT-2, Llama, ...); this model is an encoder"),
     ]
     for args, expected in cases:
         out = tmp_path / "out"
@@ -509,6 +516,31 @@ def test_bad_inputs_fail_cleanly(tmp_path, encoder_dir, files, capsys):
     assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", good,
                  "--out", str(existing)]) == 1
     assert "--overwrite" in capsys.readouterr().err and (existing / "keep.txt").is_file()
+
+
+POS_CONLL = "EU NNP\nrejects VBZ\nGerman JJ\ncall NN\n\nPeter NNP\nBlackburn NNP\n"    # POS tags, not NER
+
+
+def test_label_scheme_none_trains_on_tags_that_are_not_entities(tmp_path, encoder_dir, capsys):
+    """What the check refuses by default, the flag allows: a tagger of POS tags is a token classifier too."""
+    train = tmp_path / "pos.txt"
+    train.write_text(POS_CONLL)
+    out = tmp_path / "pos"
+    _finetune(encoder_dir, "ner", train, out, "--label-scheme", "none", "--max-steps", "2")
+    labels = json.loads((out / "config.json").read_text())["head_config"]["labels"]
+    assert labels == ["JJ", "NN", "NNP", "VBZ"]
+
+
+def test_task_the_decoder_cannot_do_and_unwritable_out_are_said_first(tmp_path, decoder_dir, files, capsys):
+    """In the user's words, naming what they gave, before the data is read or the model loaded."""
+    assert main(["finetune", "--model", str(decoder_dir), "--task", "ner", "--train", str(files["ner_train"]),
+                 "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert f"{decoder_dir}: --task ner needs an encoder (BERT-style); this model is a decoder" in err, err
+    assert main(["finetune", "--model", str(decoder_dir), "--task", "generate", "--train", str(files["gen"]),
+                 "--out", "/proc/plmkit-x"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("plmkit: error: /proc/plmkit-x: cannot write") and ".train" not in err, err
 
 
 # --- real data --------------------------------------------------------------------------------

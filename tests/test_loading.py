@@ -21,7 +21,8 @@ def _fake_onnx(d: Path) -> Path:
     """The files that make a directory an ONNX export; the graph itself is never opened here."""
     d.mkdir()
     (d / "model.onnx").write_bytes(b"")
-    (d / "config.json").write_text(json.dumps({"plmkit": "0", "task": "classify", "head_config": LABELS}))
+    (d / "config.json").write_text(json.dumps({"plmkit": "0", "task": "classify", "head_config": LABELS,
+                                           "model": {"family": "encoder"}}))
     (d / "plmkit.json").write_text(json.dumps({"format": "onnx", "precision": "int8", "parent": "/runs/sst2"}))
     return d
 

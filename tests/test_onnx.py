@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,42 @@ def test_quantize_refuses_an_int8_model_and_bad_calibration_data(clf, tmp_path, 
     assert cli.main(args) == 1
     assert "--calibration" in _one_line_error(capsys)
     assert not bad.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+
+
+# Quantize in a process killed (SIGKILL: no cleanup runs) while ONNX Runtime quantizes, after it
+# made a scratch folder of its own through tempfile, as it does.
+KILLED_QUANTIZE = """
+import os, signal, sys, tempfile
+from plmkit import cli
+from plmkit.compress import quantize
+
+def killed(*args, **kw):
+    tempfile.mkdtemp(prefix="ort.quant.")
+    os.kill(os.getpid(), signal.SIGKILL)
+quantize.METHODS["dynamic"] = killed
+cli.main(["quantize", "--model", sys.argv[1], "--out", sys.argv[2]])
+"""
+
+
+def test_a_killed_quantize_leaves_its_work_beside_out_and_the_next_run_removes_it(clf, tmp_path):
+    import subprocess
+    import sys
+
+    import plmkit
+
+    system_tmp, out = tmp_path / "system-tmp", tmp_path / "int8"
+    system_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(system_tmp),
+           "PYTHONPATH": os.pathsep.join([str(Path(plmkit.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", KILLED_QUANTIZE, str(clf["ck"]), str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p for p in system_tmp.iterdir() if p.is_dir()] == []     # no folder in the system temp directory ...
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".int8.tmp-"))
+    assert len(left) == 2 and not out.exists()           # ... but the output's and the work's siblings
+    assert any(list((tmp_path / n).glob("ort.quant.*")) for n in left)     # ORT's scratch inside the work
+    assert cli.main(["quantize", "--model", str(clf["ck"]), "--out", str(out)]) == 0
+    assert (out / "model.onnx").is_file() and not [p for p in tmp_path.iterdir() if p.name.startswith(".int8")]
 
 
 def _evaluate(model_dir: Path, data_file: Path, batch_size: int, capsys) -> dict:

@@ -219,7 +219,9 @@ def test_stage_directory_symlinked_out_of_the_run_is_refused(setup, calls, capsy
     setup["run"].mkdir()
     (setup["run"] / "finetune").symlink_to(elsewhere, target_is_directory=True)
     assert _run(setup) == 1
-    assert "writes outside the stage's directory" in capsys.readouterr().err
+    link = setup["run"].resolve() / "finetune"
+    err = capsys.readouterr().err
+    assert f"writes outside the stage's directory: {link} is a symlink to {elsewhere.resolve()};" in err, err
     assert calls == [] and (elsewhere / "precious.txt").read_text() == "mine"
 
 
@@ -265,6 +267,52 @@ def test_dry_run_validates_inputs_without_running(tmp_path, calls, capsys, word,
         assert not (tmp_path / "run").exists() and calls == []
     if train and "bad\t0\t7" in train:
         assert "train.tsv:3: expected 2 columns, found 3" in err
+
+
+def test_quiet_run_shows_each_stage_progress_its_log_and_time(setup, calls, monkeypatch, capsys):
+    """--quiet (as plmkit demo runs): the stage's output goes to its log only, but the terminal gets
+    the stage's progress lines (from the training loop's Progress) and where the log is."""
+    from plmkit.train.logging import Progress
+
+    ft = importlib.import_module(MODULES["finetune"])
+    fake = ft.run
+
+    def training(cfg):
+        progress = Progress(4, 0, True, every=0)
+        for step in range(1, 5):
+            progress.update(step, 2.0 / step, 100, None)
+        progress.close()
+        print("finetune's own output")
+        return fake(cfg)
+    monkeypatch.setattr(ft, "run", training)
+    monkeypatch.setattr(R, "STATUS_EVERY", 0.0)
+    monkeypatch.chdir(setup["run"].parent)
+    assert _run(setup, "--quiet") == 0
+    out = capsys.readouterr().out
+    begin = out.index("- finetune (finetune) ... output: run/.recipe/logs/finetune.log")
+    stage = out[begin:out.index("finetune done in")]
+    shown = [line for line in stage.splitlines() if line.startswith("  finetune: step ")]
+    assert shown[0].startswith("  finetune: step 1/4 (25%) | loss 2.0000 | ") and " | ETA " in shown[0], shown
+    assert shown[-1].startswith("  finetune: step 4/4 (100%) | loss 0.5000"), shown
+    assert "finetune's own output" not in out
+    log = (setup["run"] / R.STATE_DIR / "logs" / "finetune.log").read_text()
+    assert "finetune's own output" in log and "  finetune: step" not in log
+
+
+def test_status_line_is_rewritten_on_a_terminal(monkeypatch):
+    import io as stdio
+
+    class Terminal(stdio.StringIO):
+        def isatty(self) -> bool:
+            return True
+    term = Terminal()
+    status = R._Status(term, "pretrain")
+    assert status.every == R.STATUS_EVERY_TTY
+    status.show("step 1/2 (50%) | loss 3.0000 | ETA 1s")
+    status.show("step 2/2 (100%) | loss 2.0000 | ETA 0s")
+    status.end()
+    assert term.getvalue() == ("\r\033[K  pretrain: step 1/2 (50%) | loss 3.0000 | ETA 1s"
+                               "\r\033[K  pretrain: step 2/2 (100%) | loss 2.0000 | ETA 0s\n")
 
 
 def test_stage_log_is_written_while_the_stage_runs(setup, calls, monkeypatch):

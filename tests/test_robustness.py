@@ -124,6 +124,45 @@ def test_json_files_of_the_wrong_shape(files, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+def _set(path: tuple, value):
+    def edit(raw: dict) -> None:
+        parent = raw
+        for key in path[:-1]:
+            parent = parent[key]
+        if value is _DROP:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    return edit
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_set(("model", "hidden_size"), "16"), 'model.hidden_size must be a whole number, got "16"'),     # types
+    (_set(("model", "num_heads"), 0), "num_heads must be >= 1, got 0"),                              # sizes
+    (_set(("model", "heads"), [2, 2, 2]), "'heads' has 3 entries for 1 layers"),                      # per layer
+    (_set(("model", "norm"), "batchnorm"), "norm must be one of layernorm, rmsnorm"),                 # choices
+    (_set(("task",), "sentiment"), '"task" must be one of base, mlm'),                                # the head
+    (_set(("head_config", "num_labels"), _DROP), "head_config.num_labels must be a whole number >= 1"),
+    (_set(("head_config", "preprocess"), [128]), "head_config.preprocess must be an object, got [128]"),
+    (_set(("model", "pad_token_id"), 10**6), "pad_token_id 1000000 is not a token id"),
+], ids=["type", "size", "per-layer", "choice", "task", "head_config", "preprocess", "token-id"])
+def test_damaged_config_json_is_one_line_naming_it(files, tmp_path, capsys, edit, words):
+    """Each family of damage once failed deep in torch or the head code, or without the file's name."""
+    bad = tmp_path / "clf"
+    bad.mkdir()
+    for f in files["clf"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    raw = json.loads((bad / "config.json").read_text())
+    edit(raw)
+    (bad / "config.json").write_text(json.dumps(raw))
+    for command in (["info", str(bad)], ["evaluate", "--model", str(bad), "--data", str(files["data"])]):
+        assert cli.main(command) == 1
+        _one_line_error(capsys, f"{bad / 'config.json'}: ", words)
+
+
 def test_config_that_is_binary_or_a_directory(files, tmp_path, capsys):
     binary = tmp_path / "c.yaml"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
@@ -217,6 +256,27 @@ def test_generate_stops_at_end_of_text(files, capsys, monkeypatch):
     assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine"]) == 0
     out = capsys.readouterr().out
     assert out == tok.decode(prompt + tail, skip_special_tokens=False) + "\n" and "<|endoftext|>" not in out
+
+
+@pytest.mark.parametrize("flag, value", [("--max-new-tokens", "-1"), ("--max-new-tokens", "0"),
+                                         ("--temperature", "-1"), ("--top-k", "0"), ("--top-p", "1.5")])
+def test_generate_refuses_out_of_bounds_sampling(files, capsys, flag, value):
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", flag, value]) == 1
+    _one_line_error(capsys, flag)
+
+
+def test_generate_says_when_the_context_ends_it(files, capsys):
+    """A limit past the context (64 tokens) is not refused, but the cut is said, on stderr."""
+    from plmkit.tokenizer import load_tokenizer
+
+    prompt = len(load_tokenizer(files["gpt"]).encode("a fine", add_special_tokens=False).ids)
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", "--max-new-tokens",
+                     "100000", "--temperature", "0"]) == 0
+    err = capsys.readouterr().err
+    assert (f"generation stopped after {64 - prompt} new tokens: the model's context is 64 tokens and the prompt "
+            f"has {prompt} (--max-new-tokens 100000)") in err, err
+    assert cli.main(["generate", "--model", str(files["gpt"]), "--prompt", "a fine", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_messages_say_an_encoder(files, capsys):

@@ -190,6 +190,22 @@ def test_generate_greedy_and_seeded(servers, client):
     assert r.status_code == 422 and "empty" in r.json()["detail"]
     r = client.post(url, json={"prompt": "the", "temperature": 1e-300})      # would overflow to NaN
     assert r.status_code == 422 and "temperature" in r.json()["detail"]
+    for bad in ({"max_new_tokens": -1}, {"temperature": -1}):
+        r = client.post(url, json={"prompt": "the", **bad})
+        assert r.status_code == 422 and next(iter(bad)) in r.json()["detail"], r.text
+
+
+def test_generate_says_how_much_of_a_long_prompt_the_context_dropped(servers, client, model_dirs):
+    from plmkit.tokenizer import load_tokenizer
+    from plmkit.tokenizer.chat import encode_prompt
+
+    url = servers["generate"] + "/v1/generate"
+    short = client.post(url, json={"prompt": "alice met", "max_new_tokens": 4, "temperature": 0}).json()
+    assert short["prompt_tokens_dropped"] == 0
+    prompt = "alice met bob in paris " * 8            # 184 characters (--max-chars 200)
+    n = len(encode_prompt(load_tokenizer(model_dirs["generate"]), prompt))
+    long = client.post(url, json={"prompt": prompt, "max_new_tokens": 4, "temperature": 0}).json()
+    assert n > 64 and long["prompt_tokens_dropped"] == n - (64 - 4)      # context 64 = kept prompt + 4 new
 
 
 @pytest.mark.parametrize("server,endpoint,body", [
@@ -212,6 +228,7 @@ def test_unsupported_endpoint_is_404_with_reason(servers, client, server, endpoi
     ('{"text": ["a"]}', 422, "texts: Field required"),
     ('[1, 2]', 422, "Input should be a valid dictionary"),
     ('{"texts": ["\\ud800"]}', 422, "not valid Unicode"),
+    (b'{"texts": ["caf\xe9"]}', 400, "not valid UTF-8 (byte 15: e9"),        # Latin-1, not UTF-8
 ])
 def test_limits_and_bad_input_give_4xx_with_message(servers, client, content, status, message):
     r = client.post(servers["classify"] + "/v1/classify", content=content,

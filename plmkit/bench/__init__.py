@@ -24,13 +24,13 @@ the same padded token ids, and plmkit scores their logits the same way (``peers.
 """
 from __future__ import annotations
 
-from .harness import (add_speedups, baseline_source, check_data, format_table, machine_info, measure, metric_name,
-                      unique_names)
+from .harness import (add_speedups, baseline_source, check_data, cpu_sample, format_table, machine_info, measure,
+                      metric_name, other_cores, trust_warnings, unique_names)
 from .peers import PEERS, find_peer_python, peer_versions
 from .runners import BASELINES, RUNNERS, Runner, Settings, Variant, make_variant, task_of_dir
 
 PEER_KINDS = tuple(p.kind for p in PEERS)
 
 __all__ = ["BASELINES", "PEER_KINDS", "RUNNERS", "Runner", "Settings", "Variant", "add_speedups", "baseline_source",
-           "check_data", "find_peer_python", "format_table", "machine_info", "make_variant", "measure", "metric_name",
-           "peer_versions", "task_of_dir", "unique_names"]
+           "check_data", "cpu_sample", "find_peer_python", "format_table", "machine_info", "make_variant", "measure",
+           "metric_name", "other_cores", "peer_versions", "task_of_dir", "trust_warnings", "unique_names"]

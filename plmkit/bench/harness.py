@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import subprocess
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,60 @@ def machine_info(threads: int) -> dict[str, Any]:
         except ImportError:
             info[mod] = None
     return info
+
+
+# When a bench is not to be trusted: other processes took more than this share of the cores the
+# bench used, or one row's timed passes (the same work each time) differed by more than this.
+CONTENDED_SHARE = 0.25
+SPREAD_LIMIT = 0.25
+
+
+def cpu_sample() -> tuple[float, float, float] | None:
+    """(wall seconds, CPU-seconds the whole machine has been busy, CPU-seconds of this process and
+    its finished children); None where /proc/stat does not exist (not Linux)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
+    busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")         # user .. steal
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.monotonic(), busy, own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def other_cores(start: tuple[float, float, float] | None) -> float | None:
+    """Cores' worth of CPU that other processes used since ``start`` (a ``cpu_sample``)."""
+    end = cpu_sample()
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return max(0.0, ((end[1] - start[1]) - (end[2] - start[2])) / (end[0] - start[0]))
+
+
+def trust_warnings(rows: list[dict[str, Any]], machine: dict[str, Any], repeats: int) -> list[str]:
+    """Why the timings (and so the speed-ups) may be off: the machine was busy with other work while
+    timing (measured CPU use of other processes; the load average where that cannot be measured),
+    or a row's repeated passes disagree."""
+    threads, cpus = machine["threads"], machine["logical_cpus"] or machine["threads"]
+    others = machine.get("other_cpu_cores")
+    if others is None:
+        others = machine["load_avg_before"][0]
+        busy = f"the load average before timing was {others:.1f} on {cpus} CPUs"
+    else:
+        busy = f"other processes kept {others:.1f} of its {cpus} CPUs busy"
+    warnings = []
+    # Other work on the cores the bench left free does not slow it down.
+    if others - (cpus - threads) > CONTENDED_SHARE * threads:
+        warnings.append(f"warning: the machine was busy: {busy} while the bench timed on {threads} threads; "
+                        "timings and speed-ups are not trustworthy (rerun on an idle machine)")
+    spread = [(r["name"], bs, b["pass_spread"]) for r in rows for bs, b in r.get("by_batch", {}).items()
+              if b.get("pass_spread", 0) > SPREAD_LIMIT]
+    if spread:
+        name, bs, worst = max(spread, key=lambda x: x[2])
+        warnings.append(f"warning: the {repeats} timed passes of the same batches differed by up to "
+                        f"{100 * worst:.0f}% ({name}, batch size {bs}; {len(spread)} measurement(s) above "
+                        f"{100 * SPREAD_LIMIT:.0f}%): timings and speed-ups are not trustworthy (rerun on an idle "
+                        "machine, or with more --repeats)")
+    return warnings
 
 
 def _cpu_model() -> str:

@@ -221,7 +221,8 @@ def measure(spec_file: str, out_file: str) -> None:
             n = sum(int(b["input_ids"].shape[0]) for b in batches)
             by_batch[str(bs)] = {"latency_p50_ms": round(1000 * _percentile(per_batch, 0.5), 3),
                                  "latency_p95_ms": round(1000 * _percentile(per_batch, 0.95), 3),
-                                 "throughput": round(n / statistics.median(per_pass), 2), "examples": n}
+                                 "throughput": round(n / statistics.median(per_pass), 2), "examples": n,
+                                 "pass_spread": round(max(per_pass) / min(per_pass) - 1, 4)}
         logits = {}
         with torch.inference_mode():
             for i, b in enumerate(_batches(z, "eval")):

@@ -187,5 +187,6 @@ def encoding(path: str, task_name: str) -> tuple[TaskSpec, Prep, Any, dict[str, 
     The same values ``load_finetuned`` gives ``plmkit evaluate``, so the features are the same.
     """
     head_config = peek(path).head_config
-    prep = build(Prep, head_config.get("preprocess", {}), source=f"{path}: head_config.preprocess")
+    prep = build(Prep, head_config.get("preprocess", {}),
+                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
     return TASKS[task_name], prep, load_tokenizer(path), head_config

@@ -59,6 +59,12 @@ def _timed_passes(model: Any, batches: list[dict[str, Any]], s: Settings, precis
     return per_batch, per_pass
 
 
+def pass_spread(per_pass: list[float]) -> float:
+    """How far the slowest timed pass is above the fastest (0.1: 10 %); the same work each time,
+    so a large spread means something else took the CPU while timing."""
+    return round(max(per_pass) / min(per_pass) - 1, 4)
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     k = (len(ordered) - 1) * q
@@ -85,7 +91,7 @@ def run_worker(v: Variant, s: Settings) -> dict[str, Any]:
         by_batch[str(bs)] = {"latency_p50_ms": round(1000 * _percentile(per_batch, 0.5), 3),
                              "latency_p95_ms": round(1000 * _percentile(per_batch, 0.95), 3),
                              "throughput": round(len(feats) / statistics.median(per_pass), 2),
-                             "examples": len(feats)}
+                             "examples": len(feats), "pass_spread": pass_spread(per_pass)}
     metrics = task.evaluate(model, TaskData(examples, features, tok, head_config, Infer(EVAL_BATCH, precision)))
     return row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics, task.metric,
                   len(examples))

@@ -34,7 +34,7 @@ from ..io import atomic_dir, read_json, write_json
 from ..tokenizer import save_tokenizer
 from . import hf
 from .config import ModelConfig, config_from_dict, config_to_dict
-from .heads import HEADS, check_head
+from .heads import HEADS, POOLINGS, check_head
 from .model import PlmModel
 
 WEIGHTS = "model.safetensors"
@@ -100,7 +100,40 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     path = check_model_dir(path)
     if not (path / "config.json").is_file():
         raise PlmkitError(f"{path}: not a model directory (no config.json)")
-    return read_json(path / "config.json")
+    raw = read_json(path / "config.json")
+    if "plmkit" in raw:
+        check_head_entries(raw, path / "config.json")
+    return raw
+
+
+def check_head_entries(raw: dict[str, Any], source: Path) -> None:
+    """The head part of a plmkit config.json ("task", "head_config") is what the code expects, or
+    one error naming the file: a damaged file would otherwise fail deep in the model code, as a
+    KeyError or a TypeError. ("model" is checked by ``config_from_dict``.)"""
+    task, head_config = raw.get("task", "base"), raw.get("head_config", {})
+    if "model" not in raw:
+        raise PlmkitError(f"{source}: no \"model\" entry (the architecture); the file is damaged")
+    if task not in HEADS:
+        raise PlmkitError(f"{source}: \"task\" must be one of {', '.join(HEADS)}, got {json.dumps(task)}")
+    if not isinstance(head_config, dict):
+        raise PlmkitError(f"{source}: \"head_config\" must be an object, got {json.dumps(head_config)}")
+    n = head_config.get("num_labels")
+    if task in ("classify", "token") and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise PlmkitError(f"{source}: head_config.num_labels must be a whole number >= 1, got {json.dumps(n)}")
+    labels = head_config.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+                                   and len(labels) == (n if n is not None else len(labels))):
+        raise PlmkitError(f"{source}: head_config.labels must be a list of {n or 'the'} label names"
+                          f"{' (num_labels)' if n else ''}, got {json.dumps(labels)[:200]}")
+    if head_config.get("pooling", "cls") not in POOLINGS:
+        raise PlmkitError(f"{source}: head_config.pooling must be one of {', '.join(POOLINGS)}, "
+                          f"got {json.dumps(head_config['pooling'])}")
+    dropout = head_config.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise PlmkitError(f"{source}: head_config.dropout must be a number, got {json.dumps(dropout)}")
+    for key, kind, what in (("preprocess", dict, "an object"), ("finetune_task", str, "a task name")):
+        if key in head_config and not isinstance(head_config[key], kind):
+            raise PlmkitError(f"{source}: head_config.{key} must be {what}, got {json.dumps(head_config[key])}")
 
 
 def load_model(path: str | Path, task: str | None = None, head_config: dict[str, Any] | None = None,

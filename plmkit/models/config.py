@@ -16,6 +16,10 @@ plus a ``family`` key ("encoder" or "decoder", from ``causal``).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +96,7 @@ class ModelConfig:
     layout: str = "bert"                      # key of the converter in models/hf/ (export --format hf)
 
     def __post_init__(self) -> None:
+        _check_bounds(self)
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
         _resolve_sizes(self)
@@ -159,6 +164,27 @@ class DecoderConfig(ModelConfig):
     bos_token_id: int | None = 50256
     eos_token_id: int | list[int] | None = 50256
     layout: str = "gpt2"
+
+
+# Sizes a backbone cannot be built with below these (a corrupted config.json would otherwise fail
+# deep inside torch: a negative dimension, a division by zero heads).
+AT_LEAST = {"vocab_size": 1, "hidden_size": 1, "num_layers": 1, "num_heads": 1, "num_kv_heads": 1,
+            "intermediate_size": 1, "head_dim": 1, "max_position": 1, "global_every": 1, "embedding_size": 1,
+            "position_offset": 0, "type_vocab_size": 0, "task_type_vocab_size": 0}
+
+
+def _check_bounds(cfg: ModelConfig) -> None:
+    for name, least in AT_LEAST.items():
+        value = getattr(cfg, name)
+        if value is not None and value < least:
+            raise PlmkitError(f"config: {name} must be >= {least}, got {value}")
+    for name in ("hidden_dropout", "attention_dropout"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise PlmkitError(f"config: {name} must be in [0, 1), got {getattr(cfg, name)}")
+    if not cfg.layer_norm_eps > 0:
+        raise PlmkitError(f"config: layer_norm_eps must be > 0, got {cfg.layer_norm_eps}")
+    if cfg.pad_token_id is not None and not 0 <= cfg.pad_token_id < cfg.vocab_size:
+        raise PlmkitError(f"config: pad_token_id {cfg.pad_token_id} is not a token id (vocab_size {cfg.vocab_size})")
 
 
 def _resolve_sizes(cfg: ModelConfig) -> None:
@@ -258,11 +284,40 @@ def config_from_dict(d: dict[str, Any], source: str = "config.json") -> ModelCon
     if family not in CLASSES:
         raise PlmkitError(f"{source}: 'family' must be one of {sorted(CLASSES)}, got {family!r}")
     cls = CLASSES[family]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    types = typing.get_type_hints(cls)
+    unknown = set(d) - set(types)
     if unknown:
         raise PlmkitError(f"{source}: unknown model config keys {sorted(unknown)}")
+    for key, value in d.items():
+        if not _fits(value, types[key]):
+            raise PlmkitError(f"{source}: model.{key} must be {_describe(types[key])}, got {json.dumps(value)}")
     try:
         return cls(**d)
-    except (TypeError, ValueError) as e:
-        raise PlmkitError(f"{source}: bad model config ({e})") from None
+    except PlmkitError as e:       # the config's own checks (sizes, choices): say which file
+        raise PlmkitError(f"{source}: {str(e).removeprefix('config: ')}") from None
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a JSON value has the field's type (an int is a float; a bool is not a number)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(tp)[0]) for v in value)
+    if typing.get_origin(tp) is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ')}s"
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+            dict: "an object", type(None): "null"}.get(typing.get_origin(tp) or tp, str(tp))

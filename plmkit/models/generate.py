@@ -14,6 +14,8 @@ from torch import Tensor
 from ..errors import PlmkitError
 from .model import PlmModel
 
+MIN_TEMPERATURE = 0.01      # below it (but above 0: greedy), logits / temperature overflow to inf, then NaN
+
 
 def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Tensor:
     """logits [B, V] -> logits with everything outside top-k / nucleus top-p set to -inf."""
@@ -60,6 +62,8 @@ def generate(model: PlmModel, input_ids: Tensor, max_new_tokens: int = 50, tempe
     if not getattr(model, "can_generate", False):
         raise PlmkitError(f"generation needs a decoder with a language-model head, got a '{model.task}' "
                           f"{model.family}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise PlmkitError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature:g}")
     limit = model.config.max_position
     if input_ids.size(1) > limit:
         raise PlmkitError(f"the prompt has {input_ids.size(1)} tokens, more than the model's context of "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from .config import ModelConfig
 from .dropout import Dropout
 from .layers import ACTIVATIONS, Transform, make_norm
@@ -315,4 +315,4 @@ def check_head(task: str, cfg: ModelConfig) -> None:
     need = HEAD_CAUSAL[task]
     if need is not None and need != cfg.causal:
         want = "a decoder (causal)" if need else "an encoder (bidirectional)"
-        raise PlmkitError(f"task '{task}' needs {want} model, got a {cfg.family}")
+        raise PlmkitError(f"task '{task}' needs {want} model, got {a_or_an(cfg.family)}")

@@ -6,6 +6,7 @@
     POST /v1/embed     {"texts": [...], "normalize": false}      -> {"embeddings": [[...]], "dimensions": H}
     POST /v1/generate  {"prompt": "...", "max_new_tokens": 50, temperature, top_k, top_p, seed}
                        or {"messages": [{"role", "content"}, ...], ...}: the model's chat template renders them
+                                                                 -> {text, tokens, finish_reason, prompt_tokens_dropped}
     GET  /health, GET /metrics (Prometheus text), GET /openapi.json
 
 and two protocols other clients already speak: OpenAI's (/v1/chat/completions with streaming,
@@ -15,7 +16,7 @@ and two protocols other clients already speak: OpenAI's (/v1/chat/completions wi
 There is no /docs page: FastAPI's page loads Swagger UI from a CDN, which is blank offline; the
 OpenAPI document at /openapi.json opens in any OpenAPI viewer.
 
-Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON, 404 an endpoint the
+Errors are JSON ``{"detail": "what is wrong"}``: 400 malformed JSON (or not UTF-8), 404 an endpoint the
 model's task cannot answer, 413 a body over --max-body-bytes, 415 a POST without
 ``Content-Type: application/json``, 422 wrong types, empty lists or a limit exceeded, 503
 the request timed out or the server is shutting down. The protocol routes answer the same
@@ -32,6 +33,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -141,7 +143,9 @@ class GenerateRequest(_Strict):
 class GenerateResponse(BaseModel):
     text: str
     tokens: int
-    finish_reason: str
+    finish_reason: str = Field(description="eos: the model ended the text; length: max_new_tokens were generated")
+    prompt_tokens_dropped: int = Field(description="tokens cut from the start of the prompt so that it and "
+                                       "max_new_tokens fit the model's context (0: the whole prompt was read)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,6 +278,11 @@ def _validation_message(exc: RequestValidationError) -> tuple[int, str]:
     return 422, "; ".join(parts)
 
 
+def _undecodable(e: UnicodeDecodeError) -> str:
+    bad = e.object[e.start:e.end].hex(" ")
+    return f"malformed JSON body: not valid UTF-8 (byte {e.start}: {bad}, {e.reason}); JSON is sent as UTF-8"
+
+
 def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metrics | None = None) -> FastAPI:
     limits = limits or Limits()
     metrics = metrics or Metrics()
@@ -297,6 +306,14 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     @app.exception_handler(StarletteHTTPException)
     async def _refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(request.url.path, exc)     # unknown paths and methods too
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body json.loads cannot decode (invalid UTF-8) with a bare "There was
+        # an error parsing the body"; its cause says what was wrong.
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            return JSONResponse({"detail": _undecodable(exc.__cause__)}, status_code=400)
+        return await http_exception_handler(request, exc)
 
     def need(endpoint: str) -> Callable[[], None]:
         def check() -> None:

@@ -35,7 +35,7 @@ from ..data.readers import QAExample
 from ..errors import PlmkitError
 from ..eval.metrics import get_entities
 from ..loading import load, peek
-from ..models.generate import generate
+from ..models.generate import MIN_TEMPERATURE, generate
 from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import PRECISIONS, autocast, resolve
@@ -46,7 +46,6 @@ from .streams import Stream, run_streams
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-MIN_TEMPERATURE = 0.01
 WORD = re.compile(r"\S+")          # NER input is split into words at whitespace, offsets kept
 
 
@@ -169,7 +168,8 @@ class ServedModel:
         self.task, self.family, self.head_config = model.task, model.family, model.head_config
         self.labels: list[str] = list(model.head_config.get("labels") or [])
         self.config = model.config
-        self.prep = build(Prep, model.head_config.get("preprocess", {}), source=f"{self.path}: head_config.preprocess")
+        self.prep = build(Prep, model.head_config.get("preprocess", {}),
+                          source=f"{self.path / 'config.json'}: head_config.preprocess")
         self.max_length = min(self.prep.max_length, model.config.max_position)
         self.tok = load_tokenizer(self.path)
         # configured once: the task encoders copy the tokenizer on every call, too slow per request
@@ -248,13 +248,16 @@ class ServedModel:
         if messages is not None and len(ids) > limit - max_new_tokens:
             raise PlmkitError(f"the conversation has {len(ids)} tokens; with max_new_tokens {max_new_tokens} it "
                               f"exceeds the model's context of {limit} tokens")
-        ids = ids[-(limit - max_new_tokens):]                # keep the end of a long prompt
+        # Keep the end of a long prompt: the context holds it and max_new_tokens; the answer says
+        # how many tokens of its start were dropped.
+        dropped = max(0, len(ids) - (limit - max_new_tokens))
+        ids = ids[dropped:]
         params = {"max_new_tokens": max_new_tokens, "temperature": temperature,
                   "top_k": min(top_k, self.vocab_size) if top_k else None, "top_p": top_p}
         # Equal-length prompts with the same settings can share a call (no padding: positions
         # are absolute). A seeded sample runs alone so it does not depend on its neighbours.
         key: Hashable = object() if (seed is not None and temperature > 0) else (len(ids), *params.values())
-        return [Item(len(ids), {"ids": ids, "seed": seed, **params}, key)]
+        return [Item(len(ids), {"ids": ids, "seed": seed, "dropped": dropped, **params}, key)]
 
     def prepare_stream(self, stream: Stream, prompt: str | None, messages: list[dict] | None,
                        max_new_tokens: int | None, temperature: float, top_p: float | None,
@@ -404,10 +407,10 @@ def _run_generate(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[
                               top_k=p0["top_k"], top_p=p0["top_p"], eos_token_id=sm.eos,
                               generator=gen)[:, ids.size(1):].tolist()
     out = []
-    for row in new:
+    for row, p in zip(new, payloads):
         stop = min([row.index(e) for e in sm.eos if e in row] or [len(row)])
         out.append({"text": sm.tok.decode(row[:stop]), "tokens": stop,
-                    "finish_reason": "eos" if stop < len(row) else "length"})
+                    "finish_reason": "eos" if stop < len(row) else "length", "prompt_tokens_dropped": p["dropped"]})
     return out
 
 

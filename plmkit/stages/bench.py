@@ -9,13 +9,14 @@ row runs ``transformers.AutoModelFor...`` in fp32 with eager attention on an HF 
 original model; every row's ``speedup`` is its throughput over the baseline's (when that row
 cannot run, the table and the JSON's ``notes`` say why). How batches
 are formed and timed is described in ``plmkit/bench/__init__.py``. The table is printed and the
-rows are written as JSON (atomically).
+rows are written as JSON (atomically). When other processes took the CPU while timing (measured
+from /proc/stat), or a row's repeated passes disagree, a warning under the table (and in
+``notes``) says the timings are not to be trusted.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from ..config import option, to_dict
 from ..errors import PlmkitError
 from .. import bench
-from ..io import check_out_file, write_json
+from ..io import check_out_file, work_dir, write_json
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS, resolve
@@ -172,8 +173,8 @@ def run(cfg: Config) -> int:
     print(f"benchmarking {len(variants)} variants on {n} examples of {cfg.data} "
           f"(batch sizes {settings.batch_sizes}, {threads} threads, {cfg.repeats} timed passes)")
     rows = []
-    with tempfile.TemporaryDirectory(prefix=".plmkit-bench-") as w:
-        work = Path(w)
+    start = bench.cpu_sample()
+    with work_dir(out) as work:        # HF exports, worker specs: beside --out, where a killed run's are removed
         for i, v in enumerate(variants, 1):
             t0 = time.perf_counter()
             row = bench.measure(v, settings, work)
@@ -183,15 +184,20 @@ def run(cfg: Config) -> int:
                   f"{row['metric']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     reference = bench.add_speedups(rows)
     machine["load_avg_after"] = list(os.getloadavg())
+    machine["other_cpu_cores"] = bench.other_cores(start)
     task = variants[-1].task
     result = {"data": cfg.data, "task": task, "metric_name": bench.metric_name(task),
               "batch_sizes": settings.batch_sizes, "examples": n, "machine": machine,
               "speedup_reference": reference, "config": to_dict(cfg), "rows": rows}
-    if missing_baseline:
-        result["notes"] = [missing_baseline]
+    warnings = bench.trust_warnings(rows, machine, cfg.repeats)
+    notes = ([missing_baseline] if missing_baseline else []) + warnings
+    if notes:
+        result["notes"] = notes
     write_json(out, result)
     print(bench.format_table(rows, result["metric_name"], max(settings.batch_sizes)))
     if missing_baseline:
         print(f"note: {missing_baseline}")
+    for warning in warnings:
+        print(warning)
     print(f"wrote {out}")
     return 0

@@ -34,7 +34,8 @@ class Config:
     n_eval: int = option(500, help="generated labelled evaluation sentences")
     seed: int = option(0, help="random seed")
     fresh: bool = option(False, help="delete --out first instead of reusing the stages already done")
-    quiet: bool = option(True, help="stage output only into OUT/.recipe/logs/ (--no-quiet: show it)")
+    quiet: bool = option(True, help="stage output only into OUT/.recipe/logs/<stage>.log, each stage's progress "
+                         "(steps, loss, ETA) and time on the terminal (--no-quiet: all of the output)")
 
 
 def run(cfg: Config) -> int:

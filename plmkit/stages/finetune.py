@@ -30,14 +30,15 @@ from ..adapters.checkpoint import write_adapter_files
 from ..adapters.strategies import EMBEDDINGS, StrategyInfo, default_lr, lr_help
 from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.features import LONG_TEXT, collate, feature_lengths, label_norm, length_bucketed_batches
-from ..errors import PlmkitError
+from ..errors import PlmkitError, a_or_an
 from ..io import atomic_dir, atomic_write_text, check_out_dir
-from ..loading import load, peek
+from ..loading import Saved, load, model_config, peek
 from ..models.checkpoint import read_model_config, replace_head, write_checkpoint_files
-from ..models.heads import POOLINGS, default_pooling
+from ..models.heads import HEAD_CAUSAL, POOLINGS, default_pooling
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
 from ..tasks.common import pad_id
+from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
 from ..train.logging import METRICS_FILE, copy_logs
@@ -78,6 +79,9 @@ class _Options:
     text_pair_column: str | None = option(None, help="classify: second-text column for sentence pairs")
     label_column: str | None = option(None, help="classify: label column (default: label, ...)")
     header: bool | None = option(None, help="classify: the table has a header row (default: detect)")
+    label_scheme: str = option("iob", help="ner: iob: the training tags must be an entity tag set (IOB, IOB2, "
+                               "BIOES: O, B-TYPE, I-TYPE, ...), else refused (a POS column read as the tag); "
+                               "none: train on any tags as they are", choices=["iob", "none"])
     overwrite: bool = option(False, help="replace an existing --out")
 
 
@@ -114,7 +118,7 @@ def run(cfg: Config) -> int:
     prep = _prep(cfg)
 
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
-    peek(cfg.model)                      # --model names a model directory (else: what it is instead)
+    _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
@@ -162,6 +166,18 @@ def run(cfg: Config) -> int:
     return 0
 
 
+def _check_backbone(saved: Saved, task: TaskSpec) -> None:
+    """A task the model cannot do (generate on an encoder, ner on a decoder) is said now, in the
+    flag's words, before the data is read and the weights loaded."""
+    if saved.format not in ("plmkit", "huggingface"):
+        return                  # adapters and exports: the loader says what to use instead
+    need, backbone = HEAD_CAUSAL[task.head], model_config(saved)
+    if need is not None and need != backbone.causal:
+        want = "a decoder (causal LM: GPT-2, Llama, ...)" if need else "an encoder (BERT-style)"
+        raise PlmkitError(f"{saved.path}: --task {task.name} needs {want}; this model is "
+                          f"{a_or_an(backbone.family)}")
+
+
 def _work_dir(out: Path, cfg: Config) -> Path:
     """The hidden run directory beside --out; only --resume may reuse an existing one."""
     work = out.with_name(f".{out.name}.train")
@@ -180,6 +196,8 @@ def _prep(cfg: Config) -> Prep:
         raise PlmkitError(f"--pooling is for classification (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
         raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
+    if cfg.label_scheme != "iob" and cfg.task != "ner":
+        raise PlmkitError(f"--label-scheme {cfg.label_scheme} is an ner option")
     stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
     return Prep(max_length=cfg.max_length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
                 text_pair_column=cfg.text_pair_column, label_column=cfg.label_column, header=cfg.header)
@@ -188,6 +206,8 @@ def _prep(cfg: Config) -> Prep:
 def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list[Any] | None]:
     """Training examples, and evaluation examples from --eval or carved out of --train."""
     train_ex = task.read(cfg.train, prep)
+    if task.name == "ner" and cfg.label_scheme == "iob":
+        check_tag_scheme(train_ex, cfg.train)
     if cfg.eval:
         labels = task.head_config(train_ex, prep).get("labels")
         return train_ex, task.read(cfg.eval, prep, labels=labels)

@@ -1,6 +1,7 @@
 """Generate text from a decoder (GPT) checkpoint, with the KV cache."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +18,11 @@ from ..tokenizer.chat import encode_prompt, end_ids
 class Config:
     model: str = option(help="decoder checkpoint directory")
     prompt: str = option(help="text to continue")
-    max_new_tokens: int = option(50, help="tokens to generate")
-    temperature: float = option(1.0, help="sampling temperature; 0 = greedy")
-    top_k: int | None = option(None, help="sample among the k most likely tokens")
-    top_p: float | None = option(None, help="nucleus sampling mass")
+    max_new_tokens: int = option(50, help="tokens to generate (at most: the model's context ends generation "
+                                 "earlier, and says so)", ge=1)
+    temperature: float = option(1.0, help="sampling temperature; 0 = greedy", ge=0)
+    top_k: int | None = option(None, help="sample among the k most likely tokens", ge=1)
+    top_p: float | None = option(None, help="nucleus sampling mass", gt=0, le=1)
     seed: int = option(0, help="random seed")
     no_cache: bool = option(False, help="recompute every position (slow; for checking the cache)")
     chat: bool = option(False, help="send the prompt as a user message through the model's chat template "
@@ -44,7 +46,12 @@ def run(cfg: Config) -> int:
                    use_cache=not cfg.no_cache)
     new = out[0, len(ids):].tolist()
     # generation ends at the end-of-text (or end-of-turn) token: it is not part of the text
-    new = new[:min([new.index(s) for s in stops if s in new] or [len(new)])]
+    end = min([new.index(s) for s in stops if s in new] or [len(new)])
+    if end == len(new) < cfg.max_new_tokens:     # neither an end token nor the limit: the context ended it
+        print(f"note: generation stopped after {len(new)} new tokens: the model's context is "
+              f"{model.config.max_position} tokens and the prompt has {len(ids)} "
+              f"(--max-new-tokens {cfg.max_new_tokens})", file=sys.stderr)
+    new = new[:end]
     if cfg.chat:   # the answer alone
         print(tok.decode(new).strip())
     else:

@@ -14,7 +14,6 @@ and it is written atomically.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..config import build, option, to_dict
 from ..data.features import configured
 from ..data.readers import read_lines
 from ..errors import PlmkitError
-from ..io import atomic_dir, write_json
+from ..io import atomic_dir, work_dir, write_json
 from ..loading import load, peek
 from ..models.config import config_from_dict, config_to_dict
 from ..models.onnx_model import GRAPH_FILES, ONNX_FILE, OnnxModel
@@ -98,7 +97,8 @@ def task_of(source: Source, name: str | None) -> tuple[TaskSpec | None, Prep]:
     head_config = source.config_json.get("head_config", {})
     saved = head_config.get("finetune_task")
     name = name or saved or TASK_OF_HEAD.get(source.config_json.get("task", "base"))
-    prep = build(Prep, head_config.get("preprocess", {}), source=f"{source.path}: head_config.preprocess")
+    prep = build(Prep, head_config.get("preprocess", {}),
+                 source=f"{source.path / 'config.json'}: head_config.preprocess")
     # Never feed more tokens than the position table holds (a checkpoint without preprocess settings).
     prep.max_length = min(prep.max_length, int(source.config_json["model"].get("max_position", prep.max_length)))
     if name is None:
@@ -158,8 +158,8 @@ def run(cfg: Config) -> int:
         # depends on the batching, and this way the three commands report the same number.
         evaluation = TaskData(examples, features, tok, head_config, Infer(precision="fp32"))
     fmt = ENGINES[cfg.engine]
-    with atomic_dir(cfg.out, cfg.overwrite) as tmp, tempfile.TemporaryDirectory(prefix=".plmkit-quant-") as w:
-        work = Path(w)
+    # The fp32 export and the quantizers' own scratch go beside --out, where a killed run's are removed
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp, work_dir(cfg.out, libraries=True) as work:
         if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
             write_onnx_dir(source.model, work, None, {"parent": str(source.path.resolve())}, cfg.opset)
             fp32 = work / ONNX_FILE

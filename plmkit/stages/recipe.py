@@ -50,6 +50,7 @@ import yaml
 from ..config import build, load_yaml, option, to_dict
 from ..errors import PlmkitError
 from ..io import atomic_write_text, check_input_dir, check_input_file, write_json
+from ..train.logging import format_seconds, watching
 
 STAMP = ".recipe-stage.json"
 STATE_DIR = ".recipe"
@@ -60,6 +61,8 @@ INPUT_DIRS = ("model", "teacher", "models", "baseline")
 RECIPE_ONLY = {"reinit": "plmkit.stages.reinit", "synthetic": "plmkit.stages.synthetic"}
 HASH_LIMIT = 256 * 2**20                     # bigger input files are fingerprinted by size and mtime
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+STATUS_EVERY = 30.0          # quiet: seconds between a stage's progress lines off a terminal ...
+STATUS_EVERY_TTY = 0.5       # ... and between rewrites of its line on one
 REF_RE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -70,7 +73,8 @@ class Config:
     set: list[str] | None = option(None, help="override recipe variables: --set train=data/train.tsv epochs=3")
     from_stage: str | None = option(None, flag="--from", help="re-run this stage and every stage after it")
     dry_run: bool = option(False, help="validate the recipe and show which stages would run; run nothing")
-    quiet: bool = option(False, help="stage output only into RUN/.recipe/logs/<stage>.log")
+    quiet: bool = option(False, help="stage output only into RUN/.recipe/logs/<stage>.log; the terminal shows "
+                         "each stage's progress (steps, loss, ETA) and time")
 
 
 @dataclass
@@ -210,8 +214,22 @@ def _check_outputs(cfg: Any, stage_dir: Path, src: str) -> None:
             continue
         target = Path(value).expanduser().resolve()
         if not target.is_relative_to(stage_dir):
-            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory {stage_dir}; "
+            link = _link_out(Path(value).expanduser().absolute(), stage_dir)
+            where = (f": {link} is a symlink to {link.resolve()}" if link is not None
+                     else f" {stage_dir}")
+            raise PlmkitError(f"{src}: '{key}: {value}' writes outside the stage's directory{where}; "
                               "a recipe stage writes only to ${out} or a path inside it")
+
+
+def _link_out(path: Path, stage_dir: Path) -> Path | None:
+    """The last symlink on ``path`` that leads out of ``stage_dir`` (the stage's directory itself
+    linked elsewhere, say), or None: then ``..`` or an absolute path is what leads out."""
+    found, walked = None, Path(path.anchor)
+    for part in path.parts[1:]:
+        walked = walked / part
+        if walked.is_symlink() and not walked.resolve().is_relative_to(stage_dir):
+            found = walked
+    return found
 
 
 def _stage_module(kind: str, src: str) -> Any:
@@ -374,9 +392,11 @@ def run_step(step: Step, run_dir: Path, fp: str, quiet: bool) -> float:
     if out is None or Path(out).resolve() != stage_dir:
         stage_dir.mkdir(parents=True, exist_ok=True)   # the stage writes a file inside, not the dir itself
     write_json(started, {"fingerprint": fp})
-    _say(f"- {step.name} ({step.kind}){' resuming' if resume else ''} ...")
+    log = run_dir / STATE_DIR / "logs" / f"{step.name}.log"
+    where = f" output: {_shown(log)}" if quiet else ""       # quiet: where the stage's own output is
+    _say(f"- {step.name} ({step.kind}){' resuming' if resume else ''} ...{where}")
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
-    code = _call(step, cfg, run_dir / STATE_DIR / "logs" / f"{step.name}.log", quiet)
+    code = _call(step, cfg, log, quiet)
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     if isinstance(code, int) and code != 0:
         raise PlmkitError(f"stage '{step.name}' ({step.kind}) failed with exit code {code}")
@@ -384,8 +404,13 @@ def run_step(step: Step, run_dir: Path, fp: str, quiet: bool) -> float:
                                    "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "deps": step.deps,
                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": to_dict(cfg)})
     started.unlink(missing_ok=True)
-    _say(f"  {step.name} done in {seconds:.1f}s ({cpu:.0f} CPU-s)")
+    _say(f"  {step.name} done in {format_seconds(seconds)} ({cpu:.0f} CPU-s)")
     return seconds
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (shorter to read and type)."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def _cpu_seconds() -> float:
@@ -422,6 +447,30 @@ def _runner_fields(cfg: Any, resume: bool) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+class _Status:
+    """A quiet stage's progress (step, loss, ETA: ``train.logging.watching``) where the runner
+    prints: one line rewritten in place on a terminal, a line every ``STATUS_EVERY`` seconds
+    elsewhere (a pipe, a CI log), so a long stage never looks hung."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream, self.name, self.tty, self.open = stream, name, stream.isatty(), False
+        self.every = STATUS_EVERY_TTY if self.tty else STATUS_EVERY
+
+    def show(self, text: str) -> None:
+        line = f"  {self.name}: {text}"
+        if self.tty:        # rewrite the line: carriage return, clear to its end, cut to the width
+            self.stream.write("\r\033[K" + line[:shutil.get_terminal_size().columns - 1])
+            self.open = True
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.open:       # the last progress line stays, and the runner's next line starts below it
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 class _Tee(io.TextIOBase):
     """Stage output to the log file, and to the terminal unless quiet. The log is flushed at
     every write, so ``tail -f RUN/.recipe/logs/STAGE.log`` follows a stage while it runs."""
@@ -443,10 +492,18 @@ class _Tee(io.TextIOBase):
 
 
 def _call(step: Step, cfg: Any, log_path: Path, quiet: bool) -> Any:
+    """Run the stage with its output teed to its log. Quiet, its stderr (progress bars, warnings)
+    goes to the log too, and the terminal gets the runner's progress line instead."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w", encoding="utf-8") as log:
-        with contextlib.redirect_stdout(_Tee(log, None if quiet else sys.stdout)):
-            return step.module.run(cfg)
+    with open(log_path, "w", encoding="utf-8") as log, contextlib.ExitStack() as stack:
+        tee = _Tee(log, None if quiet else sys.stdout)
+        if quiet:
+            status = _Status(sys.stdout, step.name)
+            stack.callback(status.end)
+            stack.enter_context(watching(status.show, status.every))
+            stack.enter_context(contextlib.redirect_stderr(tee))
+        stack.enter_context(contextlib.redirect_stdout(tee))
+        return step.module.run(cfg)
 
 
 # --------------------------------------------------------------------------- output

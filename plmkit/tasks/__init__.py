@@ -11,6 +11,7 @@ The stages (finetune / evaluate / predict) are written once against this protoco
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 from tokenizers import Tokenizer
@@ -78,7 +79,8 @@ def load_finetuned(path: str, task_name: str | None = None,
         raise PlmkitError(f"{path}: a '{model.task}' model has no task head; fine-tune it first "
                           f"(plmkit finetune), or pass --task ({', '.join(TASKS)})")
     if name not in TASKS:
-        raise PlmkitError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+        raise PlmkitError(f"{Path(path) / 'config.json'}: head_config.finetune_task: unknown task '{name}' "
+                          f"(known: {', '.join(TASKS)})")     # --task is checked by its choices
     task = TASKS[name]
     if saved is not None and saved != name:
         raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
@@ -90,7 +92,8 @@ def load_finetuned(path: str, task_name: str | None = None,
                               f"(it needs a '{task.head}' head; fine-tune it first)")
     if task.head in ("classify", "token") and not model.head_config.get("labels"):
         raise PlmkitError(f"{path}: the checkpoint has no label names (head_config.labels)")
-    prep = build(Prep, model.head_config.get("preprocess", {}), source=f"{path}: head_config.preprocess")
+    prep = build(Prep, model.head_config.get("preprocess", {}),
+                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
     return model.eval(), task, prep, load_tokenizer(path)
 
 

@@ -5,6 +5,7 @@ precision / recall / F1 (seqeval's defaults). Words cut off by ``max_length`` ar
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -15,6 +16,27 @@ from ..data.readers import TokenExample, build_label_map, read_ner
 from ..errors import InputError
 from ..eval.metrics import entity_prf, entity_report, get_entities
 from .common import Prep, TaskData, forward_batches
+
+
+# An entity tag set: O outside entities, PREFIX-TYPE inside (IOB1, IOB2, IOE, BIOES), what the
+# entity-level scores (seqeval's) read.
+ENTITY_TAG = re.compile(r"^(?:O|[BIES]-\S+)$")
+SHOWN_TAGS = 12
+
+
+def check_tag_scheme(examples: list[TokenExample], path: str) -> None:
+    """Refuse training tags that are not an entity tag set. A CoNLL file whose last column is the
+    POS or chunk tag reads like NER data and would train a "NER" model of NN, VBZ, DT ...
+    with entity scores of nothing; ``--label-scheme none`` trains on such tags deliberately."""
+    bad = next(((ex, tag) for ex in examples for tag in ex.tags or () if not ENTITY_TAG.match(tag)), None)
+    if bad is None:
+        return
+    seen = sorted({tag for ex in examples for tag in ex.tags or ()})
+    shown = ", ".join(seen[:SHOWN_TAGS]) + (", ..." if len(seen) > SHOWN_TAGS else "")
+    raise InputError(path, f"tag {bad[1]!r} is not an entity tag: NER expects IOB / IOB2 / BIOES tags (O, B-TYPE, "
+                           f"I-TYPE, E-TYPE, S-TYPE), and the tags here ({len(seen)}: {shown}) are not; is the "
+                           "last column the NER tag? --label-scheme none trains on these tags as they are",
+                     bad[0].line)
 
 
 class NerTask:

@@ -7,14 +7,16 @@ nanoGPT's ``estimate_mfu``), unless the caller gives a better ``flops_per_token`
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from tqdm import tqdm
@@ -138,22 +140,59 @@ def copy_logs(work: Path, out: Path) -> None:
         shutil.copytree(work / TENSORBOARD_DIR, out / TENSORBOARD_DIR)
 
 
+@dataclass
+class Watcher:
+    """Someone besides the run's own output who wants its progress lines: ``show`` gets one every
+    ``every`` seconds and one at the end."""
+    show: Callable[[str], None]
+    every: float
+
+
+_WATCHERS: list[Watcher] = []
+
+
+@contextlib.contextmanager
+def watching(show: Callable[[str], None], every: float) -> Iterator[None]:
+    """Send the progress lines of the training runs inside the block to ``show`` too. The recipe
+    runner shows a stage's progress on the terminal this way while the stage's own output goes
+    to its log (``plmkit demo``)."""
+    watcher = Watcher(show, every)
+    _WATCHERS.append(watcher)
+    try:
+        yield
+    finally:
+        _WATCHERS.remove(watcher)
+
+
+class _Feed:
+    """One destination of progress lines and the sums since its last line."""
+
+    def __init__(self, emit: Callable[[str], None], every: float, now: float) -> None:
+        self.emit, self.every, self.last = emit, every, now
+        self.loss, self.n, self.tokens = 0.0, 0, 0
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
 class Progress:
     """Feedback over the optimizer steps, on rank 0: a tqdm bar while stderr is a terminal; while
     stdout is not one (a log file, a pipe, a recipe's stage log) a line there every ``every``
-    seconds and at the end: step, loss, tokens/s and ETA. Silent with PLMKIT_QUIET=1 and on the
-    other ranks."""
+    seconds and at the end: step, loss, tokens/s and ETA; the same lines to each ``watching``
+    watcher at its own pace. Silent on the other ranks, and with PLMKIT_QUIET=1 but for the
+    watchers (asked for explicitly)."""
 
     def __init__(self, total: int | None, initial: int, enabled: bool, *, every: float = 30.0,
                  world_size: int = 1, budget_s: float | None = None, spent_s: float = 0.0) -> None:
         self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                         disable=not (enabled and progress_enabled()))
-        self.lines = enabled and every > 0 and progress_lines_enabled()
-        self.total, self.every, self.world = total, every, world_size
+        self.total, self.world = total, world_size
         self.budget_left = None if budget_s is None else budget_s - spent_s
-        self.start = self.last = time.perf_counter()
+        self.start = time.perf_counter()
         self.first_step, self.step = initial, initial
-        self.loss, self.n, self.tokens = 0.0, 0, 0
+        own = [_Feed(_print, every, self.start)] if every > 0 and progress_lines_enabled() else []
+        self.feeds = own + [_Feed(w.show, w.every, self.start) for w in _WATCHERS] if enabled else []
 
     def update(self, step: int, loss: float, tokens: int, record: dict[str, Any] | None) -> None:
         self.bar.update(1)
@@ -164,30 +203,32 @@ class Progress:
             if "mfu" in record:
                 post["mfu"] = f"{100 * record['mfu']:.1f}%"
             self.bar.set_postfix(post, refresh=False)
-        if not self.lines:
+        if not self.feeds:
             return
-        self.step, self.loss, self.n, self.tokens = step, self.loss + loss, self.n + 1, self.tokens + tokens
-        if time.perf_counter() - self.last >= self.every:
-            self._line()
+        self.step, now = step, time.perf_counter()
+        for feed in self.feeds:
+            feed.loss, feed.n, feed.tokens = feed.loss + loss, feed.n + 1, feed.tokens + tokens
+            if now - feed.last >= feed.every:
+                self._line(feed, now)
 
-    def _line(self) -> None:
-        now = time.perf_counter()
+    def _line(self, feed: _Feed, now: float) -> None:
         done = f"{self.step}/{self.total} ({100 * self.step / self.total:.0f}%)" if self.total else str(self.step)
-        parts = [f"step {done}", f"loss {self.loss / max(1, self.n):.4f}"]
-        if self.tokens:
-            parts.append(f"{self.tokens * self.world / max(now - self.last, 1e-9):,.0f} tokens/s")
+        parts = [f"step {done}", f"loss {feed.loss / max(1, feed.n):.4f}"]
+        if feed.tokens:
+            parts.append(f"{feed.tokens * self.world / max(now - feed.last, 1e-9):,.0f} tokens/s")
         per_step = (now - self.start) / max(1, self.step - self.first_step)
         left = [per_step * (self.total - self.step)] if self.total else []
         if self.budget_left is not None:
             left.append(max(0.0, self.budget_left - (now - self.start)))
         if left:
             parts.append(f"ETA {format_seconds(min(left))}")
-        print(" | ".join(parts), flush=True)
-        self.last, self.loss, self.n, self.tokens = now, 0.0, 0, 0
+        feed.emit(" | ".join(parts))
+        feed.last, feed.loss, feed.n, feed.tokens = now, 0.0, 0, 0
 
     def close(self) -> None:
-        if self.lines and self.n:
-            self._line()
+        for feed in self.feeds:
+            if feed.n:
+                self._line(feed, time.perf_counter())
         self.bar.close()
 
 

@@ -138,7 +138,12 @@ def labels_from_hf(hf: dict[str, Any]) -> list[str] | None:
 def read_config(hf: dict[str, Any], source: str) -> tuple[ModelConfig, str, dict[str, Any]]:
     """(model config, head, head_config) of an HF config.json."""
     family, task = family_of(hf, source)
-    cfg = family.config_from_hf(hf, source)
+    try:
+        cfg = family.config_from_hf(hf, source)
+    except PlmkitError as e:   # ModelConfig's own checks (sizes, choices) do not know the file
+        if str(e).startswith(source):
+            raise
+        raise PlmkitError(f"{source}: {str(e).removeprefix('config: ')}") from None
     # transformers >= 5 leaves out id2label when it is its default: 2 labels, LABEL_0 and LABEL_1
     labels = labels_from_hf(hf) or [f"LABEL_{i}" for i in range(int(hf.get("num_labels", 2)))]
     head_config = {"num_labels": len(labels), "labels": labels} if labels and task in ("classify", "token") else {}
