@@ -108,7 +108,7 @@ def test_student_learns_from_the_teacher_and_fine_tunes(root, capsys):
 
 
 def test_resume_of_a_general_distillation_is_exact(root, capsys):
-    args = ("--max-steps", "6", "--save-every", "3", "--lr", "2e-3", "--student-layers", "1,4")
+    args = ("--max-steps", "6", "--save-every", "3", "--keep-last", "2", "--lr", "2e-3", "--student-layers", "1,4")
     import plmkit.stages.distill as stage
     assert _distill(root, root / "full", *args) == 0
 
