@@ -54,12 +54,19 @@ def test_training_stages_show_the_same_training_flags():
 def test_stage_defaults_are_declared_once_and_shown():
     from plmkit.stages import distill, finetune, pretrain
 
-    for module, lr in ((pretrain, 5e-4), (distill, 1e-4)):
-        assert module.Config.__dataclass_fields__["lr"].default == lr
-        parser = argparse.ArgumentParser()
-        add_arguments(parser, module.Config)
-        (action,) = [a for a in parser._actions if "--lr" in a.option_strings]
-        assert action.help.endswith(f"(default: {lr})")
+    assert pretrain.Config.__dataclass_fields__["lr"].default == 5e-4
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, pretrain.Config)
+    (action,) = [a for a in parser._actions if "--lr" in a.option_strings]
+    assert action.help.endswith("(default: 0.0005)")
+    # distillation's default depends on the mode: task distillation 1e-4, general (--corpus) 1e-3,
+    # resolved into the config the run writes
+    assert distill.Config.__dataclass_fields__["lr"].default is None
+    base = dict(teacher="t", out="o")
+    assert distill.resolved(distill.Config(**base, task="classify", train="x")).lr == 1e-4
+    assert distill.resolved(distill.Config(**base, corpus=["x"])).lr == 1e-3
+    assert distill.resolved(distill.Config(**base, corpus=["x"], lr=5e-5)).lr == 5e-5
+    assert "--lr 1e-3" in distill.Config.__dataclass_fields__["corpus"].metadata["help"]
     # fine-tuning's default depends on the strategy (issue 17.6): each strategy's rate is in the help
     from plmkit.adapters.strategies import STRATEGIES
 

@@ -33,7 +33,6 @@ from dataclasses import asdict
 from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -305,15 +304,11 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
 
     @app.exception_handler(StarletteHTTPException)
     async def _refused(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(request.url.path, exc)     # unknown paths and methods too
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         # FastAPI answers a body json.loads cannot decode (invalid UTF-8) with a bare "There was
         # an error parsing the body"; its cause says what was wrong.
         if isinstance(exc.__cause__, UnicodeDecodeError):
-            return JSONResponse({"detail": _undecodable(exc.__cause__)}, status_code=400)
-        return await http_exception_handler(request, exc)
+            exc = StarletteHTTPException(400, detail=_undecodable(exc.__cause__))
+        return error_response(request.url.path, exc)     # unknown paths and methods too
 
     def need(endpoint: str) -> Callable[[], None]:
         def check() -> None:
