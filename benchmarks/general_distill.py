@@ -39,13 +39,14 @@ def unlabelled_sst2(dst: Path, smoke: bool) -> Path:
 
 
 def distil(out: Path, args: argparse.Namespace) -> Path:
-    student = out / f"student-{args.minutes:g}m"
+    student = out / f"student-{args.minutes:g}m{args.tag}"
     if not (student / "config.json").is_file():
         corpus = sorted(str(p) for p in PB.CORPUS.glob("*.txt"))
         text = unlabelled_sst2(out / "data" / "sst2-unlabelled.txt", args.smoke)
         small = ["--max-steps", "4", "--batch-size", "4", "--seq-len", "32"] if args.smoke else []
         PB.plmkit_subprocess("distill", "--teacher", str(PB.minilm()), "--corpus", *corpus, str(text),
-                             "--budget", f"{args.minutes:g}m", "--out", str(student), "--overwrite", *small)
+                             "--budget", f"{args.minutes:g}m", "--out", str(student), "--overwrite",
+                             *args.distill_args.split(), *small)
     return student
 
 
@@ -98,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=5, help="interleaved bench runs per engine")
     p.add_argument("--bench-examples", type=int, default=1024, help="test sentences each bench run times")
     p.add_argument("--speed-only", action="store_true", help="skip fine-tuning accuracy (needs the fine-tunes)")
+    p.add_argument("--no-speed", action="store_true", help="skip the throughput pairs")
+    p.add_argument("--distill-args", default="", help="extra distill flags, e.g. '--seq-len 64' (a candidate "
+                   "default); with --tag, its student and fine-tunes get their own names")
+    p.add_argument("--tag", default="", help="suffix of the student's name (e.g. -seq64)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     student = distil(args.out, args)
     meta = json.loads((student / "plmkit.json").read_text())
     print(f"distilled: {meta['metrics']}", file=sys.stderr)
-    pre = PB.Start("student", student, "pre-trained", "general distillation of MiniLM")
+    pre = PB.Start(f"student{args.tag}", student, "pre-trained", "general distillation of MiniLM")
     rnd = PB.Start("student-random", PB.reinit(student, args.out / "student-random"), "random")
     mini = PB.Start("minilm", PB.minilm(), "pre-trained")
     task = PB.sst2_task(args.out / "data", 1000, args.smoke)
@@ -128,13 +133,14 @@ def main(argv: list[str] | None = None) -> None:
                                outcomes, task))
         best = {o.start: o.lr for o in outcomes}
     else:
-        best = json.loads((args.out / "results.json").read_text())["best_lr"]
-    ft = {name: work / f"{name}-{task.name}-lr{best[name]:g}-s{args.seeds[0]}" for name in ("student", "minilm")}
-    tables.append(speed(ft["student"], ft["minilm"], task.test, args.out / "speed", args))
+        best = json.loads((args.out / f"results{args.tag}.json").read_text())["best_lr"]
+    if not args.no_speed:
+        ft = {name: work / f"{name}-{task.name}-lr{best[name]:g}-s{args.seeds[0]}" for name in (pre.name, "minilm")}
+        tables.append(speed(ft[pre.name], ft["minilm"], task.test, args.out / "speed", args))
     text = "\n\n".join(tables)
     print(text)
-    (args.out / "results.md").write_text(text + "\n", encoding="utf-8")
-    (args.out / "results.json").write_text(json.dumps({"distill": meta["metrics"], "best_lr": best,
+    (args.out / f"results{args.tag}.md").write_text(text + "\n", encoding="utf-8")
+    (args.out / f"results{args.tag}.json").write_text(json.dumps({"distill": meta["metrics"], "best_lr": best,
                                                        "tables": PB.RESULTS, "seconds": round(time.time() - t0)},
                                                       indent=1) + "\n", encoding="utf-8")
     print(f"\n{time.time() - t0:.0f} s; results in {args.out}")
