@@ -251,6 +251,8 @@ def test_collate_stacks_positives_then_negatives_in_a_block_of_their_own(encoder
     assert batch["pair_attention_mask"].sum(1).tolist() == [len(f) for f in
                                                             [feats[0]["pair_input_ids"][0], feats[1]["pair_input_ids"][0],
                                                              feats[0]["pair_input_ids"][1], feats[1]["pair_input_ids"][1]]]
+    from plmkit.train.logging import count_tokens       # tokens/s counts every text of the batch
+    assert count_tokens(batch) == sum(len(f["input_ids"]) + sum(map(len, f["pair_input_ids"])) for f in feats)
 
 
 # --- the CLI on a tiny encoder ----------------------------------------------------------------
