@@ -17,6 +17,13 @@ hidden states (MSE, through one learned ``nn.Linear(H_s, H_t)`` when the widths 
 attention distributions (KL per head when the mapped layers have the same number of heads,
 else KL of the head-averaged distributions) and the embedding layer output (MSE, with its own
 projection). Student layer i is matched to teacher layer ``layer_map[i]``.
+
+Sentence embeddings (head ``embed``) have vectors, not logits: the student's sentence vectors of
+every text of a batch (anchors, positives, negatives) are pulled to the teacher's by squared
+distance (``vector_loss`` mse: summed over dimensions, averaged over texts; on unit vectors that is
+2 - 2 cos) or cosine distance (1 - cos), weighted 1 - alpha; alpha weighs the head's own in-batch
+ranking loss. Student and teacher vectors must have the same width (no projection: the student's
+vectors are used alone afterwards).
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ from ..errors import PlmkitError, a_or_an
 from ..io import check_input_file, read_json
 from ..models.checkpoint import WEIGHTS, write_checkpoint_files
 from ..models.config import config_from_dict, config_to_dict, preset
-from ..models.heads import IGNORE, ModelOutput
+from ..models.heads import IGNORE, PAIR_KEYS, ModelOutput
 from ..models.model import PlmModel
 
 # model head -> (output attribute, batch label key) pairs the logit loss covers; QA averages
@@ -48,6 +55,10 @@ LOGITS: dict[str, tuple[tuple[str, str], ...]] = {
     "span": (("start_logits", "start_positions"), ("end_logits", "end_positions")),
     "clm": (("logits", "labels"),),
 }
+# model head -> the output of sentence vectors the student matches (see the module doc).
+VECTORS: dict[str, str] = {"embed": "embeddings"}
+VECTOR_LOSSES = ("mse", "cosine")
+DISTILLABLE_HEADS = (*LOGITS, *VECTORS)
 # Next-token heads: position t predicts label t + 1 (as the CLM head shifts its labels); the KL covers
 # the positions whose label is kept (the completion, or the assistant turns of a chat).
 SHIFTED = {"clm"}
@@ -269,8 +280,11 @@ class DistillSpec:
     attention_weight: float = 0.0
     embedding_weight: float = 0.0
     layer_map: dict[int, int] | None = None   # student layer -> teacher layer; None: uniform
+    vector_loss: str = "mse"             # embed: mse | cosine between student and teacher vectors
 
     def check(self) -> None:
+        if self.vector_loss not in VECTOR_LOSSES:
+            raise PlmkitError(f"unknown vector loss {self.vector_loss!r} (choose {', '.join(VECTOR_LOSSES)})")
         if not self.temperature > 0:
             raise PlmkitError(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -297,8 +311,12 @@ class DistillModule(nn.Module):
         spec.check()
         if teacher is None and (cache is None or spec.intermediate):
             raise PlmkitError("distillation needs the teacher (the logit cache serves only the logit loss)")
-        if student.task not in LOGITS:
-            raise PlmkitError(f"cannot distil a '{student.task}' model (supported heads: {', '.join(LOGITS)})")
+        if student.task not in DISTILLABLE_HEADS:
+            raise PlmkitError(f"cannot distil a '{student.task}' model (supported heads: {', '.join(DISTILLABLE_HEADS)})")
+        if student.task in VECTORS and teacher is not None and student.config.hidden_size != teacher.config.hidden_size:
+            raise PlmkitError(f"an embedding student must have the teacher's width ({teacher.config.hidden_size}), "
+                              f"not {student.config.hidden_size}: its vectors replace the teacher's (choose "
+                              "--student-layers, or a student config of that hidden_size)")
         self.student, self.spec, self.cache = student, spec, cache
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         if spec.layer_map is None and teacher is not None:
@@ -321,11 +339,14 @@ class DistillModule(nn.Module):
                 token_type_ids: Tensor | None = None, feature_index: Tensor | None = None,
                 **labels: Tensor) -> ModelOutput:
         spec = self.spec
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                  **{k: v for k, v in labels.items() if k in PAIR_KEYS}}     # embed: the other texts too
         want_h, want_a = bool(spec.hidden_weight or spec.embedding_weight), bool(spec.attention_weight)
-        s = self.student(**inputs, output_hidden_states=want_h, output_attentions=want_a)
+        vectors = self.student.task in VECTORS        # the head computes its own loss from the labels
+        own = {k: v for k, v in labels.items() if k not in PAIR_KEYS} if vectors else {}
+        s = self.student(**inputs, **own, output_hidden_states=want_h, output_attentions=want_a)
         t = self._teacher_out(inputs, feature_index, want_h, want_a)
-        loss, aux = self.logit_loss(s, t, labels)
+        loss, aux = self.vector_loss(s, t) if vectors else self.logit_loss(s, t, labels)
         if spec.hidden_weight:
             aux["hidden_mse"] = torch.stack([
                 hidden_mse(s.hidden_states[i + 1], t.hidden_states[j + 1], self.hidden_proj, attention_mask)
@@ -340,7 +361,7 @@ class DistillModule(nn.Module):
                                               attention_mask)
             loss = loss + spec.embedding_weight * aux["embedding_mse"]
         return ModelOutput(loss=loss, logits=s.logits, start_logits=s.start_logits, end_logits=s.end_logits,
-                           aux={k: v.detach() for k, v in aux.items()})
+                           embeddings=s.embeddings, aux={k: v.detach() for k, v in aux.items()})
 
     def _teacher_out(self, inputs: dict[str, Tensor | None], feature_index: Tensor | None,
                      want_h: bool, want_a: bool) -> ModelOutput:
@@ -350,6 +371,19 @@ class DistillModule(nn.Module):
             return self.cache.lookup(feature_index, inputs["input_ids"].size(1), inputs["input_ids"].device)
         with torch.no_grad():
             return self.teacher(**inputs, output_hidden_states=want_h, output_attentions=want_a)
+
+    def vector_loss(self, s: ModelOutput, t: ModelOutput) -> tuple[Tensor, dict]:
+        """alpha * the head's own loss + (1 - alpha) * the distance of the student's sentence vectors
+        to the teacher's (module doc): (loss, {"ranking", "vector_mse" | "vector_cosine"})."""
+        attr = VECTORS[self.student.task]
+        sv, tv = _wide(getattr(s, attr)), _wide(getattr(t, attr))
+        if self.spec.vector_loss == "cosine":
+            dist = (1.0 - F.cosine_similarity(sv, tv, dim=-1)).mean()
+        else:
+            dist = (sv - tv).pow(2).sum(-1).mean()
+        own = s.loss if s.loss is not None else dist * 0.0
+        alpha = self.spec.alpha
+        return alpha * own + (1.0 - alpha) * dist, {"ranking": own, f"vector_{self.spec.vector_loss}": dist}
 
     def logit_loss(self, s: ModelOutput, t: ModelOutput, labels: dict[str, Tensor]) -> tuple[Tensor, dict]:
         """The seed's loss on each logit tensor of the task (QA: start and end terms averaged, then
@@ -420,6 +454,9 @@ class TeacherCache:
         from ..tasks.common import Infer, TaskData, forward_batches
 
         task = teacher.task
+        if task not in LOGITS:
+            raise PlmkitError(f"--cache-teacher stores logits; {a_or_an(repr(task)[1:-1])} teacher runs live "
+                              "(drop --cache-teacher)")
         per_token = task != "classify"
         counts = [len(f["input_ids"]) if per_token else 1 for f in features]
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)

@@ -43,9 +43,10 @@ OUTPUTS: dict[str, tuple[str, ...]] = {
     "classify": ("logits",),
     "token": ("logits",),
     "span": ("start_logits", "end_logits"),
+    "embed": ("embeddings", "last_hidden_state"),    # the sentence vectors; the token states for serve
 }
 # Outputs without a sequence axis.
-PER_SEQUENCE = {"pooled", "nsp_logits"}
+PER_SEQUENCE = {"pooled", "nsp_logits", "embeddings"}
 
 
 class _Graph(nn.Module):

@@ -8,6 +8,9 @@ Python lists and tokenizer ``Encoding`` objects. Keys match the
 model's batch keys (``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels``,
 ``start_positions``, ``end_positions``); extra keys (``word_ids``, ``offset_mapping``,
 ``example_id``) are bookkeeping for post-processing and are left out by ``collate``.
+A feature may carry more texts beside its input (sentence embeddings: the positive and hard
+negative of an anchor): ``pair_input_ids`` etc. hold one token list per extra text, batched
+into one padded block of their own.
 """
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ IGNORE = -100  # label value the losses skip (torch CrossEntropyLoss ignore_inde
 # How each model key is padded in a batch; keys absent here are not model inputs.
 PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE}
 SCALAR_KEYS = ("labels", "start_positions", "end_positions", "next_sentence_label")
+FLOAT_KEYS = ("scores",)          # one float per feature (scored sentence pairs)
+# The extra texts of a feature, one token list each, and the input key each is padded as.
+PAIR_KEYS = {"pair_input_ids": "input_ids", "pair_attention_mask": "attention_mask",
+             "pair_token_type_ids": "token_type_ids"}
 
 LabelMap = Sequence[str] | Mapping[str, int]
 
@@ -118,10 +125,11 @@ class FeatureTable(Sequence[dict[str, Any]]):
 
 
 def feature_lengths(features: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Token count of every feature (read from the table's offsets when it is a FeatureTable)."""
+    """Token count of every feature, its extra texts included (read from the table's offsets
+    when it is a FeatureTable)."""
     if isinstance(features, FeatureTable):
         return features.lengths().tolist()
-    return [len(f["input_ids"]) for f in features]
+    return [len(f["input_ids"]) + sum(map(len, f.get("pair_input_ids", ()))) for f in features]
 
 
 def encode_classification(tok: Tokenizer, examples: Sequence[TextExample], label_map: LabelMap | None,
@@ -332,6 +340,13 @@ def collate(features: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, tor
             batch[key] = torch.tensor(rows, dtype=torch.long)
         elif key in SCALAR_KEYS:
             batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+        elif key in FLOAT_KEYS:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.float32)
+        elif key in PAIR_KEYS:     # the extra texts: all first ones, then all second ones, ...
+            rows = [f[key][r] for r in range(len(first)) for f in features]
+            wide = max(len(row) for row in rows)
+            fill = pad_id if PAD_VALUES[PAIR_KEYS[key]] is None else PAD_VALUES[PAIR_KEYS[key]]
+            batch[key] = torch.tensor([list(row) + [fill] * (wide - len(row)) for row in rows], dtype=torch.long)
     return batch
 
 
@@ -353,14 +368,17 @@ def label_norm(features: Sequence[Mapping[str, Any]], n_batches: int) -> float |
 
 
 def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, shuffle: bool = True,
-                            chunk_batches: int = 100) -> list[list[int]]:
+                            chunk_batches: int = 100, keys: Sequence[Any] | None = None) -> list[list[int]]:
     """Index batches whose members have similar lengths, so padding stays small.
 
     shuffle=True: shuffle all indices, cut into chunks of ``chunk_batches`` batches, sort each
     chunk by length, cut into batches, then shuffle the batch order. Randomness survives
     (which examples share a chunk, and batch order) while each batch is length-homogeneous.
     shuffle=False: sort everything by length (deterministic; for evaluation).
-    Every index appears exactly once; only the last batch may be smaller.
+    Every index appears exactly once; only the last batch may be smaller, except with ``keys``:
+    indices with equal keys do not share a batch while others can fill it (the same passage twice
+    in a batch of in-batch negatives is a wasted negative). What a chunk cannot fill a batch with
+    goes on to the next chunk, so only the final chunk may leave a few short batches.
     """
     if batch_size < 1:
         raise PlmkitError(f"batch size must be >= 1, got {batch_size}")
@@ -371,11 +389,38 @@ def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, 
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(order)
     chunk = batch_size * chunk_batches
-    batches = []
+    batches: list[list[int]] = []
+    carried: list[int] = []            # keys: what a chunk could not fill a batch with goes to the next one
     for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+        part = sorted(carried + order[start:start + chunk], key=lambda i: lengths[i])
+        if keys is None:
+            batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+            continue
+        cut = _distinct_batches(part, keys, batch_size)
+        carried = []
+        while start + chunk < len(order) and cut and len(cut[-1]) < batch_size:
+            carried.extend(cut.pop())
+        batches.extend(cut)
     # Chunks hold whole batches, so only the final batch can be short: keep it last.
-    last = batches.pop() if batches and len(batches[-1]) < batch_size else None
+    last = batches.pop() if batches and len(batches[-1]) < batch_size and keys is None else None
     rng.shuffle(batches)
     return batches + [last] if last else batches
+
+
+def _distinct_batches(part: list[int], keys: Sequence[Any], batch_size: int) -> list[list[int]]:
+    """Cut the length-sorted ``part`` into batches in order, an index whose key the batch already
+    holds waiting for the next batch (so batches stay length-homogeneous)."""
+    batches, pending = [], part
+    while pending:
+        batch, seen, waiting, pos = [], set(), [], 0
+        while pos < len(pending) and len(batch) < batch_size:
+            i = pending[pos]
+            pos += 1
+            if keys[i] in seen:
+                waiting.append(i)
+            else:
+                batch.append(i)
+                seen.add(keys[i])
+        batches.append(batch)
+        pending = waiting + pending[pos:]
+    return batches

@@ -1,4 +1,4 @@
-"""Task metrics: classification, entity-level NER (seqeval-compatible), SQuAD EM/F1.
+"""Task metrics: classification, entity-level NER (seqeval-compatible), SQuAD EM/F1, retrieval, correlation.
 
 Pure Python over plain lists, so they are easy to check by hand. Classification and NER
 scores are fractions in [0, 1]; SQuAD scores are percentages (0-100) like the official
@@ -6,6 +6,7 @@ evaluation script.
 """
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -185,3 +186,61 @@ def squad_em_f1(predictions: Mapping[str, str], examples: Iterable) -> dict[str,
     if total == 0:
         raise PlmkitError("cannot score an empty evaluation set")
     return {"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}
+
+
+# ---------------------------------------------------------------------------
+# Retrieval and scored pairs (sentence embeddings)
+
+
+def retrieval_scores(rankings: Sequence[Sequence[Hashable]], relevant: Sequence[set],
+                     k: int = 10) -> dict[str, float]:
+    """MRR@k, recall@1, recall@k and nDCG@k (binary relevance), averaged over queries, as BEIR and
+    sentence-transformers' InformationRetrievalEvaluator define them.
+
+    ``rankings[q]``: the corpus ids best first (at least the top k); ``relevant[q]``: the ids that
+    answer query q. recall@n = share of q's relevant ids in its top n; nDCG@k = DCG / ideal DCG with
+    gain 1 / log2(rank + 1).
+    """
+    _check_pair(rankings, relevant)
+    mrr = r1 = rk = ndcg = 0.0
+    for ranked, rel in zip(rankings, relevant):
+        if not rel:
+            raise ValueError("a query without a relevant passage")
+        hits = [i for i, doc in enumerate(ranked[:k]) if doc in rel]
+        mrr += 1.0 / (hits[0] + 1) if hits else 0.0
+        r1 += sum(1 for doc in ranked[:1] if doc in rel) / len(rel)
+        rk += len(hits) / len(rel)
+        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), k)))
+        ndcg += sum(1.0 / math.log2(i + 2) for i in hits) / ideal
+    n = len(rankings)
+    return {f"mrr@{k}": mrr / n, "recall@1": r1 / n, f"recall@{k}": rk / n, f"ndcg@{k}": ndcg / n}
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their average rank (scipy.stats.rankdata's 'average')."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[order[m]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; 0.0 when either side is constant (no linear relation to measure)."""
+    _check_pair(x, y)
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else 0.0
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson of the (tie-averaged) ranks."""
+    return pearson(_ranks(x), _ranks(y))

@@ -34,7 +34,7 @@ from ..io import atomic_dir, read_json, write_json
 from ..tokenizer import save_tokenizer
 from . import hf
 from .config import ModelConfig, config_from_dict, config_to_dict
-from .heads import HEADS, POOLINGS, check_head
+from .heads import HEADS, HF_EXPORT_AS, POOLINGS, check_head
 from .model import PlmModel
 
 WEIGHTS = "model.safetensors"
@@ -250,18 +250,26 @@ def hf_pooling_problem(cfg: ModelConfig, task: str, head_config: dict[str, Any])
 
 def export_hf(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer | None, overwrite: bool = False) -> Path:
     """Write a directory that ``transformers.AutoModel.from_pretrained`` loads."""
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        write_hf_files(model, tmp, tokenizer)
+    return Path(out_dir)
+
+
+def write_hf_files(model: PlmModel, directory: Path, tokenizer: Tokenizer | None) -> None:
+    """config.json, model.safetensors (and the tokenizer) in the Hugging Face layout, into an existing
+    directory. A head transformers has no class for (embed) goes out as the head it amounts to."""
     from safetensors.torch import save_file
 
     problem = hf_pooling_problem(model.config, model.task, model.head_config)
     if problem:
         raise PlmkitError(problem)
-    hf_cfg = hf.config_to_hf(model.config, model.task, model.head_config.get("labels"))
-    state = {k: v for k, v in model.state_dict().items() if k not in _tied_names(model)}
-    hf_state = hf.state_to_hf(state, model.config, model.task)
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
-        save_file(hf_state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp, model_max_length=model.config.max_position,
-                           model_input_names=model.config.input_names)
-    return Path(out_dir)
+    task = HF_EXPORT_AS.get(model.task, model.task)
+    hf_cfg = hf.config_to_hf(model.config, task, model.head_config.get("labels"))
+    state = {k: v for k, v in model.state_dict().items()
+             if k not in _tied_names(model) and (task == model.task or not k.startswith("head."))}
+    hf_state = hf.state_to_hf(state, model.config, task)
+    (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    save_file(hf_state, str(directory / WEIGHTS), metadata={"format": "pt"})
+    if tokenizer is not None:
+        save_tokenizer(tokenizer, directory, model_max_length=model.config.max_position,
+                       model_input_names=model.config.input_names)

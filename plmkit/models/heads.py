@@ -5,6 +5,7 @@ Losses are computed here so every stage (pretrain, finetune, distill) trains the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ class ModelOutput:
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     past_key_values: Any = None
+    embeddings: Tensor | None = None                # [B, H] sentence vectors (embed); training: [B + K*B, H]
     aux: dict[str, Tensor] = field(default_factory=dict)   # component losses and accuracies
 
 
@@ -278,6 +280,99 @@ class RTDHead(nn.Module):
         return ModelOutput(loss=loss, logits=logits, aux=aux)
 
 
+EMBED_POOLINGS = ("mean", "cls")     # what a sentence-embedding head reads (head_config["pooling"])
+PAIR_KEYS = ("pair_input_ids", "pair_attention_mask", "pair_token_type_ids")   # embed: the candidate texts
+
+
+class EmbedHead(nn.Module):
+    """Sentence embeddings: the mean of the real tokens' last hidden states (or the [CLS] state),
+    unit length with ``normalize``. No weights of its own (a learnable scale aside): an embed model
+    is its backbone plus this pooling, which is what sentence-transformers' layout stores.
+
+    Training batches carry the texts each input is compared with: ``pair_out`` (the backbone run by
+    ``PlmModel`` on ``pair_input_ids``, K-1 rows per input: the B positives, then the B hard negatives
+    of triplets), and either
+      ``labels`` [B, K-1], a key per candidate text: multiple-negatives ranking (sentence-transformers'
+      MultipleNegativesRankingLoss): cross-entropy of scale * cos(input i, candidate j) over every
+      candidate of the batch, the target being i's positive. A candidate with the key of i's positive
+      (the same passage twice in one batch) is left out of i's negatives, not counted against it;
+      or ``scores`` [B], a similarity per pair: CoSENT (Su 2022; sentence-transformers' CoSENTLoss),
+      log(1 + sum over pairs (i, j) with score_i > score_j of exp(scale * (cos_j - cos_i))).
+    With ``matryoshka_dims`` the loss is summed over the vectors' prefixes of those lengths, each
+    compared by cosine (Kusupati et al. 2022; MatryoshkaLoss), so a prefix is an embedding of its own.
+    """
+
+    def __init__(self, cfg: ModelConfig, hc: dict[str, Any]):
+        super().__init__()
+        self.cfg = cfg
+        self.pooling = hc.get("pooling", "mean")
+        if self.pooling not in EMBED_POOLINGS:
+            raise PlmkitError(f"unknown embedding pooling {self.pooling!r} (choose {', '.join(EMBED_POOLINGS)})")
+        self.normalize = bool(hc.get("normalize", True))
+        scale = float(hc.get("scale", 20.0))
+        if not scale > 0:
+            raise PlmkitError(f"the similarity scale must be > 0, got {scale}")
+        # learnable: the log of the scale trains (it stays positive), starting from the given value
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale))) if hc.get("learnable_scale") else None
+        self.fixed_scale = scale
+        self.dims = matryoshka_dims(hc.get("matryoshka_dims"), cfg.hidden_size)
+
+    def scale(self) -> Tensor | float:
+        return self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
+
+    def _vectors(self, out: BackboneOutput, mask: Tensor | None) -> Tensor:
+        v = sentence_vector(self.cfg, out, {"attention_mask": mask}, self.pooling)
+        return F.normalize(v, dim=-1) if self.normalize else v
+
+    def forward(self, out: BackboneOutput, batch: dict[str, Any]) -> ModelOutput:
+        v = self._vectors(out, batch.get("attention_mask"))                      # [B, H]
+        pair_out = batch.get("pair_out")
+        if pair_out is None:
+            return ModelOutput(embeddings=v)
+        c = self._vectors(pair_out, batch.get("pair_attention_mask"))             # [(K-1)*B, H]
+        loss = None
+        if batch.get("scores") is not None:
+            loss = sum(cosent_loss(v[:, :d], c[:, :d], batch["scores"], self.scale()) for d in self.dims)
+        elif batch.get("labels") is not None:
+            per_input = c.size(0) // v.size(0)     # labels come padded to the inputs' length: cut them
+            keys = batch["labels"][:, :per_input].t().reshape(-1)               # role-major, as the candidates
+            loss = sum(ranking_loss(v[:, :d], c[:, :d], keys, self.scale()) for d in self.dims)
+        return ModelOutput(loss=loss, embeddings=torch.cat([v, c]))
+
+
+def matryoshka_dims(dims: Any, hidden: int) -> list[int]:
+    """The prefix lengths the loss covers, longest first; the full width is always one of them."""
+    given = [int(d) for d in dims or []]
+    bad = [d for d in given if not 0 < d <= hidden]
+    if bad:
+        raise PlmkitError(f"matryoshka dimension {bad[0]} is not between 1 and the model's width {hidden}")
+    return sorted({*given, hidden}, reverse=True)
+
+
+def _cosines(a: Tensor, b: Tensor) -> Tensor:
+    """[N, M] cosine similarities in fp32 (autocast would compute them in bf16)."""
+    return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).t()
+
+
+def ranking_loss(anchors: Tensor, candidates: Tensor, keys: Tensor, scale: Tensor | float) -> Tensor:
+    """Multiple-negatives ranking: anchors [B, d], candidates [C, d] (rows 0..B-1 the positives),
+    ``keys`` [C] a key per candidate text; candidate j != i with i's positive key is masked out."""
+    B = anchors.size(0)
+    sim = _cosines(anchors, candidates) * scale                               # [B, C]
+    same = keys[None, :] == keys[:B, None]
+    same[torch.arange(B), torch.arange(B)] = False
+    sim = sim.masked_fill(same, torch.finfo(sim.dtype).min)
+    return F.cross_entropy(sim, torch.arange(B, device=sim.device))
+
+
+def cosent_loss(a: Tensor, b: Tensor, scores: Tensor, scale: Tensor | float) -> Tensor:
+    """CoSENT over the pairs (a_i, b_i) with gold similarities ``scores`` [B]."""
+    cos = (F.normalize(a.float(), dim=-1) * F.normalize(b.float(), dim=-1)).sum(-1) * scale    # [B]
+    diff = cos[None, :] - cos[:, None]                                         # [i, j] = cos_j - cos_i
+    diff = diff.masked_fill(~(scores[:, None] > scores[None, :]), torch.finfo(diff.dtype).min)
+    return torch.logsumexp(torch.cat([diff.new_zeros(1), diff.flatten()]), 0)
+
+
 class NoHead(nn.Module):
     """Bare backbone (feature extraction, HF BertModel)."""
 
@@ -300,12 +395,16 @@ HEADS: dict[str, HeadBuilder] = {
     "token": lambda cfg, bb, hc: TokenHead(cfg, int(hc["num_labels"]), _dropout(cfg, hc)),
     "span": lambda cfg, bb, hc: SpanHead(cfg),
     "rtd": lambda cfg, bb, hc: RTDHead(cfg),
+    "embed": lambda cfg, bb, hc: EmbedHead(cfg, hc),
 }
 # Which backbones a head fits: True needs a causal model, False a bidirectional one, None either.
 HEAD_CAUSAL: dict[str, bool | None] = {
     "base": None, "mlm": False, "mlm+nsp": False, "mlm+sop": False, "clm": True, "classify": None,
-    "token": False, "span": False, "rtd": False,
+    "token": False, "span": False, "rtd": False, "embed": False,
 }
+# Heads that add nothing transformers needs (embed: a pooling of the backbone's states; its scale
+# only trains): exported to the Hugging Face layout as this head instead.
+HF_EXPORT_AS = {"embed": "base"}
 
 
 def check_head(task: str, cfg: ModelConfig) -> None:

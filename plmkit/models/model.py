@@ -13,11 +13,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from .config import ModelConfig
-from .heads import HEADS, ModelOutput, check_head
+from .heads import HEADS, PAIR_KEYS, ModelOutput, check_head
 from .transformer import Backbone, KVCache
 
-# What the heads read besides the inputs (label_norm: data.features.label_norm).
-LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions", "label_norm")
+# What the heads read besides the inputs (label_norm: data.features.label_norm; scores and the
+# pair texts: the embed head's training batches).
+LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions", "label_norm", "scores",
+              *PAIR_KEYS)
 
 
 class PlmModel(nn.Module):
@@ -48,7 +50,11 @@ class PlmModel(nn.Module):
             raise TypeError(f"unexpected batch keys {sorted(unknown)}")
         out = self.backbone(input_ids, attention_mask, token_type_ids, past_key_values, use_cache,
                             output_hidden_states, output_attentions)
-        res = self.head(out, {"attention_mask": attention_mask, **labels})
+        head_batch: dict[str, Any] = {"attention_mask": attention_mask, **labels}
+        if "pair_input_ids" in labels:   # texts the inputs are compared with (embed): the same backbone reads them
+            head_batch["pair_out"] = self.backbone(labels["pair_input_ids"], labels.get("pair_attention_mask"),
+                                                   labels.get("pair_token_type_ids"))
+        res = self.head(out, head_batch)
         res.last_hidden_state = out.last_hidden_state
         res.pooled = out.pooled
         res.hidden_states = out.hidden_states

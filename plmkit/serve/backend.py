@@ -319,9 +319,12 @@ def _run_classify(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[
 
 def _run_embed(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
     batch = sm._batch(payloads)
-    h = sm.backend.hidden(batch).float()                                         # [B, T, H]
-    mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)                     # [B, T, 1]
-    vec = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)                         # mean over real tokens
+    if sm.task == "embed":     # a sentence encoder (finetune --task embed): its own pooling, mean or [CLS]
+        vec = sm.backend.heads(batch).embeddings.float()
+    else:
+        h = sm.backend.hidden(batch).float()                                     # [B, T, H]
+        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)                 # [B, T, 1]
+        vec = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)                     # mean over real tokens
     out = []
     for p, v in zip(payloads, vec):
         if p["normalize"]:

@@ -142,7 +142,8 @@ def openai_routes(app: FastAPI, routes: Routes) -> None:
 
     @app.post("/v1/embeddings", dependencies=[Depends(routes.need("embed", "/v1/embeddings"))])
     async def embeddings(req: EmbeddingRequest) -> Response:
-        """Unit-length embeddings (mean of the last hidden states), cut to ``dimensions`` first."""
+        """Unit-length embeddings (mean of the last hidden states, or an embed model's own pooling), cut to
+        ``dimensions`` first."""
         check_model(req.model)
         texts = _inputs(req.input)
         check_texts(texts, limits, "input")

@@ -14,7 +14,7 @@ InferenceClient, LangChain's and LlamaIndex's TEI classes, plain HTTP) talk to p
 ``truncate: false`` (TEI's default) refuses a text longer than the model's max_length instead of
 cutting it; ``true`` reads it as fine-tuning did (for /predict: head_config.preprocess.long_text).
 /rerank scores with a cross-encoder (a classification model with one output: sigmoid of it) or
-a bi-encoder (a sentence encoder, task 'base': cosine of the mean-pooled embeddings).
+a bi-encoder (a sentence encoder, task 'base' or 'embed': cosine of its embeddings).
 Errors come in TEI's shape (serve/common.py).
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def reranker(served: ServedModel) -> str | None:
     'bi' (a sentence encoder compares embeddings) or None."""
     if served.task == "classify" and len(served.labels) == 1:
         return "cross"
-    return "bi" if served.task == "base" and served.backend.can_embed else None
+    return "bi" if served.task in ("base", "embed") and served.backend.can_embed else None
 
 
 def tei_routes(app: FastAPI, routes: Routes) -> None:
@@ -79,7 +79,8 @@ def tei_routes(app: FastAPI, routes: Routes) -> None:
 
     @app.post("/embed", dependencies=[Depends(routes.need("embed", "/embed"))])
     async def embed(req: EmbedRequest) -> Response:
-        """Mean-pooled embeddings, unit length unless ``normalize`` is false."""
+        """Sentence embeddings (mean-pooled; an embed model pools as fine-tuned), unit length unless
+        ``normalize`` is false."""
         texts = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         _check_inputs(texts, limits)
         size = embedding_size(served, req.dimensions)
@@ -232,5 +233,6 @@ def _model_type(served: ServedModel) -> dict[str, Any]:
     if served.supports("classify") is None:
         return {"reranker" if len(served.labels) == 1 else "classifier": labels}
     if served.supports("embed") is None:
-        return {"embedding": {"pooling": "mean"}}
+        return {"embedding": {"pooling": served.head_config.get("pooling", "mean") if served.task == "embed"
+                              else "mean"}}
     return {"generation": {"chat_template": chat_template(served.tok) is not None}}

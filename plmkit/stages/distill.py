@@ -40,7 +40,7 @@ from ..loading import load
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
-from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned
+from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned, selection_metric
 from ..tasks.common import pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
 from ..tokenizer import load_tokenizer, report_unknown
@@ -48,7 +48,7 @@ from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
 STUDENT_OPTIONS = ("student_layers", "student_size", "student_config", "student_model")
-DISTILLABLE = [name for name, t in TASKS.items() if t.head in D.LOGITS]
+DISTILLABLE = [name for name, t in TASKS.items() if t.head in D.DISTILLABLE_HEADS]
 
 
 @dataclass
@@ -83,6 +83,9 @@ class _Options:
     embedding_weight: float = option(0.0, help="weight of the embedding-output MSE (0: off)")
     layer_map: str | None = option(None, help="student:teacher layer pairs for the hidden/attention losses, "
                                    "e.g. 0:1,1:3,2:5 (default: uniform, the last layer to the last)")
+    vector_loss: str = option("mse", help="embed: how student vectors are pulled to the teacher's: squared "
+                              "distance or cosine distance (weight 1 - alpha; alpha weighs in-batch ranking)",
+                              choices=list(D.VECTOR_LOSSES))
     cache_teacher: bool = option(False, help="run the teacher once and reuse its logits every epoch "
                                  "(only without hidden/attention/embedding losses)")
     eval: str | None = option(None, help="evaluation data: teacher and student scores, best checkpoint")
@@ -144,7 +147,7 @@ def run(cfg: Config) -> int:
 
     # 1. Teacher, data and student: all bad input stops here, before anything is written.
     teacher, task, prep, tok = load_finetuned(cfg.teacher, cfg.task)
-    if teacher.task not in D.LOGITS:
+    if teacher.task not in D.DISTILLABLE_HEADS:
         raise PlmkitError(f"{cfg.teacher}: cannot distil a '{teacher.task}' model (tasks: {', '.join(DISTILLABLE)})")
     if cfg.max_length is not None:
         prep.max_length = cfg.max_length
@@ -176,7 +179,8 @@ def run(cfg: Config) -> int:
     with dropped_unless_resumable(work):
         result = train(module, source, args, work,
                        eval_fn=(lambda m: task.evaluate(m.student, eval_data)) if eval_data else None,
-                       metric=task.metric if eval_data else None, greater_is_better=task.greater_is_better,
+                       metric=selection_metric(task, eval_data.examples) if eval_data else None,
+                       greater_is_better=task.greater_is_better,
                        fingerprint=_fingerprint(cfg, teacher, student),
                        save_fn=D.save_student, load_fn=D.load_student,
                        flops_per_token=_flops_per_token(student, None if cache else teacher))
@@ -190,7 +194,8 @@ def run(cfg: Config) -> int:
     if result.resumes:
         metrics["resumes"] = result.resumes
     if eval_data is not None:
-        metrics.update(metric=task.metric, teacher=teacher_scores, student=_score(student, task, eval_data))
+        metrics.update(metric=selection_metric(task, eval_data.examples), teacher=teacher_scores,
+                       student=_score(student, task, eval_data))
     student.cpu().eval()
     report = _report(cfg, module, teacher, init, cache is not None)
     _write_output(student, tok, out, cfg, metrics, report, work)
@@ -233,7 +238,8 @@ def _check_request(cfg: Config) -> D.DistillSpec:
                           + (f" (got {len(chosen)})" if chosen else ""))
     if cfg.student_layers is not None:
         D.parse_layers(cfg.student_layers)
-    spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight)
+    spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight,
+                         vector_loss=cfg.vector_loss)
     spec.check()
     if cfg.cache_teacher and cfg.task == "generate":
         raise PlmkitError("--cache-teacher would store a vocabulary-sized distribution per token for generate; "

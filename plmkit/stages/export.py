@@ -5,6 +5,9 @@ onnx: ``model.onnx`` (fp32, opset 17, dynamic batch and sequence axes, checked a
       PyTorch on padded and unpadded batches) + config.json + tokenizer + plmkit.json
       ({"format": "onnx", "precision": "fp32", "parent": ...}); ``evaluate`` / ``predict``
       and ``plmkit quantize`` take the directory as a model.
+sentence-transformers: the Hugging Face files of the backbone plus modules.json, 1_Pooling/config.json
+      and sentence_bert_config.json (models/st.py), so ``SentenceTransformer(dir)`` gives the vectors
+      of an embed model (pooling and normalisation as fine-tuned; a bare encoder: mean pooling).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..config import option, to_dict
 from ..errors import PlmkitError
 from ..loading import load
 from ..models.checkpoint import export_hf
+from ..models.st import export_sentence_transformers
 from ..tokenizer import load_tokenizer
 
 
@@ -33,7 +37,15 @@ def _onnx(model: Any, cfg: "Config", tok: Any) -> str:
             f"max |onnx - torch| = {info['max_abs_diff']:.2g})")
 
 
-FORMATS: dict[str, Callable[[Any, "Config", Any], str]] = {"hf": _hf, "onnx": _onnx}
+def _sentence_transformers(model: Any, cfg: "Config", tok: Any) -> str:
+    length = int(model.head_config.get("preprocess", {}).get("max_length", model.config.max_position))
+    export_sentence_transformers(model, cfg.out, tok, min(length, model.config.max_position), overwrite=cfg.overwrite)
+    return (f"exported {model.task} model to {cfg.out} (load with sentence_transformers.SentenceTransformer; "
+            f"{model.head_config.get('pooling', 'mean')} pooling, max_seq_length {length})")
+
+
+FORMATS: dict[str, Callable[[Any, "Config", Any], str]] = {
+    "hf": _hf, "onnx": _onnx, "sentence-transformers": _sentence_transformers}
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Fine-tune a pre-trained model on a task: classify, ner, qa or generate.
+"""Fine-tune a pre-trained model on a task: classify, ner, qa, generate or embed.
 
 Reads top to bottom: check --out -> read and check the data (all bad input fails here,
 before anything is written) -> tokenizer, model with a fresh task head -> strategy (which
@@ -34,10 +34,12 @@ from ..errors import PlmkitError, a_or_an
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import Saved, load, model_config, peek
 from ..models.checkpoint import read_model_config, replace_head, write_checkpoint_files
-from ..models.heads import HEAD_CAUSAL, POOLINGS, default_pooling
+from ..models.heads import EMBED_POOLINGS, HEAD_CAUSAL, POOLINGS, default_pooling
 from ..models.model import PlmModel
-from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed
+from ..models.st import st_settings
+from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, selection_metric
 from ..tasks.common import pad_id
+from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
@@ -45,6 +47,8 @@ from ..train.logging import METRICS_FILE, copy_logs
 
 TRAINABLE = "trainable.safetensors"   # weights in the loop's checkpoints: only what trains
 RUN_FILE = "finetune.yaml"
+# head_config entries a parent's head must share to be trained on rather than replaced
+SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "matryoshka_dims")
 
 
 @dataclass
@@ -58,7 +62,8 @@ class _Options:
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
     pooling: str = option("auto", help="classify with an encoder: what the head reads: the pooler, the [CLS] "
                           "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
-                          "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models",
+                          "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models; "
+                          "embed: mean or cls, auto: a sentence-transformers model's own, else mean",
                           choices=["auto", *POOLINGS])
     lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})",
                               gt=0, group="training options")
@@ -91,7 +96,7 @@ TRAIN_DEFAULTS = {"epochs": 3.0, "warmup_ratio": 0.1, "keep_last": 1}
 # training options, taken from AdapterSettings and TrainArgs so they can never disagree.
 # FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable); the lr is
 # declared above because its default depends on the strategy.
-Config = compose("Config", __name__, _Options, AdapterSettings, TrainArgs, defaults=TRAIN_DEFAULTS,
+Config = compose("Config", __name__, _Options, AdapterSettings, EmbedSettings, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "lr"))
 
 
@@ -121,7 +126,8 @@ def run(cfg: Config) -> int:
     _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
     tok = load_tokenizer(cfg.model)
-    head_config = {**task.head_config(train_ex, prep), "finetune_task": task.name, "preprocess": to_dict(prep)}
+    head_config = {**task.head_config(train_ex, prep), **_embed_head(cfg), "finetune_task": task.name,
+                   "preprocess": to_dict(prep)}
     train_feats = task.encode(tok, train_ex, head_config, prep)
     n_train = len(train_ex)
     del train_ex              # the features hold what training needs (1M examples: ~200 MB of text)
@@ -130,6 +136,7 @@ def run(cfg: Config) -> int:
                  if eval_ex else None)
     if cfg.patience and eval_data is None:
         raise PlmkitError("--patience needs evaluation data (--eval FILE or --eval-fraction F)")
+    metric = selection_metric(task, eval_ex) if eval_ex else None
 
     # 2. Model with a fresh task head, and the strategy that decides what trains.
     model = _load_model(cfg, task, head_config, prep)
@@ -144,7 +151,7 @@ def run(cfg: Config) -> int:
     with dropped_unless_resumable(work):
         result = train(model, source, args, work,
                        eval_fn=(lambda m: task.evaluate(m, eval_data)) if eval_data else None,
-                       metric=task.metric if eval_data else None, greater_is_better=task.greater_is_better,
+                       metric=metric, greater_is_better=task.greater_is_better,
                        fingerprint=_fingerprint(cfg, head_config, info),
                        save_fn=save_trainable, load_fn=load_trainable, layer_of=_depth(model))
     seconds = time.perf_counter() - t0
@@ -152,10 +159,11 @@ def run(cfg: Config) -> int:
     # 4. The best evaluated weights (or the last, without evaluation) go to --out.
     if result.best_dir is not None:
         load_trainable(model, result.best_dir)
-    metrics = _final_metrics(result, work, task, seconds)
+    metrics = _final_metrics(result, work, metric, seconds)
     if eval_data is not None:   # confusion matrix / per-entity scores of the kept weights, for reports
         model.eval()
-        details = {k: v for k, v in evaluate_detailed(task, model, eval_data).items() if not isinstance(v, float)}
+        details = {k: v for k, v in evaluate_detailed(task, model, eval_data).items()
+                   if not isinstance(v, (int, float))}
         if details:
             metrics["eval_details"] = details
     _write_output(model, info, tok, out, cfg, metrics, work)
@@ -192,8 +200,8 @@ def _work_dir(out: Path, cfg: Config) -> Path:
 def _prep(cfg: Config) -> Prep:
     if cfg.max_length < 8:
         raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
-    if cfg.pooling != "auto" and cfg.task != "classify":
-        raise PlmkitError(f"--pooling is for classification (the {cfg.task} head reads every token)")
+    if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
+        raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
         raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
     if cfg.label_scheme != "iob" and cfg.task != "ner":
@@ -215,20 +223,39 @@ def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list
         return train_ex, None
     if not 0.0 < cfg.eval_fraction < 1.0:
         raise PlmkitError(f"--eval-fraction must be between 0 and 1, got {cfg.eval_fraction}")
-    order = list(range(len(train_ex)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = max(1, round(cfg.eval_fraction * len(order)))
-    if n_eval >= len(order):
-        raise PlmkitError(f"{cfg.train}: {len(order)} examples are too few to hold out {cfg.eval_fraction:.0%}")
-    held = set(order[:n_eval])
+    held, what = _held_out(train_ex, cfg)
     kept = [ex for i, ex in enumerate(train_ex) if i not in held]
     evals = [ex for i, ex in enumerate(train_ex) if i in held]
     labels = task.head_config(kept, prep).get("labels")
     if labels is not None:   # a label seen only in the held-out part has no output unit: drop it
         evals = [ex for ex in evals if set(_labels_of(ex)) <= set(labels)]
-    print(f"--eval-fraction {cfg.eval_fraction:g}: {len(held)} of {len(train_ex)} examples of {cfg.train} are held "
-          f"out for evaluation and not trained on ({len(kept)} train); pass --eval FILE to train on all of them")
+    print(f"--eval-fraction {cfg.eval_fraction:g}: {what}{len(held)} of {len(train_ex)} examples of {cfg.train} are "
+          f"held out for evaluation and not trained on ({len(kept)} train); pass --eval FILE to train on all of them")
     return kept, evals
+
+
+def _held_out(examples: list[Any], cfg: Config) -> tuple[set[int], str]:
+    """The indices --eval-fraction holds out, and what they are. Examples of one group (embed: a SQuAD
+    article) are held out together, so no passage is both trained on and searched for."""
+    named = [getattr(ex, "group", None) for ex in examples]
+    units: list[list[int]] = [[i] for i in range(len(examples))]       # what is held out together
+    if any(g is not None for g in named):
+        groups: dict[Any, list[int]] = {}
+        for i, g in enumerate(named):
+            groups.setdefault(g if g is not None else ("", i), []).append(i)
+        units = list(groups.values())
+    random.Random(cfg.seed).shuffle(units)
+    n_eval = max(1, round(cfg.eval_fraction * len(examples)))
+    held: set[int] = set()
+    taken = 0
+    while len(held) < n_eval and taken < len(units):
+        held.update(units[taken])
+        taken += 1
+    grouped = len(units) < len(examples)
+    if len(held) >= len(examples):
+        raise PlmkitError(f"{cfg.train}: {len(examples)} examples are too few to hold out {cfg.eval_fraction:.0%}"
+                          + (f" (in {len(units)} group{'s' * (len(units) > 1)}, held out whole)" if grouped else ""))
+    return held, (f"{taken} of {len(units)} groups (SQuAD articles) held out whole, " if grouped else "")
 
 
 def _labels_of(ex: Any) -> list[str]:
@@ -251,8 +278,7 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
     pooling = _pooling(cfg, model)
     if pooling is not None:
         head_config["pooling"] = pooling
-    same = (model.task == task.head and model.head_config.get("labels") == head_config.get("labels")
-            and model.head_config.get("num_labels") == head_config.get("num_labels")
+    same = (model.task == task.head and all(model.head_config.get(k) == head_config.get(k) for k in SAME_HEAD)
             and model.head_config.get("pooling", default_pooling(model.config)) == head_config.get(
                 "pooling", default_pooling(model.config)))
     if same:
@@ -261,6 +287,30 @@ def _load_model(cfg: Config, task: TaskSpec, head_config: dict[str, Any], prep: 
         torch.manual_seed(cfg.seed)               # a fresh head, initialised from the run's seed
         replace_head(model, task.head, head_config)
     return model
+
+
+def _embed_head(cfg: Config) -> dict[str, Any]:
+    """The embed head's settings for head_config; an embed option given to another task is refused."""
+    settings = pick(EmbedSettings, cfg)
+    if cfg.task == "embed":
+        return settings.head_config()
+    changed = [f for f, v in to_dict(settings).items() if v != to_dict(EmbedSettings()).get(f)]
+    if changed:
+        raise PlmkitError(f"--{changed[0].replace('_', '-')} is an option of --task embed")
+    return {}
+
+
+def _embed_pooling(cfg: Config, model: PlmModel) -> str:
+    """mean or cls; auto: the parent embed model's, a sentence-transformers directory's, else mean."""
+    if cfg.pooling not in ("auto", *EMBED_POOLINGS):
+        raise PlmkitError(f"--pooling {cfg.pooling} is for classification; a sentence embedding reads the mean of "
+                          f"the token states or the [CLS] state ({', '.join(EMBED_POOLINGS)})")
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    saved = read_model_config(cfg.model)
+    if saved.get("task") == "embed":
+        return saved.get("head_config", {}).get("pooling", "mean")
+    return (st_settings(cfg.model) or {}).get("pooling", "mean")
 
 
 def _pooling(cfg: Config, model: PlmModel) -> str | None:
@@ -272,6 +322,8 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
     objective leaves its knowledge in the token states, while the [CLS] position and the pooler
     are trained, if at all, for next-sentence prediction (benchmarks/RESULTS.md, the demo).
     """
+    if cfg.task == "embed":
+        return _embed_pooling(cfg, model)
     if cfg.task != "classify" or model.config.causal:
         if cfg.pooling != "auto":   # other tasks were refused in _prep
             raise PlmkitError("--pooling is for encoders (a decoder's classification head reads its last token)")
@@ -291,8 +343,9 @@ def _pooling(cfg: Config, model: PlmModel) -> str | None:
 def _batches(features: list[dict[str, Any]], tok: Tokenizer, cfg: Config) -> IndexedBatches:
     lengths = feature_lengths(features)
     group = TASKS[cfg.task].group_by_length if cfg.group_by_length is None else cfg.group_by_length
-    if group:
-        buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed)
+    if group:   # features with a distinct_key (embed: the positive passage) never repeat it in a batch
+        keys = [f["distinct_key"] for f in features] if len(features) and "distinct_key" in features[0] else None
+        buckets = length_bucketed_batches(lengths, cfg.batch_size, seed=cfg.seed, keys=keys)
     else:
         buckets = None    # IndexedBatches shuffles the indices into batches, anew each epoch
     n_batches = len(buckets) if buckets else -(-len(features) // cfg.batch_size)
@@ -343,7 +396,7 @@ def load_trainable(model: torch.nn.Module, directory: Path) -> None:
         params[name].copy_(value)
 
 
-def _final_metrics(result: Any, work: Path, task: TaskSpec, seconds: float) -> dict[str, Any]:
+def _final_metrics(result: Any, work: Path, metric: str | None, seconds: float) -> dict[str, Any]:
     """Steps, time, and the evaluation scores of the checkpoint that was kept."""
     metrics: dict[str, Any] = {"steps": result.steps, "stopped": result.stopped_reason,
                                "train_seconds": round(seconds, 2)}
@@ -353,7 +406,7 @@ def _final_metrics(result: Any, work: Path, task: TaskSpec, seconds: float) -> d
         metrics["resumes"] = result.resumes
     if result.best_step is None:
         return metrics
-    metrics.update(best_step=result.best_step, metric=task.metric)
+    metrics.update(best_step=result.best_step, metric=metric)
     # metrics.jsonl covers the whole run, resumed parts included (the loop's history only this process).
     for line in (work / METRICS_FILE).read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)

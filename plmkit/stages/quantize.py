@@ -33,7 +33,7 @@ from ..tasks.common import pad_id
 from ..tokenizer import load_tokenizer, save_tokenizer
 
 # Tasks whose evaluate runs on an ONNX graph (generate needs the loss and a KV cache).
-ONNX_EVAL_TASKS = ("classify", "ner", "qa")
+ONNX_EVAL_TASKS = ("classify", "ner", "qa", "embed")
 ENGINES = {"onnxruntime": "onnx", "openvino": "openvino"}     # --engine -> the output's format
 
 

@@ -12,7 +12,7 @@ The stages (finetune / evaluate / predict) are written once against this protoco
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from tokenizers import Tokenizer
 from torch import nn
@@ -20,14 +20,15 @@ from torch import nn
 from ..config import build
 from ..errors import PlmkitError
 from ..loading import load
+from ..models.st import st_settings
 from ..tokenizer import load_tokenizer
-from . import classify, generate, ner, qa
+from . import classify, embed, generate, ner, qa
 from .common import Infer, Prep, TaskData
 
 
 class TaskSpec(Protocol):
-    name: str                 # CLI name: classify | ner | qa | generate
-    head: str                 # model head: classify | token | span | clm
+    name: str                 # CLI name: classify | ner | qa | generate | embed
+    head: str                 # model head: classify | token | span | clm | embed
     metric: str               # the evaluation value that selects the best checkpoint
     greater_is_better: bool
     help: str                 # accepted file formats, for --help and errors
@@ -46,10 +47,20 @@ class TaskSpec(Protocol):
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]: ...
 
 
-TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK)}
+TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK, embed.TASK)}
 
 # Tasks whose evaluate() accepts detailed=True (confusion matrix, per-entity scores).
 DETAILED_TASKS = {"classify", "ner"}
+# Tasks whose evaluation data comes in kinds with metrics of their own (embed: a retrieval set is
+# scored by MRR@10, scored pairs by Spearman): their metric_of(examples) names the one that selects.
+DATA_METRIC_TASKS = {"embed"}
+
+
+def selection_metric(task: TaskSpec, examples: list[Any]) -> str:
+    """The evaluation value that selects the best checkpoint when evaluating on ``examples``."""
+    if task.name in DATA_METRIC_TASKS:
+        return task.metric_of(examples)  # type: ignore[attr-defined]
+    return task.metric
 
 
 def evaluate_detailed(task: TaskSpec, model: nn.Module, data: TaskData) -> dict[str, Any]:
@@ -61,6 +72,24 @@ def evaluate_detailed(task: TaskSpec, model: nn.Module, data: TaskData) -> dict[
 
 # model head -> the task it serves, for checkpoints that do not record their task (HF ones)
 TASK_OF_HEAD = {t.head: t.name for t in TASKS.values()}
+
+
+def _bare_embed(path: str) -> dict[str, Any]:
+    """A bare encoder as a sentence encoder: the pooling, normalisation and length of its
+    sentence-transformers files (all-MiniLM-L6-v2), else mean pooling, unit length."""
+    st = st_settings(path) or {}
+    config: dict[str, Any] = {"pooling": st.get("pooling", "mean"), "normalize": st.get("normalize", True)}
+    if st.get("max_seq_length"):
+        config["preprocess"] = {"max_length": st["max_seq_length"]}
+    return config
+
+
+# Heads a pre-trained model (a bare backbone, or one with its pre-training head, left aside) takes
+# with nothing to train, and their head_config: a bare GPT-2's LM head is tied to its embeddings; a
+# sentence-embedding head is a pooling. (An encoder asked for 'clm', or a decoder for 'embed', is
+# refused by the head check, saying why.)
+PRETRAINED_HEADS = ("base", "mlm", "mlm+nsp", "mlm+sop")
+BARE_HEADS: dict[str, Callable[[str], dict[str, Any]]] = {"clm": lambda path: {}, "embed": _bare_embed}
 
 
 def load_finetuned(path: str, task_name: str | None = None,
@@ -85,8 +114,8 @@ def load_finetuned(path: str, task_name: str | None = None,
     if saved is not None and saved != name:
         raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
     if model.task != task.head:
-        if task.head == "clm" and model.family == "decoder":
-            model = load(path, task="clm")            # a bare GPT-2: its LM head is tied, nothing new
+        if model.task in PRETRAINED_HEADS and task.head in BARE_HEADS:
+            model = load(path, task=task.head, head_config=BARE_HEADS[task.head](path))
         else:
             raise PlmkitError(f"{path}: a '{model.task}' model cannot do task '{name}' "
                               f"(it needs a '{task.head}' head; fine-tune it first)")
@@ -97,4 +126,4 @@ def load_finetuned(path: str, task_name: str | None = None,
     return model.eval(), task, prep, load_tokenizer(path)
 
 
-__all__ = ["TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned"]
+__all__ = ["TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned", "selection_metric"]

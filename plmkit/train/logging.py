@@ -29,15 +29,18 @@ TENSORBOARD_DIR = "tensorboard"
 
 
 def count_tokens(batch: Mapping[str, Any]) -> int:
-    """Non-pad tokens in a batch: ``attention_mask.sum()`` or else ``input_ids.numel()``.
+    """Non-pad tokens in a batch: ``attention_mask.sum()`` or else ``input_ids.numel()``, plus the
+    tokens of the batch's second group of texts (``pair_attention_mask``: sentence embeddings).
 
     Called on the host-side batch (before the copy to the GPU) so it costs no sync.
     """
+    pairs = batch.get("pair_attention_mask")
+    extra = int(pairs.sum()) if isinstance(pairs, torch.Tensor) else 0
     mask = batch.get("attention_mask")
     if isinstance(mask, torch.Tensor):
-        return int(mask.sum())
+        return int(mask.sum()) + extra
     ids = batch.get("input_ids")
-    return ids.numel() if isinstance(ids, torch.Tensor) else 0
+    return (ids.numel() if isinstance(ids, torch.Tensor) else 0) + extra
 
 
 def measure_peak_flops(dtype: torch.dtype = torch.bfloat16, device: str | torch.device = "cpu",
