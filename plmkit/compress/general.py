@@ -193,14 +193,11 @@ def evaluate(module: GeneralDistillModule, batches, n_batches: int) -> dict[str,
     return {k: v / max(1, seen) for k, v in sums.items()}
 
 
-def teacher_backbone(teacher: PlmModel) -> tuple[PlmModel, str]:
-    """The teacher's encoder as a bare model, and what was dropped: a task or pre-training
-    head plays no part in general distillation."""
+def check_teacher(teacher: PlmModel, saved_task: str) -> str:
+    """Refuse a decoder teacher; say what was left out of the teacher (``loading.load(...,
+    task="base")`` already read only its encoder): a task or pre-training head plays no part in
+    general distillation."""
     if teacher.config.causal:
         raise PlmkitError("general distillation (--corpus) distils encoders; this teacher is a decoder "
                           f"({teacher.config.layout}): distil it on a task instead (--task generate --train FILE)")
-    if teacher.task == "base":
-        return teacher, ""
-    bare = PlmModel(teacher.config, "base")
-    bare.load_state_dict({k: v for k, v in teacher.state_dict().items() if k.startswith("backbone.")}, strict=True)
-    return bare, f"its '{teacher.task}' head is not used (its encoder teaches)"
+    return "" if saved_task == "base" else f"its '{saved_task}' head is not used (its encoder teaches)"

@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -264,25 +264,26 @@ def open_shards(shard_dir: str | Path, split: str = "train") -> TokenShards:
                        split=split, path=shard_dir)
 
 
+def _token_chunks(shards: TokenShards, chunk: int) -> Iterator[np.ndarray]:
+    """This split's tokens, read from the memmap ``chunk`` at a time."""
+    if not shards.n_docs:
+        return
+    bounds = shards.doc_tokens
+    a, b = int(bounds[0, 0]), int(bounds[-1, 1])
+    for i in range(a, b, chunk):
+        yield np.asarray(shards.tokens[i:min(b, i + chunk)])
+
+
 def token_share(shards: TokenShards, token_id: int, chunk: int = 1 << 24) -> float:
     """The fraction of this split's tokens that are ``token_id`` (e.g. the unknown token: how much
     of a corpus the tokenizer cannot read), counted in chunks of the memmap."""
-    if not shards.n_docs:
-        return 0.0
-    bounds = shards.doc_tokens
-    a, b = int(bounds[0, 0]), int(bounds[-1, 1])
-    hits = sum(int(np.count_nonzero(np.asarray(shards.tokens[i:min(b, i + chunk)]) == token_id))
-               for i in range(a, b, chunk))
-    return hits / max(1, b - a)
+    hits = sum(int(np.count_nonzero(part == token_id)) for part in _token_chunks(shards, chunk))
+    return hits / max(1, shards.n_tokens)
 
 
 def token_counts(shards: TokenShards, vocab_size: int, chunk: int = 1 << 24) -> np.ndarray:
     """[vocab_size] float64: how often each token id occurs in this split, counted in chunks."""
     counts = np.zeros(vocab_size, dtype=np.float64)
-    if not shards.n_docs:
-        return counts
-    bounds = shards.doc_tokens
-    a, b = int(bounds[0, 0]), int(bounds[-1, 1])
-    for i in range(a, b, chunk):
-        counts += np.bincount(np.asarray(shards.tokens[i:min(b, i + chunk)]), minlength=vocab_size)[:vocab_size]
+    for part in _token_chunks(shards, chunk):
+        counts += np.bincount(part, minlength=vocab_size)[:vocab_size]
     return counts

@@ -36,7 +36,7 @@ from ..data.pretrain import make_batch_source
 from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
-from ..loading import load
+from ..loading import load, peek
 from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
@@ -361,7 +361,8 @@ def _run_general(cfg: Config) -> int:
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     work = _work_dir(out, cfg)
     check_text_files(cfg.corpus)
-    teacher, dropped = G.teacher_backbone(load(cfg.teacher, needs_torch="distillation"))
+    teacher = load(cfg.teacher, task="base", needs_torch="distillation")     # its encoder only
+    dropped = G.check_teacher(teacher, peek(cfg.teacher).task)
     tok = load_tokenizer(cfg.teacher)
     if cfg.seq_len > teacher.config.max_position:
         raise PlmkitError(f"--seq-len {cfg.seq_len} exceeds the teacher's {teacher.config.max_position} positions")
