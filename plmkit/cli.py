@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     stage_parser = argparse.ArgumentParser(prog=f"plmkit {name}", description=COMMANDS[name][1])
     add_arguments(stage_parser, module.Config)
+    if {"-h", "--help"} & set(argv[n_words:]) and hasattr(module, "help_for"):
+        stage_parser.epilog = module.help_for(argv[n_words:])     # e.g. finetune: the defaults for --train's data
     stage_ns = stage_parser.parse_args(argv[n_words:])
     try:
         cfg = from_args(module.Config, stage_ns)

@@ -13,11 +13,12 @@ only their own weights and the head (``adapter.safetensors``) and point to the p
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,6 +44,7 @@ from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train.defaults import EPOCHS, MAX_EPOCHS, MIN_STEPS, DataFit, fit_to_data
 from ..train.logging import METRICS_FILE, copy_logs
 
 TRAINABLE = "trainable.safetensors"   # weights in the loop's checkpoints: only what trains
@@ -67,7 +69,8 @@ class _Options:
                           choices=["auto", *POOLINGS])
     lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})",
                               gt=0, group="training options")
-    batch_size: int = option(32, help="examples per batch", ge=1)
+    batch_size: int | None = option(None, help="examples per batch (default: 32, smaller for small data: see "
+                                    "--epochs)", ge=1)
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
                                           "padding, faster); off: random batches, as transformers' Trainer "
@@ -91,7 +94,8 @@ class _Options:
 
 
 # Training options (plmkit/train/args.py) with another default for fine-tuning.
-TRAIN_DEFAULTS = {"epochs": 3.0, "warmup_ratio": 0.1, "keep_last": 1}
+# epochs None: 3, or more for small data (train/defaults.py: fit_to_data, resolved in run()).
+TRAIN_DEFAULTS = {"epochs": None, "warmup_ratio": 0.1, "keep_last": 1}
 # The stage config: the options above, the adapter knobs (lora_r, adapter_size, ...) and the
 # training options, taken from AdapterSettings and TrainArgs so they can never disagree.
 # FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable); the lr is
@@ -114,17 +118,16 @@ def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
 
 def run(cfg: Config) -> int:
     task = TASKS[cfg.task]
-    if cfg.lr is None:                      # resolved here, so finetune.yaml and plmkit.json record the rate used
-        cfg.lr = default_lr(cfg.strategy)
-    args = pick(TrainArgs, cfg)
-    check_args(args)
+    check_args(replace(pick(TrainArgs, cfg), epochs=cfg.epochs or EPOCHS))   # before anything is written
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
-    work = _work_dir(out, cfg)
     prep = _prep(cfg)
 
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
     _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
+    fit_defaults(cfg, len(train_ex))         # resolved here, so finetune.yaml and plmkit.json record them
+    args = pick(TrainArgs, cfg)
+    work = _work_dir(out, cfg)
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), **_embed_head(cfg), "finetune_task": task.name,
                    "preprocess": to_dict(prep)}
@@ -172,6 +175,39 @@ def run(cfg: Config) -> int:
     print(f"trained {result.steps} steps in {seconds:.1f} s ({result.stopped_reason})"
           + (f"; best at step {metrics['best_step']}: {scores}" if scores else "") + f"; model in {out}")
     return 0
+
+
+def fit_defaults(cfg: Config, examples: int) -> DataFit:
+    """Fill the unset batch size, passes and learning rate for ``examples`` training examples."""
+    fit = fit_to_data(examples, default_lr(cfg.strategy), batch_size=cfg.batch_size, epochs=cfg.epochs,
+                      lr=cfg.lr)
+    if fit.why != "the defaults":
+        print(f"{fit.why}: batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; "
+              "set --batch-size, --epochs or --lr to choose)")
+    cfg.batch_size, cfg.epochs, cfg.lr = fit.batch_size, fit.epochs, fit.lr
+    return fit
+
+
+def help_for(argv: list[str]) -> str:
+    """The end of ``finetune --help``: the rule, and with ``--train FILE`` what it picks for that data."""
+    pre = argparse.ArgumentParser(add_help=False)
+    for flag in ("--train", "--task", "--strategy", "--batch-size", "--epochs", "--lr"):
+        pre.add_argument(flag)
+    ns, _ = pre.parse_known_args(argv)
+    rule = (f"Batch size, epochs and lr fit the data: the batch shrinks from 32 (down to 8) and then the "
+            f"passes grow (up to {MAX_EPOCHS:g}) until training makes about {MIN_STEPS} optimizer steps; the "
+            "strategy's lr is scaled by sqrt(batch / 32); --batch-size, --epochs and --lr override.")
+    if not ns.train:
+        return rule + " Add --train FILE to --help to see the values for your data."
+    try:
+        examples = len(TASKS[ns.task or "classify"].read(ns.train, Prep()))
+        fit = fit_to_data(examples, default_lr(ns.strategy or "full"),
+                          batch_size=int(ns.batch_size) if ns.batch_size else None,
+                          epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None)
+    except (PlmkitError, OSError, KeyError, ValueError) as e:
+        return f"{rule} (--train {ns.train}: {e})"
+    return (f"{rule} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, strategy {ns.strategy or 'full'}): "
+            f"batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
 
 
 def _check_backbone(saved: Saved, task: TaskSpec) -> None:

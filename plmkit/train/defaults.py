@@ -1,0 +1,59 @@
+"""Fine-tuning defaults that fit the data: batch size, passes and learning rate from its size.
+
+Measured (benchmarks/defaults_sweep.py, RESULTS.md "Fine-tuning defaults by data size"): at
+500-2,000 labels a fixed batch of 32 for 3 epochs makes too few optimizer steps (47-188) and
+loses to transformers' Trainer (batch 8, 188-750 steps). The rule: the batch shrinks (32 down
+to 8) until the planned passes make ``MIN_STEPS`` optimizer steps; when even batch 8 does not,
+the passes grow (up to ``MAX_EPOCHS``); the strategy's learning rate is scaled by
+sqrt(batch / 32), the square-root rule for Adam, so a smaller batch takes smaller, noisier
+steps. From ~5,300 examples up (3 epochs of batch 32 reach MIN_STEPS) nothing changes. What
+the user sets is kept; the rule only fills what is unset.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MIN_STEPS = 500         # optimizer steps the planned passes make at least (batch and passes allowing)
+BATCH = 32              # the batch and the passes of data large enough for MIN_STEPS
+EPOCHS = 3.0
+MIN_BATCH = 8
+MAX_EPOCHS = 10.0
+
+
+@dataclass(frozen=True)
+class DataFit:
+    """What a fine-tuning run on ``examples`` examples trains with (``why`` says how it was chosen)."""
+    examples: int
+    batch_size: int
+    epochs: float
+    lr: float
+    steps: int
+    why: str
+
+
+def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None, epochs: float | None = None,
+                lr: float | None = None, min_steps: int = MIN_STEPS) -> DataFit:
+    """The batch size, passes and learning rate for ``examples`` training examples.
+
+    ``base_lr`` is the strategy's rate at batch 32; ``batch_size``/``epochs``/``lr`` given by the
+    user are kept as they are."""
+    n = max(int(examples), 1)
+    passes = EPOCHS if epochs is None else epochs
+    batch = batch_size
+    if batch is None:
+        fits = math.floor(n * passes / min_steps)          # the largest batch that still makes min_steps
+        batch = max(MIN_BATCH, min(BATCH, fits))
+    if epochs is None and _steps(n, batch, passes) < min_steps:
+        passes = min(MAX_EPOCHS, math.ceil(min_steps * batch / n))
+    rate = lr if lr is not None else base_lr * math.sqrt(batch / BATCH)
+    steps = _steps(n, batch, passes)
+    if (batch, passes) == (BATCH, EPOCHS) or batch_size is not None and epochs is not None:
+        why = "the defaults"
+    else:
+        why = f"{n:,} examples: batch and passes chosen to make about {min_steps} optimizer steps"
+    return DataFit(n, batch, passes, rate, steps, why)
+
+
+def _steps(n: int, batch: int, passes: float) -> int:
+    return math.ceil(passes * math.ceil(n / batch))
