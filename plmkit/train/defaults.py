@@ -18,7 +18,7 @@ MIN_STEPS = 500         # optimizer steps the planned passes make at least (batc
 BATCH = 32              # the batch and the passes of data large enough for MIN_STEPS
 EPOCHS = 3.0
 MIN_BATCH = 8
-MAX_EPOCHS = 10.0
+MAX_EPOCHS = 5.0
 
 
 @dataclass(frozen=True)
