@@ -376,8 +376,14 @@ def test_each_strategy_trains_at_its_own_default_lr(tmp_path, encoder_dir, files
     for spec in ("probe", "freeze:1"):
         out = tmp_path / spec.replace(":", "")
         assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
-                     "--out", str(out), "--strategy", spec, "--max-steps", "2", "--max-length", "48"]) == 0
-        assert _meta(out)["config"]["lr"] == STRATEGIES[spec.partition(":")[0]].lr
+                     "--out", str(out), "--strategy", spec, "--max-steps", "2", "--max-length", "48",
+                     "--batch-size", "32"]) == 0
+        assert _meta(out)["config"]["lr"] == STRATEGIES[spec.partition(":")[0]].lr      # at batch 32: as declared
+    assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
+                 "--out", str(tmp_path / "small"), "--strategy", "probe", "--max-steps", "2", "--max-length", "48"]) == 0
+    resolved = _meta(tmp_path / "small")["config"]             # 240 examples: batch 8, its lr scaled to it
+    assert (resolved["batch_size"], resolved["epochs"]) == (8, 5)
+    assert resolved["lr"] == pytest.approx(STRATEGIES["probe"].lr * 0.5)
     assert main(["finetune", "--model", str(encoder_dir), "--task", "classify", "--train", str(files["train"]),
                  "--out", str(tmp_path / "given"), "--strategy", "probe", "--lr", "0.5", "--max-steps", "2",
                  "--max-length", "48"]) == 0
