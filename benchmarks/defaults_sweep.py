@@ -7,6 +7,7 @@ Each cell (task, training-set size, seed) fine-tunes all-MiniLM-L6-v2 once per a
 types it, and scores the model on a slice held out from training:
   plmkit   `plmkit finetune --model M --task classify --train FILE --out DIR` (today's defaults)
   old      the defaults before the data-size rule: --batch-size 32 --epochs 3 --lr 1e-4
+  random   today's defaults with --no-group-by-length (random batches, as the Trainer's)
   trainer  transformers' Trainer at its defaults (batch 8, 3 epochs, lr 5e-5, no warmup, fp32),
            `tok(texts, truncation=True)` and DataCollatorWithPadding, as its docs write it;
            only checkpoint saving and logging integrations are off
@@ -87,6 +88,8 @@ def arm_flags(arm: str, size: int) -> list[str] | None:
     """plmkit's training flags for an arm (None: the Trainer)."""
     if arm == "plmkit":
         return []
+    if arm == "random":                     # the defaults, on random batches instead of length buckets
+        return ["--no-group-by-length"]
     if arm == "old":
         return ["--batch-size", "32", "--epochs", "3", "--lr", "1e-4"]
     if arm.startswith("rule:"):
