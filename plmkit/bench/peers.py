@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import PlmkitError
 from ..io import read_json, write_json
+from ..tokenizer import INPUT_KEYS
 
 if TYPE_CHECKING:
     from ..tasks import TaskData
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 PEER_WORKER = Path(__file__).with_name("peer_worker.py")
 VENV = ".peers-venv"
 CREATE = "python benchmarks/peers_env.py"
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def find_peer_python(explicit: str | None) -> str:
@@ -198,7 +198,7 @@ class PeerEngine:
     def command(self, v: "Variant", s: "Settings", spec: Path, out: Path) -> list[str]:
         """Writes the batches beside ``spec`` (timed ones per batch size, then the evaluation ones)."""
         from ..data.features import collate
-        from ..tasks.common import pad_id
+        from ..tokenizer import pad_id
 
         data = _task_data(v.features_from, v.task, s.data, s.max_examples)
         pad, arrays = pad_id(data.tok), {}

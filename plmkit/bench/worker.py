@@ -16,7 +16,7 @@ from ..errors import PlmkitError
 from ..io import read_json, write_json
 from ..tasks import Infer, TaskData
 from ..precision import autocast
-from ..tasks.common import INPUT_KEYS, pad_id
+from ..tokenizer import INPUT_KEYS, pad_id
 from .runners import RUNNERS, Settings, Variant, encoding, row_of
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin")

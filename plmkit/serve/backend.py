@@ -39,13 +39,12 @@ from ..models.generate import MIN_TEMPERATURE, generate
 from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import PRECISIONS, autocast, resolve
-from ..tasks.common import Prep, pad_id
-from ..tokenizer import load_tokenizer
+from ..tasks.common import Prep
+from ..tokenizer import INPUT_KEYS, load_tokenizer, pad_id
 from ..tokenizer.chat import encode_prompt, end_ids
 from .streams import Stream, run_streams
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 WORD = re.compile(r"\S+")          # NER input is split into words at whitespace, offsets kept
 
 

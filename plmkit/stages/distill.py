@@ -41,9 +41,8 @@ from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned, selection_metric
-from ..tasks.common import pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
-from ..tokenizer import load_tokenizer, report_unknown
+from ..tokenizer import load_tokenizer, pad_id, report_unknown
 from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"

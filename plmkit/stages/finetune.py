@@ -38,10 +38,9 @@ from ..models.heads import EMBED_POOLINGS, HEAD_CAUSAL, POOLINGS, default_poolin
 from ..models.model import PlmModel
 from ..models.st import st_settings
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, selection_metric
-from ..tasks.common import pad_id
 from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
-from ..tokenizer import load_tokenizer
+from ..tokenizer import load_tokenizer, pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
 from ..train.logging import METRICS_FILE, copy_logs
 

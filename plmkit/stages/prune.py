@@ -43,8 +43,7 @@ from ..loading import load
 from ..models.checkpoint import save_checkpoint
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
-from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer
+from ..tokenizer import load_tokenizer, pad_id
 from ..train import IndexedBatches, TrainArgs, check_args, task_batches, train
 from ..train.loop import total_steps
 

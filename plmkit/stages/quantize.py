@@ -29,8 +29,7 @@ from ..loading import load, peek
 from ..models.config import config_from_dict, config_to_dict
 from ..models.onnx_model import GRAPH_FILES, ONNX_FILE, OnnxModel
 from ..tasks import TASK_OF_HEAD, TASKS, Infer, Prep, TaskData, TaskSpec
-from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer, save_tokenizer
+from ..tokenizer import load_tokenizer, pad_id, save_tokenizer
 
 # Tasks whose evaluate runs on an ONNX graph (generate needs the loss and a KV cache).
 ONNX_EVAL_TASKS = ("classify", "ner", "qa", "embed")

@@ -24,10 +24,10 @@ from ..data.readers import GenExample, _json_objects, _rows, read_generation, re
 from ..errors import InputError, PlmkitError
 from ..models.generate import generate
 from ..precision import autocast
-from ..tokenizer import special_ids
+from ..tokenizer import pad_id, special_ids
 from ..tokenizer.chat import ChatTemplate, chat_template, end_ids, special_prefix
 from ..train.logging import progress_enabled
-from .common import Prep, TaskData, pad_id
+from .common import Prep, TaskData
 
 SEP = "\n"   # between prompt and completion, as in encode_generation
 
