@@ -11,15 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import build
 from ..errors import PlmkitError
 from ..loading import Saved, load, peek
 from ..models.checkpoint import export_hf
-from ..tasks import TASK_OF_HEAD, TASKS, Prep, TaskSpec, load_finetuned
+from ..tasks import BENCH_TASKS, TASKS, Prep, TaskSpec, load_finetuned, prep_of, task_of
 from ..tokenizer import load_tokenizer
 from .peers import PEERS
-
-BENCH_TASKS = ("classify", "ner", "qa")
 
 
 @dataclass
@@ -59,9 +56,7 @@ class HFRunner:
 
         from ..models.heads import ModelOutput
 
-        auto = {"classify": transformers.AutoModelForSequenceClassification,
-                "ner": transformers.AutoModelForTokenClassification,
-                "qa": transformers.AutoModelForQuestionAnswering}[task]
+        auto = getattr(transformers, TASKS[task].hf_auto)
         self.model = auto.from_pretrained(path, attn_implementation="eager", dtype=torch.float32,
                                           use_safetensors=True).eval()
         self.output, self.anchor = ModelOutput, nn.Parameter(torch.zeros(0))
@@ -155,11 +150,11 @@ def kind_of(saved: Saved) -> str:
 def task_of_dir(path: Path) -> tuple[str, str]:
     """(kind, task name) of a model directory, from its config files alone (nothing loaded)."""
     saved = peek(path)
-    task = saved.head_config.get("finetune_task") or TASK_OF_HEAD.get(saved.task)
-    if task not in BENCH_TASKS:
+    task = task_of(path, saved.task, saved.head_config)
+    if task is None or task.name not in BENCH_TASKS:
         raise PlmkitError(f"{path}: a '{saved.task}' model has no task to benchmark (fine-tune it first; "
                           f"bench runs {', '.join(BENCH_TASKS)} models)")
-    return kind_of(saved), task
+    return kind_of(saved), task.name
 
 
 def make_variant(path: str, precision: str) -> Variant:
@@ -187,6 +182,4 @@ def encoding(path: str, task_name: str) -> tuple[TaskSpec, Prep, Any, dict[str, 
     The same values ``load_finetuned`` gives ``plmkit evaluate``, so the features are the same.
     """
     head_config = peek(path).head_config
-    prep = build(Prep, head_config.get("preprocess", {}),
-                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
-    return TASKS[task_name], prep, load_tokenizer(path), head_config
+    return TASKS[task_name], prep_of(path, head_config), load_tokenizer(path), head_config
