@@ -57,7 +57,8 @@ class _Options:
     train: str = option(help="training data file")
     out: str = option(help="output checkpoint directory")
     eval: str | None = option(None, help="evaluation data file (selects the best checkpoint)")
-    eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation")
+    eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation "
+                                  "(0: none)", ge=0, lt=1)
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
     pooling: str = option("auto", help="classify with an encoder: what the head reads: the pooler, the [CLS] "
                           "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
@@ -71,7 +72,7 @@ class _Options:
     group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
                                           "padding, faster); off: random batches, as transformers' Trainer "
                                           "by default (default: on, except for ner, where it costs accuracy)")
-    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
+    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)", ge=8)
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
                             "split into overlapping windows whose predictions are averaged (windows)",
@@ -197,8 +198,6 @@ def _work_dir(out: Path, cfg: Config) -> Path:
 
 
 def _prep(cfg: Config) -> Prep:
-    if cfg.max_length < 8:
-        raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
     if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
         raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
@@ -220,8 +219,6 @@ def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list
         return train_ex, task.read(cfg.eval, prep, labels=labels)
     if not cfg.eval_fraction:
         return train_ex, None
-    if not 0.0 < cfg.eval_fraction < 1.0:
-        raise PlmkitError(f"--eval-fraction must be between 0 and 1, got {cfg.eval_fraction}")
     held, what = _held_out(train_ex, cfg)
     kept = [ex for i, ex in enumerate(train_ex) if i not in held]
     evals = [ex for i, ex in enumerate(train_ex) if i in held]
