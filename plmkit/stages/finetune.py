@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from ..adapters import AdapterSettings, apply_strategy, strategy_meta
@@ -41,10 +40,10 @@ from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, s
 from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..train import (IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable, run_dir,
+                     save_trainable, train)
 from ..train.logging import METRICS_FILE, copy_logs
 
-TRAINABLE = "trainable.safetensors"   # weights in the loop's checkpoints: only what trains
 RUN_FILE = "finetune.yaml"
 # head_config entries a parent's head must share to be trained on rather than replaced
 SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "matryoshka_dims")
@@ -119,7 +118,7 @@ def run(cfg: Config) -> int:
     args = pick(TrainArgs, cfg)
     check_args(args)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
-    work = _work_dir(out, cfg)
+    work = run_dir(out, "train", cfg.resume, cfg.overwrite)
     prep = _prep(cfg)
 
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
@@ -184,17 +183,6 @@ def _check_backbone(saved: Saved, task: TaskSpec) -> None:
         want = "a decoder (causal LM: GPT-2, Llama, ...)" if need else "an encoder (BERT-style)"
         raise PlmkitError(f"{saved.path}: --task {task.name} needs {want}; this model is "
                           f"{a_or_an(backbone.family)}")
-
-
-def _work_dir(out: Path, cfg: Config) -> Path:
-    """The hidden run directory beside --out; only --resume may reuse an existing one."""
-    work = out.with_name(f".{out.name}.train")
-    if work.exists() and not cfg.resume:
-        if not cfg.overwrite:
-            raise PlmkitError(f"{work}: an interrupted run of this output exists; continue it with --resume, "
-                              "or start over with --overwrite")
-        shutil.rmtree(work)
-    return work
 
 
 def _prep(cfg: Config) -> Prep:
@@ -373,23 +361,6 @@ def _depth(model: PlmModel):
         i = model.layer_of(name)
         return None if i is None else i + 1
     return layer_of
-
-
-def save_trainable(model: torch.nn.Module, directory: Path) -> None:
-    """The loop's checkpoints hold only what trains: frozen weights equal the parent's."""
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-              str(directory / TRAINABLE))
-
-
-@torch.no_grad()
-def load_trainable(model: torch.nn.Module, directory: Path) -> None:
-    state = load_file(str(directory / TRAINABLE))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(state) - set(params))
-    if unknown:
-        raise PlmkitError(f"{directory / TRAINABLE}: weights {unknown[:3]} do not belong to this model")
-    for name, value in state.items():
-        params[name].copy_(value)
 
 
 def _final_metrics(result: Any, work: Path, metric: str | None, seconds: float) -> dict[str, Any]:
