@@ -21,8 +21,7 @@ from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig
 from plmkit.models.model import PlmModel
 from plmkit.tasks import load_finetuned
-from plmkit.tasks.common import pad_id
-from plmkit.tokenizer import load_tokenizer, train_tokenizer
+from plmkit.tokenizer import load_tokenizer, pad_id, train_tokenizer
 
 WORDS = ["the", "a", "red", "apple", "pie", "tree", "fruit", "ate", "company", "phone", "shares", "rose",
          "new", "sold", "good", "bad", "film", "was", "it", "i", "she", "he", "and", "of", "in", "."]

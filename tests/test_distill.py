@@ -22,8 +22,7 @@ from plmkit.models.config import EncoderConfig
 from plmkit.models.heads import ModelOutput
 from plmkit.models.model import PlmModel
 from plmkit.tasks import TASKS, Prep, load_finetuned
-from plmkit.tasks.common import pad_id
-from plmkit.tokenizer import train_tokenizer
+from plmkit.tokenizer import pad_id, train_tokenizer
 
 HEAD = {"num_labels": 3, "labels": ["a", "b", "c"]}
 

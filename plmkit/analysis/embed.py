@@ -27,8 +27,7 @@ from ..data.readers import read_classification, read_lines
 from ..errors import PlmkitError
 from ..loading import load
 from ..models.model import PlmModel
-from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer
+from ..tokenizer import load_tokenizer, pad_id
 from ..train.logging import progress_enabled
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..data.readers import read_lines
 from ..errors import InputError, PlmkitError
 from ..models.model import PlmModel
-from ..tasks.common import pad_id
+from ..tokenizer import pad_id
 from .embed import Encoded, encode_texts, forward_layers, max_tokens, resolve_layer
 
 DEFAULT_SENTENCES = Path(__file__).resolve().parents[1] / "assets" / "apple_sentences.txt"

@@ -27,7 +27,8 @@ from __future__ import annotations
 from .harness import (add_speedups, baseline_source, check_data, cpu_sample, format_table, machine_info, measure,
                       metric_name, other_cores, trust_warnings, unique_names)
 from .peers import PEERS, find_peer_python, peer_versions
-from .runners import BASELINES, RUNNERS, Runner, Settings, Variant, make_variant, task_of_dir
+from .rows import Settings, Variant
+from .runners import BASELINES, RUNNERS, Runner, make_variant, task_of_dir
 
 PEER_KINDS = tuple(p.kind for p in PEERS)
 

@@ -16,7 +16,8 @@ from ..errors import PlmkitError
 from ..io import read_json, write_json
 from ..loading import peek
 from ..tasks import TASKS
-from .runners import RUNNERS, Settings, Variant, encoding, task_of_dir
+from .rows import Settings, Variant, encoding
+from .runners import RUNNERS, task_of_dir
 
 
 def metric_name(task: str) -> str:

@@ -33,15 +33,15 @@ import numpy as np
 
 from ..errors import PlmkitError
 from ..io import read_json, write_json
+from ..tokenizer import INPUT_KEYS
+from .rows import EVAL_BATCH, Settings, Variant, bench_task, encoding, hf_export, row_of, weights_size
 
 if TYPE_CHECKING:
     from ..tasks import TaskData
-    from .runners import Settings, Variant
 
 PEER_WORKER = Path(__file__).with_name("peer_worker.py")
 VENV = ".peers-venv"
 CREATE = "python benchmarks/peers_env.py"
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def find_peer_python(explicit: str | None) -> str:
@@ -81,8 +81,6 @@ def peer_versions(python: str) -> dict[str, str]:
 def _task_data(features_from: str, task_name: str, data: str, max_examples: int | None) -> "TaskData":
     """FILE encoded with the checkpoint's tokenizer and settings, as the plmkit worker encodes it."""
     from ..tasks import Infer, TaskData
-    from .runners import encoding
-    from .worker import EVAL_BATCH
 
     task, prep, tok, head_config = encoding(features_from, task_name)
     examples = task.read(data, prep, labels=head_config.get("labels"))[:max_examples]
@@ -173,13 +171,11 @@ class PeerEngine:
     kind: str
     calibrates: bool
 
-    def prepare(self, source: Path, work: Path, s: "Settings") -> Path:
+    def prepare(self, source: Path, work: Path, s: Settings) -> Path:
         """The checkpoint exported to HF (``--peer-input onnx``: plmkit's fp32 ONNX export of it),
         then converted and quantized by the peer (in its environment)."""
-        from .runners import hf_export, task_of_dir
-
         out = work / f"peer-{self.kind}"
-        spec = {"engine": self.kind, "task": task_of_dir(source)[1], "out": str(out), "threads": s.threads,
+        spec = {"engine": self.kind, "task": bench_task(source), "out": str(out), "threads": s.threads,
                 "calibration": None, "hf": None, "onnx": None, "params": None}
         if s.peer_input == "onnx":
             spec["onnx"], spec["params"] = onnx_export(source, work)
@@ -195,10 +191,10 @@ class PeerEngine:
                str(work / f"quantize-{self.kind}.json")], f"{self.kind}: quantizing {source}")
         return out
 
-    def command(self, v: "Variant", s: "Settings", spec: Path, out: Path) -> list[str]:
+    def command(self, v: Variant, s: Settings, spec: Path, out: Path) -> list[str]:
         """Writes the batches beside ``spec`` (timed ones per batch size, then the evaluation ones)."""
         from ..data.features import collate
-        from ..tasks.common import pad_id
+        from ..tokenizer import pad_id
 
         data = _task_data(v.features_from, v.task, s.data, s.max_examples)
         pad, arrays = pad_id(data.tok), {}
@@ -209,11 +205,9 @@ class PeerEngine:
         np.savez(spec.with_suffix(".npz"), **arrays)
         return [s.peer_python or find_peer_python(None), str(PEER_WORKER), "measure", str(spec), str(out)]
 
-    def finish(self, result: dict[str, Any], v: "Variant", s: "Settings") -> dict[str, Any]:
+    def finish(self, result: dict[str, Any], v: Variant, s: Settings) -> dict[str, Any]:
         """The peer's timings + plmkit's score of the peer's logits -> a row like every other."""
         from ..tasks import TASKS
-        from .runners import row_of
-        from .worker import weights_size
 
         data = _task_data(v.features_from, v.task, s.data, s.max_examples)
         with np.load(result["outputs"]) as z:

@@ -1,5 +1,5 @@
-"""The rows a benchmark measures (``Variant``), its settings, and the table of runners: for each
-kind of row, which model directories it measures and how the worker loads and times it.
+"""The table of runners: for each kind of row (``Variant``, bench/rows.py), which model
+directories it measures and how the worker loads and times it.
 
     runner = RUNNERS[variant.kind]
     model, params = runner.load(variant, threads)        # in the worker process
@@ -11,42 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import build
-from ..errors import PlmkitError
 from ..loading import Saved, load, peek
-from ..models.checkpoint import export_hf
-from ..tasks import TASK_OF_HEAD, TASKS, Prep, TaskSpec, load_finetuned
-from ..tokenizer import load_tokenizer
+from ..tasks import TASKS, load_finetuned
 from .peers import PEERS
-
-BENCH_TASKS = ("classify", "ner", "qa")
-
-
-@dataclass
-class Variant:
-    name: str
-    path: str                     # the directory the row measures
-    kind: str                     # a key of RUNNERS: transformers | torch | onnx | openvino-ir | optimum-ort | openvino
-    precision: str                # fp32 | bf16 | int8
-    task: str                     # classify | ner | qa
-    features_from: str            # checkpoint whose tokenizer and preprocessing encode the data
-    baseline: bool = False
-
-
-@dataclass
-class Settings:
-    data: str
-    batch_sizes: list[int]
-    repeats: int = 3
-    warmup: int = 3
-    latency_examples: int = 200
-    max_examples: int | None = None
-    threads: int = 1
-    precision: str = "bf16"        # torch rows: plmkit's inference precision as resolved (bf16 or fp32)
-    peer_python: str | None = None   # peer rows: the python of the peers' virtual environment
-    calibration: str | None = None   # peer rows that calibrate (OpenVINO): labelled file of the task (default: data)
-    calibration_examples: int = 300  # its first N examples (optimum's default sample count)
-    peer_input: str = "hf"           # what the peers quantize: the HF export, or plmkit's fp32 ONNX export (onnx)
+from .rows import Settings, Variant, bench_task, hf_export
 
 
 class HFRunner:
@@ -59,9 +27,7 @@ class HFRunner:
 
         from ..models.heads import ModelOutput
 
-        auto = {"classify": transformers.AutoModelForSequenceClassification,
-                "ner": transformers.AutoModelForTokenClassification,
-                "qa": transformers.AutoModelForQuestionAnswering}[task]
+        auto = getattr(transformers, TASKS[task].hf_auto)
         self.model = auto.from_pretrained(path, attn_implementation="eager", dtype=torch.float32,
                                           use_safetensors=True).eval()
         self.output, self.anchor = ModelOutput, nn.Parameter(torch.zeros(0))
@@ -80,18 +46,6 @@ class HFRunner:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
-
-
-def hf_export(source: Path, work: Path, settings: Settings | None = None) -> Path:
-    """An HF directory transformers loads: ``source`` itself if it is one, else an export of it
-    (made once per work directory: the transformers row and the peers share it)."""
-    if peek(source).format == "huggingface":
-        return source
-    out = work / "hf-baseline"
-    if out.is_dir():
-        return out
-    export_hf(load(source, needs_torch="the transformers baseline"), out, load_tokenizer(source))
-    return out
 
 
 def _load_transformers(v: Variant, threads: int) -> tuple[Any, int]:
@@ -154,12 +108,7 @@ def kind_of(saved: Saved) -> str:
 
 def task_of_dir(path: Path) -> tuple[str, str]:
     """(kind, task name) of a model directory, from its config files alone (nothing loaded)."""
-    saved = peek(path)
-    task = saved.head_config.get("finetune_task") or TASK_OF_HEAD.get(saved.task)
-    if task not in BENCH_TASKS:
-        raise PlmkitError(f"{path}: a '{saved.task}' model has no task to benchmark (fine-tune it first; "
-                          f"bench runs {', '.join(BENCH_TASKS)} models)")
-    return kind_of(saved), task
+    return kind_of(peek(path)), bench_task(path)
 
 
 def make_variant(path: str, precision: str) -> Variant:
@@ -167,26 +116,3 @@ def make_variant(path: str, precision: str) -> Variant:
     kind, task = task_of_dir(p)
     fixed = RUNNERS[kind].precision
     return Variant(p.name, str(p), kind, fixed(peek(p)) if fixed else precision, task, str(p))
-
-
-def row_of(v: Variant, s: Settings, by_batch: dict[str, dict[str, float]], params: int, size_bytes: int,
-           rss_kb: int, metrics: dict[str, Any], metric: str, examples: int) -> dict[str, Any]:
-    """One result row, from what a worker measured (plmkit's or a peer's)."""
-    small, large = by_batch[str(min(s.batch_sizes))], by_batch[str(max(s.batch_sizes))]
-    return {"name": v.name, "path": v.path, "kind": v.kind, "precision": v.precision,
-            "params": int(params), "size_mb": round(size_bytes / 2**20, 3),
-            "latency_p50_ms": small["latency_p50_ms"], "latency_p95_ms": small["latency_p95_ms"],
-            "throughput": large["throughput"], "peak_rss_mb": round(rss_kb / 1024, 1),
-            "metric": float(metrics[metric]), "metrics": metrics, "baseline": v.baseline, "speedup": None,
-            "examples": examples, "by_batch": by_batch}
-
-
-def encoding(path: str, task_name: str) -> tuple[TaskSpec, Prep, Any, dict[str, Any]]:
-    """(task, preprocessing settings, tokenizer, head_config) stored in a checkpoint; no weights loaded.
-
-    The same values ``load_finetuned`` gives ``plmkit evaluate``, so the features are the same.
-    """
-    head_config = peek(path).head_config
-    prep = build(Prep, head_config.get("preprocess", {}),
-                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
-    return TASKS[task_name], prep, load_tokenizer(path), head_config

@@ -16,12 +16,9 @@ from ..errors import PlmkitError
 from ..io import read_json, write_json
 from ..tasks import Infer, TaskData
 from ..precision import autocast
-from ..tasks.common import INPUT_KEYS, pad_id
-from .runners import RUNNERS, Settings, Variant, encoding, row_of
-
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin")
-EVAL_BATCH = 64          # plmkit evaluate's default batch size: same batches, same metric
-
+from ..tokenizer import INPUT_KEYS, pad_id
+from .rows import EVAL_BATCH, Settings, Variant, encoding, row_of, weights_size
+from .runners import RUNNERS
 
 def peak_rss_kb() -> int:
     """This process's peak resident memory, in KiB.
@@ -37,10 +34,6 @@ def peak_rss_kb() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def weights_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
 
 def _timed_passes(model: Any, batches: list[dict[str, Any]], s: Settings, precision: str) -> tuple[list[float], list[float]]:

@@ -96,22 +96,29 @@ def postprocess_qa(examples: Sequence[QAExample], features: Sequence[Mapping[str
     for ex in examples:
         best_score, best_text = -np.inf, ""
         for i in by_example.get(ex.id, []):
-            offsets = features[i]["offset_mapping"]
-            starts = np.asarray(start_logits[i], dtype=np.float64)[:len(offsets)]
-            ends = np.asarray(end_logits[i], dtype=np.float64)[:len(offsets)]
-            is_ctx = np.array([off is not None for off in offsets])
-            # Score the n_best x n_best grid of candidate (start, end) pairs at once.
-            s_idx = np.argsort(-starts, kind="stable")[:n_best]
-            e_idx = np.argsort(-ends, kind="stable")[:n_best]
-            length = e_idx[None, :] - s_idx[:, None] + 1  # [n_best, n_best]
-            valid = (is_ctx[s_idx][:, None] & is_ctx[e_idx][None, :]
-                     & (length >= 1) & (length <= max_answer_length))
-            if not valid.any():
-                continue
-            scores = np.where(valid, starts[s_idx][:, None] + ends[e_idx][None, :], -np.inf)
-            si, ei = np.unravel_index(np.argmax(scores), scores.shape)
-            if scores[si, ei] > best_score:
-                best_score = scores[si, ei]
-                best_text = ex.context[offsets[s_idx[si]][0]:offsets[e_idx[ei]][1]]
+            score, start, end = best_span(features[i]["offset_mapping"], np.asarray(start_logits[i], dtype=np.float64),
+                                          np.asarray(end_logits[i], dtype=np.float64), n_best, max_answer_length)
+            if start is not None and score > best_score:
+                best_score, best_text = score, ex.context[start:end]
         answers[ex.id] = best_text
     return answers
+
+
+def best_span(offsets: Sequence[Any], starts: np.ndarray, ends: np.ndarray, n_best: int = 20,
+              max_answer_length: int = 30) -> tuple[float, int | None, int | None]:
+    """(start score + end score, char start, char end) of the best context span of one window
+    (-inf, None, None when it has none). ``offsets``: the window's offset_mapping (None off the
+    context); ``starts``/``ends``: its rows of scores, possibly padded past its length."""
+    n = len(offsets)
+    starts, ends = starts[:n], ends[:n]
+    is_ctx = np.array([off is not None for off in offsets])
+    # Score the n_best x n_best grid of candidate (start, end) pairs at once.
+    s_idx = np.argsort(-starts, kind="stable")[:n_best]
+    e_idx = np.argsort(-ends, kind="stable")[:n_best]
+    length = e_idx[None, :] - s_idx[:, None] + 1  # [n_best, n_best]
+    valid = is_ctx[s_idx][:, None] & is_ctx[e_idx][None, :] & (length >= 1) & (length <= max_answer_length)
+    if not valid.any():
+        return -np.inf, None, None
+    scores = np.where(valid, starts[s_idx][:, None] + ends[e_idx][None, :], -np.inf)
+    si, ei = np.unravel_index(np.argmax(scores), scores.shape)
+    return float(scores[si, ei]), offsets[s_idx[si]][0], offsets[e_idx[ei]][1]

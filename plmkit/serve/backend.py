@@ -28,9 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import build
 from ..data.features import TextFrame, collate, configured, word_predictions
-from ..data.qa import prepare_qa_features
+from ..data.qa import best_span, prepare_qa_features
 from ..data.readers import QAExample
 from ..errors import PlmkitError
 from ..eval.metrics import get_entities
@@ -39,13 +38,14 @@ from ..models.generate import MIN_TEMPERATURE, generate
 from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import PRECISIONS, autocast, resolve
-from ..tasks.common import Prep, pad_id
-from ..tokenizer import load_tokenizer
+from ..tasks import TASKS, TaskSpec, prep_of
+from ..tasks.classify import pool_windows
+from ..tokenizer import INPUT_KEYS, load_tokenizer, pad_id
 from ..tokenizer.chat import encode_prompt, end_ids
 from .streams import Stream, run_streams
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+TASK_ENDPOINTS = ("classify", "ner", "qa")     # answered by a model of that task (embed, generate: by capability)
 WORD = re.compile(r"\S+")          # NER input is split into words at whitespace, offsets kept
 
 
@@ -168,8 +168,7 @@ class ServedModel:
         self.task, self.family, self.head_config = model.task, model.family, model.head_config
         self.labels: list[str] = list(model.head_config.get("labels") or [])
         self.config = model.config
-        self.prep = build(Prep, model.head_config.get("preprocess", {}),
-                          source=f"{self.path / 'config.json'}: head_config.preprocess")
+        self.prep = prep_of(self.path, model.head_config)
         self.max_length = min(self.prep.max_length, model.config.max_position)
         self.tok = load_tokenizer(self.path)
         # configured once: the task encoders copy the tokenizer on every call, too slow per request
@@ -185,14 +184,16 @@ class ServedModel:
     def supports(self, endpoint: str, route: str | None = None) -> str | None:
         """``route``: the path named in the reason (a protocol route needs what ``endpoint`` does)."""
         what = f"the served model is a '{self.task}' {self.family} model"
-        needs = {"classify": (self.task == "classify" and bool(self.labels), "a classification model (task 'classify')"),
-                 "ner": (self.task == "token" and bool(self.labels), "a token-classification model (task 'ner')"),
-                 "qa": (self.task == "span", "an extractive QA model (task 'qa')"),
+        needs = {**{name: self._task_need(TASKS[name]) for name in TASK_ENDPOINTS},
                  "embed": (self.backend.can_embed,
                            "an encoder model (on onnxruntime or openvino: an export of task 'base')"),
                  "generate": (self.backend.can_generate, "a decoder (GPT) language model on the torch backend")}
         ok, need = needs[endpoint]
         return None if ok else f"{route or '/v1/' + endpoint} needs {need}; {what} on {self.backend.name}"
+
+    def _task_need(self, task: TaskSpec) -> tuple[bool, str]:
+        """Whether the model answers ``task``'s endpoint (its head, and label names if it predicts them)."""
+        return self.task == task.head and (bool(self.labels) or not task.labelled), f"{task.what} (task '{task.name}')"
 
     def endpoints(self) -> list[str]:
         return [e for e in ENDPOINTS if self.supports(e) is None]
@@ -303,8 +304,8 @@ def _class_logits(sm: ServedModel, payloads: list[dict[str, Any]]) -> Tensor:
     """[B, C]: each item's logits, averaged over the windows of a long text."""
     windows = [w for p in payloads for w in p.get("windows", [p])]       # a pair is one window
     logits = sm.backend.heads(sm._batch(windows)).logits.float()         # [W, C]
-    sizes = [len(p.get("windows", [p])) for p in payloads]
-    return torch.stack([part.mean(0) for part in logits.split(sizes)])
+    owner = [i for i, p in enumerate(payloads) for _ in p.get("windows", [p])]
+    return pool_windows(logits, owner, len(payloads))                    # as the classify task pools them
 
 
 def _run_classify(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -373,7 +374,8 @@ def _run_qa(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, A
     for p in payloads:
         best = (-np.inf, None, None)
         for w in p["windows"]:
-            best = max(best, _best_span(w["offset_mapping"], starts[i], ends[i]), key=lambda b: b[0])
+            # the QA task's span search (data/qa.py), on log p: a score comparable across windows
+            best = max(best, best_span(w["offset_mapping"], starts[i], ends[i]), key=lambda b: b[0])
             i += 1
         score, start, end = best
         if start is None:
@@ -382,24 +384,6 @@ def _run_qa(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, A
             out.append({"answer": p["context"][start:end], "score": float(np.exp(score)),
                         "start": start, "end": end})
     return out
-
-
-def _best_span(offsets: list[Any], starts: np.ndarray, ends: np.ndarray, n_best: int = 20,
-               max_answer_length: int = 30) -> tuple[float, int | None, int | None]:
-    """(log p(start) + log p(end), char start, char end) of the best context span of one window,
-    searched like ``postprocess_qa`` (n_best x n_best grid of candidate ends)."""
-    n = len(offsets)
-    starts, ends = starts[:n], ends[:n]
-    is_ctx = np.array([off is not None for off in offsets])
-    s_idx = np.argsort(-starts, kind="stable")[:n_best]
-    e_idx = np.argsort(-ends, kind="stable")[:n_best]
-    length = e_idx[None, :] - s_idx[:, None] + 1
-    valid = is_ctx[s_idx][:, None] & is_ctx[e_idx][None, :] & (length >= 1) & (length <= max_answer_length)
-    if not valid.any():
-        return -np.inf, None, None
-    scores = np.where(valid, starts[s_idx][:, None] + ends[e_idx][None, :], -np.inf)
-    si, ei = np.unravel_index(np.argmax(scores), scores.shape)
-    return float(scores[si, ei]), offsets[s_idx[si]][0], offsets[e_idx[ei]][1]
 
 
 def _run_generate(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -48,11 +48,11 @@ from ..io import atomic_dir, atomic_write_text, check_out_dir, read_json, write_
 from ..models.config import BERT_PRESETS
 from ..report.collect import collect
 from ..report.html import render
-from ..tasks import Infer, TaskData, load_finetuned
+from ..tasks import BENCH_TASKS, Infer, TaskData, load_finetuned
 from ..train import parse_budget
 from . import recipe
 
-COMPRESS_TASKS = ("classify", "ner", "qa")
+COMPRESS_TASKS = BENCH_TASKS        # compress measures its candidates with plmkit bench
 DEV_SHARE, DEV_MAX = 0.25, 10_000          # default dev slice: a quarter of --train, at most this many examples
 
 

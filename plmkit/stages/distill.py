@@ -41,9 +41,8 @@ from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned, selection_metric
-from ..tasks.common import pad_id
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, task_batches, train
-from ..tokenizer import load_tokenizer, report_unknown
+from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, run_dir, task_batches, train
+from ..tokenizer import load_tokenizer, pad_id, report_unknown
 from ..train.logging import copy_logs
 
 RUN_FILE = "distill.yaml"
@@ -143,7 +142,7 @@ def run(cfg: Config) -> int:
     spec = _check_request(cfg)
     args = pick(TrainArgs, cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
-    work = _work_dir(out, cfg)
+    work = run_dir(out, "distill", cfg.resume, cfg.overwrite)
 
     # 1. Teacher, data and student: all bad input stops here, before anything is written.
     teacher, task, prep, tok = load_finetuned(cfg.teacher, cfg.task)
@@ -202,17 +201,6 @@ def run(cfg: Config) -> int:
     shutil.rmtree(work, ignore_errors=True)
     _print_summary(metrics, result.steps, seconds, out)
     return 0
-
-
-def _work_dir(out: Path, cfg: Config) -> Path:
-    """The hidden run directory beside --out; only --resume may reuse an existing one."""
-    work = out.with_name(f".{out.name}.distill")
-    if work.exists() and not cfg.resume:
-        if not cfg.overwrite:
-            raise PlmkitError(f"{work}: an interrupted run of this output exists; continue it with --resume, "
-                              "or start over with --overwrite")
-        shutil.rmtree(work)
-    return work
 
 
 def _fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str, Any]:
@@ -359,7 +347,7 @@ def _run_general(cfg: Config) -> int:
     spec = _check_general(cfg)
     args = pick(TrainArgs, cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
-    work = _work_dir(out, cfg)
+    work = run_dir(out, "distill", cfg.resume, cfg.overwrite)
     check_text_files(cfg.corpus)
     teacher = load(cfg.teacher, task="base", needs_torch="distillation")     # its encoder only
     dropped = G.check_teacher(teacher, peek(cfg.teacher).task)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 from ..adapters import AdapterSettings, apply_strategy, strategy_meta
@@ -39,15 +38,14 @@ from ..models.heads import EMBED_POOLINGS, HEAD_CAUSAL, POOLINGS, default_poolin
 from ..models.model import PlmModel
 from ..models.st import st_settings
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, selection_metric
-from ..tasks.common import pad_id
 from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
-from ..tokenizer import load_tokenizer
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, train
+from ..tokenizer import load_tokenizer, pad_id
+from ..train import (IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable, run_dir,
+                     save_trainable, train)
 from ..train.defaults import EPOCHS, MAX_EPOCHS, MIN_STEPS, DataFit, fit_to_data
 from ..train.logging import METRICS_FILE, copy_logs
 
-TRAINABLE = "trainable.safetensors"   # weights in the loop's checkpoints: only what trains
 RUN_FILE = "finetune.yaml"
 # head_config entries a parent's head must share to be trained on rather than replaced
 SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "matryoshka_dims")
@@ -60,7 +58,8 @@ class _Options:
     train: str = option(help="training data file")
     out: str = option(help="output checkpoint directory")
     eval: str | None = option(None, help="evaluation data file (selects the best checkpoint)")
-    eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation")
+    eval_fraction: float = option(0.0, help="without --eval: hold out this fraction of --train for evaluation "
+                                  "(0: none)", ge=0, lt=1)
     strategy: str = option("full", help="what trains: full, probe, freeze:N, adapter, lora, bitfit")
     pooling: str = option("auto", help="classify with an encoder: what the head reads: the pooler, the [CLS] "
                           "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
@@ -75,7 +74,7 @@ class _Options:
     group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
                                           "padding, faster); off: random batches, as transformers' Trainer "
                                           "by default (default: on, except for ner, where it costs accuracy)")
-    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)")
+    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)", ge=8)
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
                             "split into overlapping windows whose predictions are averaged (windows)",
@@ -127,7 +126,7 @@ def run(cfg: Config) -> int:
     train_ex, eval_ex = _read_data(task, prep, cfg)
     fit_defaults(cfg, len(train_ex))         # resolved here, so finetune.yaml and plmkit.json record them
     args = pick(TrainArgs, cfg)
-    work = _work_dir(out, cfg)
+    work = run_dir(out, "train", cfg.resume, cfg.overwrite)
     tok = load_tokenizer(cfg.model)
     head_config = {**task.head_config(train_ex, prep), **_embed_head(cfg), "finetune_task": task.name,
                    "preprocess": to_dict(prep)}
@@ -222,20 +221,7 @@ def _check_backbone(saved: Saved, task: TaskSpec) -> None:
                           f"{a_or_an(backbone.family)}")
 
 
-def _work_dir(out: Path, cfg: Config) -> Path:
-    """The hidden run directory beside --out; only --resume may reuse an existing one."""
-    work = out.with_name(f".{out.name}.train")
-    if work.exists() and not cfg.resume:
-        if not cfg.overwrite:
-            raise PlmkitError(f"{work}: an interrupted run of this output exists; continue it with --resume, "
-                              "or start over with --overwrite")
-        shutil.rmtree(work)
-    return work
-
-
 def _prep(cfg: Config) -> Prep:
-    if cfg.max_length < 8:
-        raise PlmkitError(f"--max-length must be at least 8, got {cfg.max_length}")
     if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
         raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
@@ -257,8 +243,6 @@ def _read_data(task: TaskSpec, prep: Prep, cfg: Config) -> tuple[list[Any], list
         return train_ex, task.read(cfg.eval, prep, labels=labels)
     if not cfg.eval_fraction:
         return train_ex, None
-    if not 0.0 < cfg.eval_fraction < 1.0:
-        raise PlmkitError(f"--eval-fraction must be between 0 and 1, got {cfg.eval_fraction}")
     held, what = _held_out(train_ex, cfg)
     kept = [ex for i, ex in enumerate(train_ex) if i not in held]
     evals = [ex for i, ex in enumerate(train_ex) if i in held]
@@ -413,23 +397,6 @@ def _depth(model: PlmModel):
         i = model.layer_of(name)
         return None if i is None else i + 1
     return layer_of
-
-
-def save_trainable(model: torch.nn.Module, directory: Path) -> None:
-    """The loop's checkpoints hold only what trains: frozen weights equal the parent's."""
-    save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
-              str(directory / TRAINABLE))
-
-
-@torch.no_grad()
-def load_trainable(model: torch.nn.Module, directory: Path) -> None:
-    state = load_file(str(directory / TRAINABLE))
-    params = dict(model.named_parameters())
-    unknown = sorted(set(state) - set(params))
-    if unknown:
-        raise PlmkitError(f"{directory / TRAINABLE}: weights {unknown[:3]} do not belong to this model")
-    for name, value in state.items():
-        params[name].copy_(value)
 
 
 def _final_metrics(result: Any, work: Path, metric: str | None, seconds: float) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ..config import dump_yaml, option
 from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir, write_json
 from ..tasks import TASKS, load_finetuned
-from ..tasks.common import pad_id
+from ..tokenizer import pad_id
 
 
 @dataclass

@@ -11,27 +11,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..config import option
-from ..data.features import LONG_TEXT
+from ..config import compose, option, pick
 from ..io import atomic_write_text, check_out_file
-from ..precision import DEFAULT as PRECISION_DEFAULT
-from ..precision import HELP as PRECISION_HELP
-from ..precision import PRECISIONS
-from ..tasks import TASKS, Infer, TaskData, load_finetuned
+from ..tasks import TaskData, load_finetuned
+from ..tasks.options import InferOptions
 
 
 @dataclass
-class Config:
+class _Options:
     model: str = option(help="fine-tuned checkpoint (full or adapter-only)")
     input: str = option(help="data file to predict on (labels not needed)")
     output: str = option(help="JSONL file to write")
-    task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
-    batch_size: int = option(64, help="examples per batch", ge=1)
-    precision: str = option(PRECISION_DEFAULT, help=PRECISION_HELP, choices=PRECISIONS)
-    max_new_tokens: int = option(32, help="generate: completion length limit")
     overwrite: bool = option(False, help="replace an existing --output file")
-    long_text: str | None = option(None, help="classify: how texts longer than the model's max_length are "
-                                   "read (default: as in fine-tuning)", choices=list(LONG_TEXT))
+
+
+Config = compose("Config", __name__, _Options, InferOptions)
 
 
 def run(cfg: Config) -> int:
@@ -41,8 +35,7 @@ def run(cfg: Config) -> int:
         prep.long_text = cfg.long_text
     examples = task.read(cfg.input, prep, require_labels=False)
     features = task.encode(tok, examples, model.head_config, prep)
-    data = TaskData(examples, features, tok, model.head_config,
-                    Infer(cfg.batch_size, cfg.precision, cfg.max_new_tokens, progress="predict"))
+    data = TaskData(examples, features, tok, model.head_config, pick(InferOptions, cfg).infer(progress="predict"))
     rows = task.predict(model, data)
     atomic_write_text(cfg.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {len(rows)} predictions to {cfg.output}")

@@ -43,9 +43,8 @@ from ..loading import load
 from ..models.checkpoint import save_checkpoint
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
-from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer
-from ..train import IndexedBatches, TrainArgs, check_args, task_batches, train
+from ..tokenizer import load_tokenizer, pad_id
+from ..train import IndexedBatches, TrainArgs, check_args, run_dir, task_batches, train
 from ..train.loop import total_steps
 
 
@@ -284,8 +283,7 @@ def _recover(model: PlmModel, teacher: PlmModel | None, linears: dict[str, torch
              schedule: list[tuple[int, float]], cfg: Config, data: _Data, out: Path) -> dict[str, Any]:
     """Fine-tune the pruned model on --train with the shared loop, learning from ``teacher`` too
     when there is one; masks stay applied throughout."""
-    work = out.with_name(f".{out.name}.prune")
-    shutil.rmtree(work, ignore_errors=True)
+    work = run_dir(out, "prune", resume=False, overwrite=True)     # scratch: never resumed
     spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight)
     learner = D.DistillModule(model, teacher.to(next(model.parameters()).device), spec) if teacher else model
     trained = P.GradualPruning(learner, linears, schedule, cfg.scope) if cfg.gradual_steps else learner

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import build, option, to_dict
+from ..config import option, to_dict
 from ..data.features import configured
 from ..data.readers import read_lines
 from ..errors import PlmkitError
@@ -28,12 +28,9 @@ from ..io import atomic_dir, work_dir, write_json
 from ..loading import load, peek
 from ..models.config import config_from_dict, config_to_dict
 from ..models.onnx_model import GRAPH_FILES, ONNX_FILE, OnnxModel
-from ..tasks import TASK_OF_HEAD, TASKS, Infer, Prep, TaskData, TaskSpec
-from ..tasks.common import pad_id
-from ..tokenizer import load_tokenizer, save_tokenizer
+from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, prep_of, task_of
+from ..tokenizer import load_tokenizer, pad_id, save_tokenizer
 
-# Tasks whose evaluate runs on an ONNX graph (generate needs the loss and a KV cache).
-ONNX_EVAL_TASKS = ("classify", "ner", "qa", "embed")
 ENGINES = {"onnxruntime": "onnx", "openvino": "openvino"}     # --engine -> the output's format
 
 
@@ -92,22 +89,15 @@ def open_source(path: str) -> Source:
     return Source(src, cfg, model=model)
 
 
-def task_of(source: Source, name: str | None) -> tuple[TaskSpec | None, Prep]:
+def resolve_task(source: Source, name: str | None) -> tuple[TaskSpec | None, Prep]:
     """The fine-tuning task (None for a pre-trained / bare model) and its preprocessing settings."""
-    head_config = source.config_json.get("head_config", {})
-    saved = head_config.get("finetune_task")
-    name = name or saved or TASK_OF_HEAD.get(source.config_json.get("task", "base"))
-    prep = build(Prep, head_config.get("preprocess", {}),
-                 source=f"{source.path / 'config.json'}: head_config.preprocess")
+    head, head_config = source.config_json.get("task", "base"), source.config_json.get("head_config", {})
+    prep = prep_of(source.path, head_config)
     # Never feed more tokens than the position table holds (a checkpoint without preprocess settings).
     prep.max_length = min(prep.max_length, int(source.config_json["model"].get("max_position", prep.max_length)))
-    if name is None:
-        return None, prep
-    if saved is not None and saved != name:
-        raise PlmkitError(f"{source.path}: the model was fine-tuned for '{saved}', not '{name}'")
-    task = TASKS[name]
-    if task.head != source.config_json.get("task"):
-        raise PlmkitError(f"{source.path}: a '{source.config_json.get('task')}' model cannot do task '{name}'")
+    task = task_of(source.path, head, head_config, name)
+    if task is not None and task.head != head:
+        raise PlmkitError(f"{source.path}: a '{head}' model cannot do task '{task.name}'")
     return task, prep
 
 
@@ -144,7 +134,7 @@ def run(cfg: Config) -> int:
         what = "--method static" if cfg.engine == "onnxruntime" else "--engine openvino"
         raise PlmkitError(f"{what} needs --calibration FILE (data of the model's task)")
     source = open_source(cfg.model)
-    task, prep = task_of(source, cfg.task)
+    task, prep = resolve_task(source, cfg.task)
     head_config = source.config_json.get("head_config", {})
     eval_file = cfg.eval or cfg.calibration
     tok = load_tokenizer(source.path) if cfg.calibration or eval_file else None
@@ -152,7 +142,7 @@ def run(cfg: Config) -> int:
     if cfg.calibration:
         calib = read_task_data(task, prep, tok, head_config, cfg.calibration, "calibration", cfg.calibration_size)[1]
     evaluation = None
-    if eval_file and task is not None and task.name in ONNX_EVAL_TASKS:
+    if eval_file and task is not None and task.on_graph:
         examples, features = read_task_data(task, prep, tok, head_config, eval_file, "evaluation")
         # Evaluate's batch size (also bench's): with --activation-ranges tensor the INT8 metric
         # depends on the batching, and this way the three commands report the same number.

@@ -35,30 +35,19 @@ class Config:
     precision: str = option(PRECISION_DEFAULT, help="torch backend (as predict): " + PRECISION_HELP,
                             choices=PRECISIONS)
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
-    port: int = option(8080, help="TCP port")
-    max_batch: int = option(32, help="most texts per model call")
-    max_wait_ms: float = option(5.0, help="how long a batch waits for more requests, in milliseconds")
-    workers: int = option(1, help="server processes, each with its own copy of the model")
+    port: int = option(8080, help="TCP port", ge=1, le=65535)
+    max_batch: int = option(32, help="most texts per model call", ge=1)
+    max_wait_ms: float = option(5.0, help="how long a batch waits for more requests, in milliseconds",
+                               ge=0)
+    workers: int = option(1, help="server processes, each with its own copy of the model", ge=1)
     threads: int | None = option(None, help="torch threads per worker (default: CPU cores / workers - 1, "
-                                            "at least 1: the event loop needs a core)")
-    max_body_bytes: int = option(1 << 20, help="largest request body; larger is refused with 413")
-    max_texts: int = option(64, help="most texts in one request")
-    max_chars: int = option(10_000, help="most characters per text (QA: per question and per context)")
-    timeout_s: float = option(30.0, help="per-request time limit, queueing included; then 503")
+                                            "at least 1: the event loop needs a core)", ge=1)
+    max_body_bytes: int = option(1 << 20, help="largest request body; larger is refused with 413", ge=1)
+    max_texts: int = option(64, help="most texts in one request", ge=1)
+    max_chars: int = option(10_000, help="most characters per text (QA: per question and per context)",
+                           ge=1)
+    timeout_s: float = option(30.0, help="per-request time limit, queueing included; then 503", gt=0)
     log_level: str = option("info", help="uvicorn log level", choices=["critical", "error", "warning", "info", "debug"])
-
-
-def check(cfg: Config) -> None:
-    positive = {"--port": cfg.port, "--max-batch": cfg.max_batch, "--workers": cfg.workers,
-                "--max-body-bytes": cfg.max_body_bytes, "--max-texts": cfg.max_texts, "--max-chars": cfg.max_chars,
-                "--timeout-s": cfg.timeout_s, "--threads": cfg.threads or 1}
-    for flag, value in positive.items():
-        if value <= 0:
-            raise PlmkitError(f"{flag} must be positive, got {value}")
-    if cfg.port > 65535:
-        raise PlmkitError(f"--port must be at most 65535, got {cfg.port}")
-    if cfg.max_wait_ms < 0:
-        raise PlmkitError(f"--max-wait-ms must be >= 0, got {cfg.max_wait_ms}")
 
 
 def check_port(host: str, port: int) -> None:
@@ -77,7 +66,6 @@ def check_port(host: str, port: int) -> None:
 
 
 def run(cfg: Config) -> int:
-    check(cfg)
     try:
         import uvicorn
 

@@ -33,6 +33,11 @@ class TaskSpec(Protocol):
     greater_is_better: bool
     help: str                 # accepted file formats, for --help and errors
     group_by_length: bool     # train on length buckets unless --no-group-by-length (ner: random batches)
+    labelled: bool            # predicts label names (head_config.labels): a checkpoint without them is refused
+    detailed: bool            # evaluate(..., detailed=True) adds non-scalar details (confusion matrix, ...)
+    on_graph: bool            # evaluate runs on an exported graph (ONNX / OpenVINO): quantize measures it
+    hf_auto: str | None       # the transformers Auto class of its HF export (bench's baseline); None: not benched
+    what: str                 # the model in words ("a classification model"), for refusals
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[Any]: ...
@@ -42,6 +47,8 @@ class TaskSpec(Protocol):
     def encode(self, tok: Tokenizer, examples: list[Any], head_config: dict[str, Any],
                prep: Prep) -> list[dict[str, Any]]: ...
 
+    def metric_of(self, examples: list[Any]) -> str: ...   # the value that selects, on these evaluation data
+
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]: ...
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]: ...
@@ -49,29 +56,48 @@ class TaskSpec(Protocol):
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK, embed.TASK)}
 
-# Tasks whose evaluate() accepts detailed=True (confusion matrix, per-entity scores).
-DETAILED_TASKS = {"classify", "ner"}
-# Tasks whose evaluation data comes in kinds with metrics of their own (embed: a retrieval set is
-# scored by MRR@10, scored pairs by Spearman): their metric_of(examples) names the one that selects.
-DATA_METRIC_TASKS = {"embed"}
+# The tasks plmkit bench measures (and compress, which benches its candidates): those with a
+# transformers baseline.
+BENCH_TASKS = tuple(name for name, t in TASKS.items() if t.hf_auto)
 
 
 def selection_metric(task: TaskSpec, examples: list[Any]) -> str:
-    """The evaluation value that selects the best checkpoint when evaluating on ``examples``."""
-    if task.name in DATA_METRIC_TASKS:
-        return task.metric_of(examples)  # type: ignore[attr-defined]
-    return task.metric
+    """The evaluation value that selects the best checkpoint when evaluating on ``examples`` (embed:
+    a retrieval set is scored by MRR@10, scored pairs by Spearman)."""
+    return task.metric_of(examples)
 
 
 def evaluate_detailed(task: TaskSpec, model: nn.Module, data: TaskData) -> dict[str, Any]:
     """The task's metrics plus, where the task has them, non-scalar details for reports."""
-    if task.name in DETAILED_TASKS:
+    if task.detailed:
         return task.evaluate(model, data, detailed=True)  # type: ignore[call-arg]
     return task.evaluate(model, data)
 
 
 # model head -> the task it serves, for checkpoints that do not record their task (HF ones)
 TASK_OF_HEAD = {t.head: t.name for t in TASKS.values()}
+
+
+def task_of(path: str | Path, head: str, head_config: dict[str, Any], name: str | None = None) -> TaskSpec | None:
+    """The task a model directory serves: ``name`` (--task, for checkpoints that do not record it),
+    else the one it was fine-tuned for (head_config.finetune_task), else its head's; None for a
+    model without a task head (pre-trained). A ``name`` the checkpoint contradicts is refused."""
+    saved = head_config.get("finetune_task")
+    name = name or saved or TASK_OF_HEAD.get(head)
+    if name is None:
+        return None
+    if name not in TASKS:
+        raise PlmkitError(f"{Path(path) / 'config.json'}: head_config.finetune_task: unknown task '{name}' "
+                          f"(known: {', '.join(TASKS)})")     # --task is checked by its choices
+    if saved is not None and saved != name:
+        raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
+    return TASKS[name]
+
+
+def prep_of(path: str | Path, head_config: dict[str, Any]) -> Prep:
+    """The preprocessing settings a checkpoint stores (head_config.preprocess), checked."""
+    return build(Prep, head_config.get("preprocess", {}),
+                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
 
 
 def _bare_embed(path: str) -> dict[str, Any]:
@@ -102,28 +128,22 @@ def load_finetuned(path: str, task_name: str | None = None,
     ``needs_torch`` names what needs the PyTorch weights (``plmkit.loading.load``).
     """
     model = load(path, needs_torch=needs_torch)
-    saved = model.head_config.get("finetune_task")
-    name = task_name or saved or TASK_OF_HEAD.get(model.task)
-    if name is None:
+    task = task_of(path, model.task, model.head_config, task_name)
+    if task is None:
         raise PlmkitError(f"{path}: a '{model.task}' model has no task head; fine-tune it first "
                           f"(plmkit finetune), or pass --task ({', '.join(TASKS)})")
-    if name not in TASKS:
-        raise PlmkitError(f"{Path(path) / 'config.json'}: head_config.finetune_task: unknown task '{name}' "
-                          f"(known: {', '.join(TASKS)})")     # --task is checked by its choices
-    task = TASKS[name]
-    if saved is not None and saved != name:
-        raise PlmkitError(f"{path}: the model was fine-tuned for '{saved}', not '{name}'")
+    name = task.name
     if model.task != task.head:
         if model.task in PRETRAINED_HEADS and task.head in BARE_HEADS:
             model = load(path, task=task.head, head_config=BARE_HEADS[task.head](path))
         else:
             raise PlmkitError(f"{path}: a '{model.task}' model cannot do task '{name}' "
                               f"(it needs a '{task.head}' head; fine-tune it first)")
-    if task.head in ("classify", "token") and not model.head_config.get("labels"):
+    if task.labelled and not model.head_config.get("labels"):
         raise PlmkitError(f"{path}: the checkpoint has no label names (head_config.labels)")
-    prep = build(Prep, model.head_config.get("preprocess", {}),
-                 source=f"{Path(path) / 'config.json'}: head_config.preprocess")
+    prep = prep_of(path, model.head_config)
     return model.eval(), task, prep, load_tokenizer(path)
 
 
-__all__ = ["TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned", "selection_metric"]
+__all__ = ["BENCH_TASKS", "TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned", "prep_of",
+           "selection_metric", "task_of"]

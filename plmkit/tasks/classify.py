@@ -24,6 +24,11 @@ class ClassifyTask:
     metric = "accuracy"
     greater_is_better = True
     group_by_length = True
+    labelled = True
+    detailed = True
+    on_graph = True
+    hf_auto = "AutoModelForSequenceClassification"
+    what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
@@ -56,6 +61,9 @@ class ClassifyTask:
         if data.features and "example_id" in data.features[0]:
             logits = pool_windows(logits, [f["example_id"] for f in data.features], len(data.examples))
         return logits.softmax(-1)
+
+    def metric_of(self, examples: list[Any]) -> str:
+        return self.metric
 
     def evaluate(self, model: nn.Module, data: TaskData, detailed: bool = False) -> dict[str, Any]:
         """Accuracy and macro F1; ``detailed`` adds ``labels`` and ``confusion_matrix`` (rows: gold).

@@ -19,11 +19,8 @@ from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..models.heads import ModelOutput
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import autocast
-from ..tokenizer import special_ids
+from ..tokenizer import INPUT_KEYS, pad_id
 from ..train.logging import progress_enabled
-
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 @dataclass
 class Prep:
@@ -53,12 +50,6 @@ class TaskData:
     tok: Tokenizer
     head_config: dict[str, Any]
     infer: Infer = field(default_factory=Infer)
-
-
-def pad_id(tok: Tokenizer) -> int:
-    """[PAD] / <|pad|> when the vocabulary has one, else EOS (GPT-2), else 0."""
-    ids = special_ids(tok)
-    return ids.get("pad", ids.get("eos", 0))
 
 
 def forward_batches(model: nn.Module, data: TaskData) -> Iterator[tuple[list[int], ModelOutput]]:

@@ -63,6 +63,11 @@ class EmbedTask:
     metric = "mrr@10"
     greater_is_better = True
     group_by_length = True      # batches of similar lengths, no passage twice in one (data/features.py)
+    labelled = False
+    detailed = False
+    on_graph = True
+    hf_auto = None
+    what = "a sentence-embedding model"
     help = ("pairs (anchor, positive) or triplets (+ negative) in TSV/CSV/JSONL, scored pairs (text, text, "
             "score), or SQuAD JSON (each question -> its paragraph)")
 

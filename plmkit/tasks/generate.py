@@ -24,10 +24,10 @@ from ..data.readers import GenExample, _json_objects, _rows, read_generation, re
 from ..errors import InputError, PlmkitError
 from ..models.generate import generate
 from ..precision import autocast
-from ..tokenizer import special_ids
+from ..tokenizer import pad_id, special_ids
 from ..tokenizer.chat import ChatTemplate, chat_template, end_ids, special_prefix
 from ..train.logging import progress_enabled
-from .common import Prep, TaskData, pad_id
+from .common import Prep, TaskData
 
 SEP = "\n"   # between prompt and completion, as in encode_generation
 
@@ -38,6 +38,11 @@ class GenerateTask:
     metric = "loss"
     greater_is_better = False
     group_by_length = True
+    labelled = False
+    detailed = False
+    on_graph = False            # its evaluation needs the loss and a KV cache
+    hf_auto = None
+    what = "a language model"
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "
             "(predict: the prompt, or the conversation so far, is enough)")
 
@@ -60,6 +65,9 @@ class GenerateTask:
                                   eos=tok.id_to_token(eos) if eos is not None else None)
         return [{"input_ids": prefix + f["input_ids"], "attention_mask": [1] * len(prefix) + f["attention_mask"],
                  "labels": [IGNORE] * len(prefix) + f["labels"]} for f in feats]
+
+    def metric_of(self, examples: list[Any]) -> str:
+        return self.metric
 
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         completions = self._complete(model, data)

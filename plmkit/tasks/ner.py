@@ -48,6 +48,11 @@ class NerTask:
     # long ones): on CoNLL-2003 that cost 0.8 F1 points against random batches, even with every
     # token weighted alike (benchmarks/RESULTS.md, "NER vs transformers"). Random batches pad more.
     group_by_length = False
+    labelled = True
+    detailed = True
+    on_graph = True
+    hf_auto = "AutoModelForTokenClassification"
+    what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
@@ -79,6 +84,9 @@ class NerTask:
                 word_ids = data.features[i]["word_ids"]
                 tags[i] = word_predictions(word_ids, row[:len(word_ids)], len(data.examples[i].tokens), labels)
         return tags
+
+    def metric_of(self, examples: list[Any]) -> str:
+        return self.metric
 
     def evaluate(self, model: nn.Module, data: TaskData, detailed: bool = False) -> dict[str, Any]:
         """Entity-level P/R/F1; ``detailed`` adds ``per_entity`` {type: {precision, recall, f1, support}}.

@@ -24,6 +24,11 @@ class QATask:
     metric = "f1"
     greater_is_better = True
     group_by_length = True
+    labelled = False
+    detailed = False
+    on_graph = True
+    hf_auto = "AutoModelForQuestionAnswering"
+    what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
@@ -46,6 +51,9 @@ class QATask:
                 n = len(data.features[i]["input_ids"])
                 starts[i], ends[i] = s[j, :n].astype(np.float64), e[j, :n].astype(np.float64)
         return postprocess_qa(data.examples, data.features, starts, ends)
+
+    def metric_of(self, examples: list[Any]) -> str:
+        return self.metric
 
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         return squad_em_f1(self._answers(model, data), data.examples)

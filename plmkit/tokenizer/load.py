@@ -73,6 +73,10 @@ def _read_source_config(directory: Path) -> dict[str, Any]:
     return kept
 
 
+# The model inputs a tokenizer's features feed (a batch's other keys are labels and bookkeeping).
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def special_ids(tok: Tokenizer) -> dict[str, int]:
     """Ids of the special roles this vocabulary has: a subset of pad/unk/cls/sep/mask/bos/eos.
     The source's tokenizer_config.json names win (Llama 3's eos is <|eot_id|> or <|end_of_text|>)."""
@@ -87,6 +91,12 @@ def special_ids(tok: Tokenizer) -> dict[str, int]:
                 out[role] = i
                 break
     return out
+
+
+def pad_id(tok: Tokenizer) -> int:
+    """[PAD] / <|pad|> when the vocabulary has one, else EOS (GPT-2), else 0."""
+    ids = special_ids(tok)
+    return ids.get("pad", ids.get("eos", 0))
 
 
 def tokenizer_kind(tok: Tokenizer) -> str:

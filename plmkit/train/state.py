@@ -91,7 +91,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ---- run directories ----
+
+def run_dir(out: Path, stage: str, resume: bool, overwrite: bool) -> Path:
+    """The hidden run directory ``.OUT.STAGE`` beside ``out`` (checkpoints, metrics); only
+    ``resume`` may reuse an existing one, ``overwrite`` removes it."""
+    work = out.with_name(f".{out.name}.{stage}")
+    if work.exists() and not resume:
+        if not overwrite:
+            raise PlmkitError(f"{work}: an interrupted run of this output exists; continue it with --resume, "
+                              "or start over with --overwrite")
+        shutil.rmtree(work)
+    return work
+
+
 # ---- model weights ----
+
+TRAINABLE_FILE = "trainable.safetensors"   # save_trainable's checkpoints: only what trains
+
+
+def save_trainable(model: nn.Module, directory: Path) -> None:
+    """A ``save_fn`` for runs that train part of a model: frozen weights equal the parent's."""
+    safetensors.torch.save_file({n: p.detach().contiguous() for n, p in model.named_parameters()
+                                 if p.requires_grad}, str(directory / TRAINABLE_FILE))
+
+
+@torch.no_grad()
+def load_trainable(model: nn.Module, directory: Path) -> None:
+    """The ``load_fn`` of ``save_trainable``."""
+    state = safetensors.torch.load_file(str(directory / TRAINABLE_FILE))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(params))
+    if unknown:
+        raise PlmkitError(f"{directory / TRAINABLE_FILE}: weights {unknown[:3]} do not belong to this model")
+    for name, value in state.items():
+        params[name].copy_(value)
+
 
 def save_safetensors(model: nn.Module, directory: Path) -> None:
     """Default ``save_fn``: the full state dict as ``model.safetensors`` (tied weights once)."""
