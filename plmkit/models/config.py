@@ -20,7 +20,7 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PlmkitError
@@ -106,6 +106,23 @@ class ModelConfig:
     def family(self) -> str:
         """'encoder' or 'decoder': a description for people and config.json, never a branch."""
         return "decoder" if self.causal else "encoder"
+
+    # What a model of this architecture can do: stages and serve ask these, never the family.
+    @property
+    def can_generate(self) -> bool:
+        """It predicts the next token (a causal model, given an LM head)."""
+        return self.causal
+
+    @property
+    def can_embed(self) -> bool:
+        """Its token states see the whole text: sentence vectors pool them (a bidirectional model)."""
+        return not self.causal
+
+    @property
+    def tied_lm_head(self) -> bool:
+        """A bare backbone of it has its LM head already: the output matrix is the word embeddings
+        (GPT-2), so reloading it with a 'clm' head adds nothing untrained."""
+        return self.causal and self.tie_embeddings
 
     @property
     def input_names(self) -> list[str]:
@@ -255,18 +272,61 @@ _ALBERT = dict(share_layers=True, activation="gelu_new", hidden_dropout=0.0, att
 ALBERT_PRESETS: dict[str, dict[str, Any]] = {
     name: {**sizes, **_ALBERT, "embedding_size": 64 if sizes["hidden_size"] <= 128 else 128}
     for name, sizes in BERT_PRESETS.items()}
-ARCHS: dict[str, tuple[dict[str, dict[str, Any]], type[ModelConfig]]] = {
-    "bert": (BERT_PRESETS, EncoderConfig), "albert": (ALBERT_PRESETS, EncoderConfig),
-    "gpt": (GPT_PRESETS, DecoderConfig)}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture ``pretrain --arch`` builds: its config class and size presets, and every
+    fact about it that a stage would otherwise branch on. What a model of it can do (generate,
+    embed) and how its LM head is tied are its config's (``ModelConfig.can_generate``, ...)."""
+
+    config: type[ModelConfig]                 # the defaults its presets override
+    presets: dict[str, dict[str, Any]]        # size -> sizes and settings
+    objectives: tuple[str, ...]               # pre-training objectives, the default first
+    tokenizer: str                            # the tokenizer pretrain trains for it: wordpiece | bpe
+    positions: int                            # max_position of a new model (at least its --seq-len)
+    fixed: dict[str, Any] = field(default_factory=dict)   # options it fixes: a flag for them is refused
+    forbidden: tuple[str, ...] = ()           # options it has no use for: a flag for them is refused
+    student: bool = False                     # a fresh preset student of a teacher of its kind
+                                              # (causal or not, whatever the teacher's family)
+
+    def build(self, size: str, **overrides: Any) -> ModelConfig:
+        return self.config(**{**self.presets[size], **self.fixed, **overrides})
+
+    @property
+    def defaults(self) -> ModelConfig:
+        """Its smallest preset: what every size of it shares (layout, causal, tied head)."""
+        return self.build(next(iter(self.presets)))
+
+
+ARCHS: dict[str, Arch] = {
+    "bert": Arch(EncoderConfig, BERT_PRESETS, objectives=("mlm+nsp", "mlm", "mlm+sop", "rtd"),
+                 tokenizer="wordpiece", positions=512, student=True),
+    "albert": Arch(EncoderConfig, ALBERT_PRESETS, objectives=("mlm+sop", "mlm"), tokenizer="wordpiece",
+                   positions=512),
+    "gpt": Arch(DecoderConfig, GPT_PRESETS, objectives=("clm",), tokenizer="bpe", positions=1024,
+                fixed={"pre_ln": True}, forbidden=("embedding_size", "share_layers"), student=True),
+}
 
 
 def preset(arch: str, size: str, **overrides: Any) -> ModelConfig:
     if arch not in ARCHS:
         raise PlmkitError(f"unknown architecture '{arch}' (choose {', '.join(ARCHS)})")
-    table, cls = ARCHS[arch]
-    if size not in table:
-        raise PlmkitError(f"unknown size '{size}' for {arch} (choose {', '.join(table)})")
-    return cls(**{**table[size], **overrides})
+    if size not in ARCHS[arch].presets:
+        raise PlmkitError(f"unknown size '{size}' for {arch} (choose {', '.join(ARCHS[arch].presets)})")
+    return ARCHS[arch].build(size, **overrides)
+
+
+def arch_of(cfg: ModelConfig) -> str | None:
+    """The architecture that builds a model like ``cfg`` (the one of its HF layout; None: no record
+    builds it, e.g. ModernBERT or Llama)."""
+    return next((name for name, a in ARCHS.items() if a.defaults.layout == cfg.layout), None)
+
+
+def student_arch(cfg: ModelConfig) -> str:
+    """The architecture a fresh preset student of a ``cfg`` teacher is built from: a BERT for every
+    encoder (a ModernBERT teacher too), a GPT-2 for every decoder."""
+    return next(name for name, a in ARCHS.items() if a.student and a.defaults.causal == cfg.causal)
 
 
 CLASSES: dict[str, type[ModelConfig]] = {"encoder": EncoderConfig, "decoder": DecoderConfig}
