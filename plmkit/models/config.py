@@ -25,13 +25,18 @@ from typing import Any
 
 from ..errors import PlmkitError
 
-# The choices each field may take (the registries in layers.py are keyed by the same names).
-POSITIONS = ("learned", "learned_offset", "rotary", "none")
-NORMS = ("layernorm", "rmsnorm")
-FFN_KINDS = ("plain", "gated")
-ACTIVATION_NAMES = ("gelu", "gelu_new", "relu", "silu", "tanh")
+# The choices each field may take, each naming what builds it in models/layers.py (as litgpt's
+# config names its classes): a choice is declared here only, and layers.py looks the name up
+# (``layers.implementation``). None: nothing to build (rotary positions act on q and k, no table).
+POSITIONS = {"learned": "learned_position_ids", "learned_offset": "offset_position_ids", "rotary": None,
+             "none": None}
+NORMS = {"layernorm": "layer_norm", "rmsnorm": "rms_norm"}
+FFN_KINDS = {"plain": "PlainFFN", "gated": "GatedFFN"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu", "tanh": "tanh"}
+ROPE_KINDS = {"default": "rope_default", "linear": "rope_linear", "llama3": "rope_llama3"}
+# A sentence vector from token states: the first token's ([CLS]) or the mean of them (the config's
+# ``pooling``, a classification or embedding head's, ``plmkit embed --pooling``).
 POOLINGS = ("cls", "mean")
-ROPE_KINDS = ("default", "linear", "llama3")
 
 
 @dataclass
@@ -234,12 +239,12 @@ def _per_layer(values: list[int] | None, default: int | None, n: int, name: str)
 
 def _check_choices(cfg: ModelConfig) -> None:
     for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("ffn_kind", FFN_KINDS),
-                          ("activation", ACTIVATION_NAMES), ("pooling", POOLINGS)):
+                          ("activation", ACTIVATIONS), ("pooling", POOLINGS)):
         if getattr(cfg, name) not in allowed:
             raise PlmkitError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     for name in ("cls_head", "head_activation"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) not in ACTIVATION_NAMES:
-            raise PlmkitError(f"config: {name} must be one of {', '.join(ACTIVATION_NAMES)} or null")
+        if getattr(cfg, name) is not None and getattr(cfg, name) not in ACTIVATIONS:
+            raise PlmkitError(f"config: {name} must be one of {', '.join(ACTIVATIONS)} or null")
     if cfg.share_layers and (len(set(cfg.heads)) > 1 or len(set(cfg.ffn)) > 1):
         raise PlmkitError("share_layers needs identical sizes in every layer")
     if cfg.local_window is not None and (cfg.causal or cfg.local_window < 2 or cfg.global_every < 1):
