@@ -1,5 +1,6 @@
 """``plmkit pretrain --init DIR``: continued pre-training from a checkpoint (the stage is
-``stages/pretrain.py``; this is the checkpoint it starts from).
+``stages/pretrain.py``; this is the checkpoint it starts from). Not a ``TaskSpec``: the pre-training
+objectives as what a checkpoint is trained for, beside the fine-tuning tasks, above the loader.
 
 Any directory the loader reads (a plmkit checkpoint or a Hugging Face one of a supported family)
 starts the run. Its architecture and tokenizer are kept: options that would say otherwise
