@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmkit.models import encoder
+from plmkit.models import layers
 from plmkit.models.config import preset
 from plmkit.models.dropout import Dropout
 from plmkit.models.model import PlmModel
@@ -43,12 +43,12 @@ def torch_dropout(model: nn.Module) -> Iterator[None]:
             if isinstance(child, Dropout):
                 setattr(module, name, nn.Dropout(child.p))
                 swapped.append((module, name, child))
-    original = encoder.attend
-    encoder.attend = torch_attend
+    original = layers.attend
+    layers.attend = torch_attend
     try:
         yield
     finally:
-        encoder.attend = original
+        layers.attend = original
         for module, name, child in swapped:
             setattr(module, name, child)
 

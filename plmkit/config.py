@@ -24,7 +24,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Collection, TypeVar
 
 import yaml
 
@@ -39,7 +39,7 @@ BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           positional: bool = False, choices: list[str] | None = None, group: str | None = None,
+           positional: bool = False, choices: Collection[str] | None = None, group: str | None = None,
            ge: float | None = None, gt: float | None = None, le: float | None = None,
            lt: float | None = None, **kw: Any) -> Any:
     """A dataclass field with CLI metadata. Mutable defaults go through default_factory.

@@ -141,8 +141,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "layers": cfg.num_layers, "hidden_size": cfg.hidden_size,
         "heads_per_layer": cfg.heads, "ffn_per_layer": cfg.ffn, "head_dim": cfg.head_dim,
         "vocab_size": cfg.vocab_size, "max_position": cfg.max_position,
-        "albert": {"embedding_size": getattr(cfg, "embedding_size", None),
-                   "share_layers": getattr(cfg, "share_layers", False)},
+        "embedding_size": cfg.embedding_size, "share_layers": cfg.share_layers,
         "lineage": saved.meta,
         "size_bytes": sum(f.stat().st_size for f in saved.path.iterdir() if f.is_file()),
     }

@@ -177,7 +177,8 @@ def test_refusals_are_one_line_and_write_nothing(root, capsys, tmp_path):
         (root / "bert", ["--vocab-size", "500"], "--vocab-size 500 contradicts"),
         (root / "bert", ["--tokenizer", str(other)], f"--tokenizer {other} contradicts --init"),
         (None, ["--add-tokens", str(root / "corpus.txt")], "--add-tokens grows the vocabulary of an --init"),
-        (None, ["--arch", "gpt", "--embedding-size", "16"], "--embedding-size and --share-layers are encoder"),
+        (None, ["--arch", "gpt", "--embedding-size", "16"],
+         "--embedding-size is not an option of --arch gpt (only of --arch bert or albert)"),
     ]
     capsys.readouterr()
     for init, extra, message in cases:

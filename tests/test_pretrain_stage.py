@@ -124,7 +124,7 @@ def test_pre_ln_and_dropout_options_reach_the_saved_model(tmp_path, corpus, word
     assert losses[-1] < losses[0] - 1.0
     capsys.readouterr()
     assert main(_args(corpus, tmp_path / "gpt", tmp_path / "cache", "--arch", "gpt", "--pre-ln", "--max-steps", "2")) == 1
-    assert "--pre-ln is a BERT option" in _err(capsys)
+    assert "--arch gpt fixes --pre-ln (pre_ln = True)" in _err(capsys)
     assert main(_args(corpus, tmp_path / "r", tmp_path / "cache", "--dropout", "1.5", "--max-steps", "2")) == 1
     assert "--dropout must be in [0, 1)" in _err(capsys)
 

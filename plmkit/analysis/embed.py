@@ -26,12 +26,12 @@ from ..data.features import collate, configured, length_bucketed_batches
 from ..data.readers import read_classification, read_lines
 from ..errors import PlmkitError
 from ..loading import load
+from ..models.config import POOLINGS
 from ..models.model import PlmModel
 from ..tokenizer import load_tokenizer, pad_id
 from ..train.logging import progress_enabled
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json")
-POOLINGS = ("mean", "cls")
 
 
 @dataclass

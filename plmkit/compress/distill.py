@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..errors import PlmkitError, a_or_an
 from ..io import check_input_file, read_json
 from ..models.checkpoint import WEIGHTS, write_checkpoint_files
-from ..models.config import config_from_dict, config_to_dict, preset
+from ..models.config import config_from_dict, config_to_dict, preset, student_arch
 from ..models.heads import IGNORE, PAIR_KEYS, ModelOutput
 from ..models.model import PlmModel
 
@@ -226,13 +226,10 @@ def _teacher_defaults(teacher: PlmModel) -> dict[str, Any]:
     return {k: getattr(c, k) for k in keys if hasattr(c, k)}
 
 
-# A fresh preset student is BERT-shaped for an encoder teacher (whatever its family: a ModernBERT
-# teacher gets a BERT-style student) and GPT-2-shaped for a decoder.
-PRESET_ARCH = {False: "bert", True: "gpt"}
-
-
 def student_from_preset(teacher: PlmModel, size: str) -> PlmModel:
-    return PlmModel(preset(PRESET_ARCH[teacher.config.causal], size, **_teacher_defaults(teacher)),
+    """A fresh student of a size preset: BERT-shaped for an encoder teacher (whatever its family: a
+    ModernBERT teacher gets a BERT-style student), GPT-2-shaped for a decoder (``student_arch``)."""
+    return PlmModel(preset(student_arch(teacher.config), size, **_teacher_defaults(teacher)),
                     teacher.task, teacher.head_config)
 
 

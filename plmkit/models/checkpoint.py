@@ -34,7 +34,7 @@ from ..io import atomic_dir, read_json, write_json
 from ..tokenizer import save_tokenizer
 from . import hf
 from .config import ModelConfig, config_from_dict, config_to_dict
-from .heads import HEADS, HF_EXPORT_AS, POOLINGS, check_head
+from .heads import CLASSIFY_POOLINGS, HEADS, HF_EXPORT_AS, check_head
 from .model import PlmModel
 
 WEIGHTS = "model.safetensors"
@@ -125,8 +125,8 @@ def check_head_entries(raw: dict[str, Any], source: Path) -> None:
                                    and len(labels) == (n if n is not None else len(labels))):
         raise PlmkitError(f"{source}: head_config.labels must be a list of {n or 'the'} label names"
                           f"{' (num_labels)' if n else ''}, got {json.dumps(labels)[:200]}")
-    if head_config.get("pooling", "cls") not in POOLINGS:
-        raise PlmkitError(f"{source}: head_config.pooling must be one of {', '.join(POOLINGS)}, "
+    if head_config.get("pooling", "cls") not in CLASSIFY_POOLINGS:
+        raise PlmkitError(f"{source}: head_config.pooling must be one of {', '.join(CLASSIFY_POOLINGS)}, "
                           f"got {json.dumps(head_config['pooling'])}")
     dropout = head_config.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):

@@ -20,18 +20,23 @@ import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PlmkitError
 
-# The choices each field may take (the registries in layers.py are keyed by the same names).
-POSITIONS = ("learned", "learned_offset", "rotary", "none")
-NORMS = ("layernorm", "rmsnorm")
-FFN_KINDS = ("plain", "gated")
-ACTIVATION_NAMES = ("gelu", "gelu_new", "relu", "silu", "tanh")
+# The choices each field may take, each naming what builds it in models/layers.py (as litgpt's
+# config names its classes): a choice is declared here only, and layers.py looks the name up
+# (``layers.implementation``). None: nothing to build (rotary positions act on q and k, no table).
+POSITIONS = {"learned": "learned_position_ids", "learned_offset": "offset_position_ids", "rotary": None,
+             "none": None}
+NORMS = {"layernorm": "layer_norm", "rmsnorm": "rms_norm"}
+FFN_KINDS = {"plain": "PlainFFN", "gated": "GatedFFN"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu", "silu": "silu", "tanh": "tanh"}
+ROPE_KINDS = {"default": "rope_default", "linear": "rope_linear", "llama3": "rope_llama3"}
+# A sentence vector from token states: the first token's ([CLS]) or the mean of them (the config's
+# ``pooling``, a classification or embedding head's, ``plmkit embed --pooling``).
 POOLINGS = ("cls", "mean")
-ROPE_KINDS = ("default", "linear", "llama3")
 
 
 @dataclass
@@ -106,6 +111,23 @@ class ModelConfig:
     def family(self) -> str:
         """'encoder' or 'decoder': a description for people and config.json, never a branch."""
         return "decoder" if self.causal else "encoder"
+
+    # What a model of this architecture can do: stages and serve ask these, never the family.
+    @property
+    def can_generate(self) -> bool:
+        """It predicts the next token (a causal model, given an LM head)."""
+        return self.causal
+
+    @property
+    def can_embed(self) -> bool:
+        """Its token states see the whole text: sentence vectors pool them (a bidirectional model)."""
+        return not self.causal
+
+    @property
+    def tied_lm_head(self) -> bool:
+        """A bare backbone of it has its LM head already: the output matrix is the word embeddings
+        (GPT-2), so reloading it with a 'clm' head adds nothing untrained."""
+        return self.causal and self.tie_embeddings
 
     @property
     def input_names(self) -> list[str]:
@@ -217,12 +239,12 @@ def _per_layer(values: list[int] | None, default: int | None, n: int, name: str)
 
 def _check_choices(cfg: ModelConfig) -> None:
     for name, allowed in (("positions", POSITIONS), ("norm", NORMS), ("ffn_kind", FFN_KINDS),
-                          ("activation", ACTIVATION_NAMES), ("pooling", POOLINGS)):
+                          ("activation", ACTIVATIONS), ("pooling", POOLINGS)):
         if getattr(cfg, name) not in allowed:
             raise PlmkitError(f"config: {name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     for name in ("cls_head", "head_activation"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) not in ACTIVATION_NAMES:
-            raise PlmkitError(f"config: {name} must be one of {', '.join(ACTIVATION_NAMES)} or null")
+        if getattr(cfg, name) is not None and getattr(cfg, name) not in ACTIVATIONS:
+            raise PlmkitError(f"config: {name} must be one of {', '.join(ACTIVATIONS)} or null")
     if cfg.share_layers and (len(set(cfg.heads)) > 1 or len(set(cfg.ffn)) > 1):
         raise PlmkitError("share_layers needs identical sizes in every layer")
     if cfg.local_window is not None and (cfg.causal or cfg.local_window < 2 or cfg.global_every < 1):
@@ -255,18 +277,61 @@ _ALBERT = dict(share_layers=True, activation="gelu_new", hidden_dropout=0.0, att
 ALBERT_PRESETS: dict[str, dict[str, Any]] = {
     name: {**sizes, **_ALBERT, "embedding_size": 64 if sizes["hidden_size"] <= 128 else 128}
     for name, sizes in BERT_PRESETS.items()}
-ARCHS: dict[str, tuple[dict[str, dict[str, Any]], type[ModelConfig]]] = {
-    "bert": (BERT_PRESETS, EncoderConfig), "albert": (ALBERT_PRESETS, EncoderConfig),
-    "gpt": (GPT_PRESETS, DecoderConfig)}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture ``pretrain --arch`` builds: its config class and size presets, and every
+    fact about it that a stage would otherwise branch on. What a model of it can do (generate,
+    embed) and how its LM head is tied are its config's (``ModelConfig.can_generate``, ...)."""
+
+    config: type[ModelConfig]                 # the defaults its presets override
+    presets: dict[str, dict[str, Any]]        # size -> sizes and settings
+    objectives: tuple[str, ...]               # pre-training objectives, the default first
+    tokenizer: str                            # the tokenizer pretrain trains for it: wordpiece | bpe
+    positions: int                            # max_position of a new model (at least its --seq-len)
+    fixed: dict[str, Any] = field(default_factory=dict)   # options it fixes: a flag for them is refused
+    forbidden: tuple[str, ...] = ()           # options it has no use for: a flag for them is refused
+    student: bool = False                     # a fresh preset student of a teacher of its kind
+                                              # (causal or not, whatever the teacher's family)
+
+    def build(self, size: str, **overrides: Any) -> ModelConfig:
+        return self.config(**{**self.presets[size], **self.fixed, **overrides})
+
+    @property
+    def defaults(self) -> ModelConfig:
+        """Its smallest preset: what every size of it shares (layout, causal, tied head)."""
+        return self.build(next(iter(self.presets)))
+
+
+ARCHS: dict[str, Arch] = {
+    "bert": Arch(EncoderConfig, BERT_PRESETS, objectives=("mlm+nsp", "mlm", "mlm+sop", "rtd"),
+                 tokenizer="wordpiece", positions=512, student=True),
+    "albert": Arch(EncoderConfig, ALBERT_PRESETS, objectives=("mlm+sop", "mlm"), tokenizer="wordpiece",
+                   positions=512),
+    "gpt": Arch(DecoderConfig, GPT_PRESETS, objectives=("clm",), tokenizer="bpe", positions=1024,
+                fixed={"pre_ln": True}, forbidden=("embedding_size", "share_layers"), student=True),
+}
 
 
 def preset(arch: str, size: str, **overrides: Any) -> ModelConfig:
     if arch not in ARCHS:
         raise PlmkitError(f"unknown architecture '{arch}' (choose {', '.join(ARCHS)})")
-    table, cls = ARCHS[arch]
-    if size not in table:
-        raise PlmkitError(f"unknown size '{size}' for {arch} (choose {', '.join(table)})")
-    return cls(**{**table[size], **overrides})
+    if size not in ARCHS[arch].presets:
+        raise PlmkitError(f"unknown size '{size}' for {arch} (choose {', '.join(ARCHS[arch].presets)})")
+    return ARCHS[arch].build(size, **overrides)
+
+
+def arch_of(cfg: ModelConfig) -> str | None:
+    """The architecture that builds a model like ``cfg`` (the one of its HF layout; None: no record
+    builds it, e.g. ModernBERT or Llama)."""
+    return next((name for name, a in ARCHS.items() if a.defaults.layout == cfg.layout), None)
+
+
+def student_arch(cfg: ModelConfig) -> str:
+    """The architecture a fresh preset student of a ``cfg`` teacher is built from: a BERT for every
+    encoder (a ModernBERT teacher too), a GPT-2 for every decoder."""
+    return next(name for name, a in ARCHS.items() if a.student and a.defaults.causal == cfg.causal)
 
 
 CLASSES: dict[str, type[ModelConfig]] = {"encoder": EncoderConfig, "decoder": DecoderConfig}

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from ..errors import PlmkitError, a_or_an
 from .config import ModelConfig
 from .dropout import Dropout
-from .layers import ACTIVATIONS, Transform, make_norm
+from .config import POOLINGS
+from .layers import Transform, activation, make_norm
 from .transformer import BackboneOutput
 
 IGNORE = -100
@@ -48,7 +49,9 @@ class ModelOutput:
     aux: dict[str, Tensor] = field(default_factory=dict)   # component losses and accuracies
 
 
-POOLINGS = ("pooler", "cls", "mean")   # what an encoder's classification head reads (head_config["pooling"])
+# What an encoder's classification head reads (head_config["pooling"]): BERT's pooler, or a pooling
+# of the token states; a sentence-embedding head reads one of POOLINGS.
+CLASSIFY_POOLINGS = ("pooler", *POOLINGS)
 
 
 def default_pooling(cfg: ModelConfig) -> str | None:
@@ -108,7 +111,7 @@ class MLMHead(nn.Module):
         super().__init__()
         E = cfg.embedding_width
         self.dense = nn.Linear(cfg.hidden_size, E, bias=cfg.head_bias)
-        self.act = ACTIVATIONS[cfg.head_activation or cfg.activation]
+        self.act = activation(cfg.head_activation or cfg.activation)
         self.norm = make_norm(E, cfg)
         self.decoder = nn.Linear(E, cfg.vocab_size)
         if cfg.tie_embeddings:
@@ -191,8 +194,8 @@ class SequenceHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_labels: int, dropout: float, pooling: str | None = None):
         super().__init__()
-        if pooling is not None and pooling not in POOLINGS:
-            raise PlmkitError(f"unknown pooling {pooling!r} (choose {', '.join(POOLINGS)})")
+        if pooling is not None and pooling not in CLASSIFY_POOLINGS:
+            raise PlmkitError(f"unknown pooling {pooling!r} (choose {', '.join(CLASSIFY_POOLINGS)})")
         self.cfg = cfg
         self.pooling = pooling
         self.transform = _transform(cfg, cfg.cls_head)
@@ -263,7 +266,7 @@ class RTDHead(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.dense = _linear(cfg.hidden_size, cfg.hidden_size)
-        self.act = ACTIVATIONS[cfg.head_activation or cfg.activation]
+        self.act = activation(cfg.head_activation or cfg.activation)
         self.prediction = _linear(cfg.hidden_size, 1)
 
     def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
@@ -280,7 +283,6 @@ class RTDHead(nn.Module):
         return ModelOutput(loss=loss, logits=logits, aux=aux)
 
 
-EMBED_POOLINGS = ("mean", "cls")     # what a sentence-embedding head reads (head_config["pooling"])
 PAIR_KEYS = ("pair_input_ids", "pair_attention_mask", "pair_token_type_ids")   # embed: the candidate texts
 
 
@@ -306,8 +308,8 @@ class EmbedHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pooling = hc.get("pooling", "mean")
-        if self.pooling not in EMBED_POOLINGS:
-            raise PlmkitError(f"unknown embedding pooling {self.pooling!r} (choose {', '.join(EMBED_POOLINGS)})")
+        if self.pooling not in POOLINGS:
+            raise PlmkitError(f"unknown embedding pooling {self.pooling!r} (choose {', '.join(POOLINGS)})")
         self.normalize = bool(hc.get("normalize", True))
         scale = float(hc.get("scale", 20.0))
         if not scale > 0:

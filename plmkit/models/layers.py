@@ -1,8 +1,9 @@
 """The small modules a backbone is assembled from, each owning one architecture choice.
 
 Shapes: B batch, T new tokens, S keys (cached + new), H hidden, E embedding width, h query
-heads, g key/value heads (h = g x group), d head width, F FFN width. Registries map a config
-choice to its module (``NORMS``, ``FFNS``, ``POSITION_IDS``), so no family name appears here.
+heads, g key/value heads (h = g x group), d head width, F FFN width. models/config.py names what
+builds each config choice (``NORMS``, ``FFN_KINDS``, ``POSITIONS``, ``ACTIVATIONS``, ``ROPE_KINDS``)
+and ``implementation`` looks it up here, so a choice's name exists once and no family name appears.
 
 Attention runs through ``F.scaled_dot_product_attention``. The explicit softmax path is taken
 when a caller asks for attention probabilities (distillation, analysis), under ONNX export
@@ -14,23 +15,39 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from .config import ACTIVATIONS, FFN_KINDS, NORMS, POSITIONS, ROPE_KINDS, ModelConfig
 from .dropout import Dropout
 from .dropout import dropout as drop
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,                                             # exact erf GELU, as BERT
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),        # GPT-2's tanh approximation
-    "relu": F.relu,
-    "silu": F.silu,                                             # SwiGLU's gate (Llama)
-    "tanh": torch.tanh,
-}
+
+def implementation(table: dict[str, str | None], choice: str) -> Any:
+    """What builds ``choice`` of a config field: the class or function of this module that
+    models/config.py names for it (None where it names none)."""
+    name = table[choice]
+    return None if name is None else globals()[name]
+
+
+# ----------------------------------------------------------------------------- activations
+
+gelu = F.gelu                      # exact erf GELU, as BERT
+relu = F.relu
+silu = F.silu                      # SwiGLU's gate (Llama)
+tanh = torch.tanh
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GPT-2's tanh approximation of GELU ("gelu_new")."""
+    return F.gelu(x, approximate="tanh")
+
+
+def activation(name: str) -> Any:
+    return implementation(ACTIVATIONS, name)
 
 
 def linear(n_in: int, n_out: int, bias: bool = True) -> nn.Linear:
@@ -58,17 +75,24 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-NORMS: dict[str, Callable[[int, ModelConfig], nn.Module]] = {
-    "layernorm": lambda dim, cfg: nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.norm_bias),
-    "rmsnorm": lambda dim, cfg: RMSNorm(dim, eps=cfg.layer_norm_eps),
-}
+def layer_norm(dim: int, cfg: ModelConfig) -> nn.Module:
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.norm_bias)
+
+
+def rms_norm(dim: int, cfg: ModelConfig) -> nn.Module:
+    return RMSNorm(dim, eps=cfg.layer_norm_eps)
 
 
 def make_norm(dim: int, cfg: ModelConfig) -> nn.Module:
-    return NORMS[cfg.norm](dim, cfg)
+    return implementation(NORMS, cfg.norm)(dim, cfg)
 
 
 # ----------------------------------------------------------------------------- positions
+# How a learned position table is indexed ([B|1, T] ids); rotary and none have no table.
+
+def learned_position_ids(input_ids: Tensor, pos: Tensor, cfg: ModelConfig) -> Tensor:
+    return pos
+
 
 def offset_position_ids(input_ids: Tensor, pos: Tensor, cfg: ModelConfig) -> Tensor:
     """RoBERTa's positions: real tokens count from ``position_offset`` (= pad + 1), padding sits at
@@ -78,29 +102,29 @@ def offset_position_ids(input_ids: Tensor, pos: Tensor, cfg: ModelConfig) -> Ten
     return (torch.cumsum(real, 1) + cfg.position_offset - 1) * real + pad * (1 - real)
 
 
-# positions -> how a learned table is indexed ([B|1, T] ids). Rotary and none have no table
-# (rotary acts on q and k inside attention).
-POSITION_IDS: dict[str, Callable[[Tensor, Tensor, ModelConfig], Tensor]] = {
-    "learned": lambda input_ids, pos, cfg: pos,
-    "learned_offset": offset_position_ids,
-}
-
-
 def rope_frequencies(head_dim: int, theta: float, scaling: dict | None) -> Tensor:
     """Inverse frequencies [d/2] of rotary positions, with HF's ``rope_scaling`` variants."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    kind = (scaling or {}).get("rope_type", "default")
-    if kind == "linear":
-        return inv / float(scaling["factor"])
-    if kind == "llama3":   # Llama 3.1: stretch low frequencies by factor, keep high, blend between
-        factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
-        old = float(scaling["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv
-        scaled = torch.where(wavelen > old / low, inv / factor, inv)
-        smooth = (old / wavelen - low) / (high - low)
-        medium = ~(wavelen < old / high) & ~(wavelen > old / low)
-        return torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    return implementation(ROPE_KINDS, (scaling or {}).get("rope_type", "default"))(inv, scaling)
+
+
+def rope_default(inv: Tensor, scaling: dict | None) -> Tensor:
     return inv
+
+
+def rope_linear(inv: Tensor, scaling: dict) -> Tensor:
+    return inv / float(scaling["factor"])
+
+
+def rope_llama3(inv: Tensor, scaling: dict) -> Tensor:
+    """Llama 3.1: stretch low frequencies by factor, keep high, blend between."""
+    factor, low, high = (float(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+    old = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > old / low, inv / factor, inv)
+    smooth = (old / wavelen - low) / (high - low)
+    medium = ~(wavelen < old / high) & ~(wavelen > old / low)
+    return torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
 def rope_tables(pos: Tensor, head_dim: int, theta: float, scaling: dict | None) -> tuple[Tensor, Tensor]:
@@ -127,7 +151,7 @@ class Embeddings(nn.Module):
         super().__init__()
         E = cfg.embedding_width
         self.word = nn.Embedding(cfg.vocab_size, E, padding_idx=cfg.pad_token_id)
-        self.position_ids = POSITION_IDS.get(cfg.positions)
+        self.position_ids = implementation(POSITIONS, cfg.positions)
         pad = cfg.pad_token_id if cfg.positions == "learned_offset" else None
         self.position = (nn.Embedding(cfg.max_position + cfg.position_offset, E, padding_idx=pad)
                          if self.position_ids is not None else None)
@@ -318,7 +342,7 @@ class PlainFFN(nn.Module):
         super().__init__()
         self.fc1 = linear(cfg.hidden_size, width, cfg.ffn_bias)
         self.fc2 = linear(width, cfg.hidden_size, cfg.ffn_bias)
-        self.act = ACTIVATIONS[cfg.activation]
+        self.act = activation(cfg.activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -332,14 +356,11 @@ class GatedFFN(nn.Module):
         super().__init__()
         self.fc1 = linear(cfg.hidden_size, 2 * width, cfg.ffn_bias)
         self.fc2 = linear(width, cfg.hidden_size, cfg.ffn_bias)
-        self.act = ACTIVATIONS[cfg.activation]
+        self.act = activation(cfg.activation)
 
     def forward(self, x: Tensor) -> Tensor:
         a, g = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(self.act(a) * g)
-
-
-FFNS: dict[str, type[nn.Module]] = {"plain": PlainFFN, "gated": GatedFFN}
 
 
 # ----------------------------------------------------------------------------- the block
@@ -360,7 +381,7 @@ class Block(nn.Module):
         self.attn_norm = nn.Identity() if skip_norm else make_norm(H, cfg)
         self.attn = Attention(cfg, cfg.heads[layer], cfg.kv_heads[layer], layer)
         self.ffn_norm = make_norm(H, cfg)
-        self.ffn = FFNS[cfg.ffn_kind](cfg, cfg.ffn[layer])
+        self.ffn = implementation(FFN_KINDS, cfg.ffn_kind)(cfg, cfg.ffn[layer])
         self.drop = Dropout(cfg.hidden_dropout)
         self.pre_ln = cfg.pre_ln
 
@@ -382,7 +403,7 @@ class Transform(nn.Module):
     def __init__(self, cfg: ModelConfig, n_in: int, n_out: int, activation: str, norm: bool, bias: bool = True):
         super().__init__()
         self.dense = nn.Linear(n_in, n_out, bias=bias)
-        self.act = ACTIVATIONS[activation]
+        self.act = implementation(ACTIVATIONS, activation)
         self.norm = make_norm(n_out, cfg) if norm else None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -38,8 +38,8 @@ class PlmModel(nn.Module):
 
     @property
     def can_generate(self) -> bool:
-        """A causal model whose head predicts the next token."""
-        return self.config.causal and self.task == "clm"
+        """A model that can generate with the head it has: the next-token one."""
+        return self.config.can_generate and self.task == "clm"
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, output_hidden_states: bool = False,

@@ -74,11 +74,11 @@ class TorchBackend:
     def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):
         self.precision = resolve(precision, "cpu")     # what runs (bf16 or fp32); refused here if impossible
         model = load(path, needs_torch="the torch backend (--backend torch)")
-        if model.family == "decoder" and model.task == "base":
+        if model.config.tied_lm_head and model.task == "base":
             model = load(path, task="clm")                # a bare GPT-2: its LM head is tied, nothing new
         self.model = model.eval()
-        self.can_embed = model.family == "encoder"
-        self.can_generate = model.family == "decoder" and model.task == "clm"
+        self.can_embed = model.config.can_embed
+        self.can_generate = model.can_generate
 
     def _mode(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -121,7 +121,7 @@ class GraphBackend:
                               "for a checkpoint")
         self.model = load(path, threads=torch.get_num_threads())
         self.precision = self.model.precision
-        self.can_embed = self.model.family == "encoder" and "last_hidden_state" in self.model.output_names
+        self.can_embed = self.model.config.can_embed and "last_hidden_state" in self.model.output_names
         self.can_generate = False
 
     def heads(self, batch: dict[str, Tensor]) -> ModelOutput:

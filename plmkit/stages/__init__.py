@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("plmkit.stages.merge", "fold LoRA/adapter weights into the parent model"),
     "distill": ("plmkit.stages.distill", "distil a teacher into a smaller student"),
     "prune": ("plmkit.stages.prune", "prune heads/FFN neurons (structured) or weights (unstructured)"),
-    "quantize": ("plmkit.stages.quantize", "INT8-quantize a model through ONNX Runtime"),
+    "quantize": ("plmkit.stages.quantize", "INT8-quantize a model through ONNX Runtime or OpenVINO"),
     "compress": ("plmkit.stages.compress", "distil, prune and quantize a fine-tuned model: the smallest (or fastest) "
                  "candidate within an accuracy budget, chosen on a dev slice (the recommended path)"),
     "bench": ("plmkit.stages.bench", "benchmark model variants: size, latency, throughput, metric"),

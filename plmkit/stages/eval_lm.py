@@ -26,7 +26,7 @@ class Config:
 
 def run(cfg: Config) -> int:
     model = load(cfg.model, needs_torch="eval-lm")
-    if model.family == "decoder" and model.task != "clm":
+    if model.config.tied_lm_head and model.task != "clm":
         model = load(cfg.model, task="clm")   # the LM head is tied to the word embeddings: nothing untrained added
     if model.task not in ("clm", "mlm", "mlm+nsp", "mlm+sop"):
         raise PlmkitError(f"{cfg.model}: eval-lm needs a language-model head (mlm or clm), this model is "

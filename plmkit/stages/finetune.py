@@ -34,7 +34,8 @@ from ..errors import PlmkitError, a_or_an
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..loading import Saved, load, model_config, peek
 from ..models.checkpoint import read_model_config, replace_head, write_checkpoint_files
-from ..models.heads import EMBED_POOLINGS, HEAD_CAUSAL, POOLINGS, default_pooling
+from ..models.config import POOLINGS
+from ..models.heads import CLASSIFY_POOLINGS, HEAD_CAUSAL, default_pooling
 from ..models.model import PlmModel
 from ..models.st import st_settings
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, selection_metric
@@ -65,7 +66,7 @@ class _Options:
                           "state (cls) or the mean of the token states (mean); auto: a Hugging Face model's own "
                           "(BERT: pooler, exportable back to transformers), mean for plmkit's pre-trained models; "
                           "embed: mean or cls, auto: a sentence-transformers model's own, else mean",
-                          choices=["auto", *POOLINGS])
+                          choices=["auto", *CLASSIFY_POOLINGS])
     lr: float | None = option(None, help=f"peak learning rate (default: the strategy's own, measured: {lr_help()})",
                               gt=0, group="training options")
     batch_size: int | None = option(None, help="examples per batch (default: 32, smaller for small data: see "
@@ -322,9 +323,9 @@ def _embed_head(cfg: Config) -> dict[str, Any]:
 
 def _embed_pooling(cfg: Config, model: PlmModel) -> str:
     """mean or cls; auto: the parent embed model's, a sentence-transformers directory's, else mean."""
-    if cfg.pooling not in ("auto", *EMBED_POOLINGS):
+    if cfg.pooling not in ("auto", *POOLINGS):
         raise PlmkitError(f"--pooling {cfg.pooling} is for classification; a sentence embedding reads the mean of "
-                          f"the token states or the [CLS] state ({', '.join(EMBED_POOLINGS)})")
+                          f"the token states or the [CLS] state ({', '.join(POOLINGS)})")
     if cfg.pooling != "auto":
         return cfg.pooling
     saved = read_model_config(cfg.model)

@@ -31,7 +31,7 @@ class Config:
 
 def run(cfg: Config) -> int:
     model = load(cfg.model, needs_torch="generation (the KV cache)")
-    if model.family != "decoder":
+    if not model.config.can_generate:
         raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, "
                           f"this one is {a_or_an(model.family)}")
     tok = load_tokenizer(cfg.model)

@@ -31,8 +31,10 @@ def run(cfg: Config) -> int:
     ]
     if info["labels"]:
         rows.append(("labels", ", ".join(map(str, info["labels"]))))
-    if info["albert"]["embedding_size"] or info["albert"]["share_layers"]:
-        rows.append(("albert", json.dumps(info["albert"])))
+    if info["embedding_size"]:
+        rows.append(("embedding size", info["embedding_size"]))
+    if info["share_layers"]:
+        rows.append(("shared layers", "one layer's weights, reused by every layer"))
     for key in ("stage", "parent", "created"):
         if lineage.get(key):
             rows.append((key, lineage[key]))

@@ -1,5 +1,5 @@
 """Pre-train BERT (MLM, MLM+NSP), ALBERT (MLM+SOP) or GPT (causal LM) on raw text, from scratch or
-continuing a checkpoint (``--init DIR``, see ``pretrain_init``).
+continuing a checkpoint (``--init DIR``, see ``tasks/pretrain.py``).
 
 Reads top to bottom: check inputs (the --init checkpoint loaded and checked here) -> tokenizer
 (the checkpoint's, given, or trained and stored in the run) -> token shards (cached; the share
@@ -29,7 +29,7 @@ from ..errors import PlmkitError
 from ..eval.lm import evaluate_lm, flops_per_token
 from ..io import atomic_dir, atomic_write_text
 from ..models.checkpoint import write_checkpoint_files
-from ..models.config import ARCHS, BERT_PRESETS, config_to_dict, preset
+from ..models.config import ARCHS, BERT_PRESETS, Arch, config_to_dict, preset
 from ..models.model import PlmModel
 from ..models.rtd import RTDPretrainer, discriminator_config
 from ..tokenizer import load_tokenizer, report_unknown, save_tokenizer, special_ids, train_tokenizer
@@ -37,10 +37,8 @@ from ..precision import autocast_dtype
 from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
 from ..train.state import load_safetensors
-from . import pretrain_init as I
+from ..tasks import pretrain as I
 
-# arch -> its objectives, the default first
-OBJECTIVES = {"bert": ("mlm+nsp", "mlm", "mlm+sop", "rtd"), "albert": ("mlm+sop", "mlm"), "gpt": ("clm",)}
 # what the options left unset (None, so that "given" shows) mean for a new model
 NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000}
 RUN_FILE = "pretrain.yaml"
@@ -54,8 +52,9 @@ class _Options:
                               "architecture and tokenizer are kept, and its MLM / LM head when it has one")
     add_tokens: str | None = option(None, help="with --init: a file of new words (one per line) to add to the "
                                     "vocabulary; each new row starts as the mean of its old sub-word pieces")
+    # the choices are ARCHS' live keys: a record registered later is an --arch too
     arch: str | None = option(None, help="model family of a new model (default bert); albert = factorised "
-                              "embeddings + one shared layer, exports to HF's ALBERT", choices=list(ARCHS))
+                              "embeddings + one shared layer, exports to HF's ALBERT", choices=ARCHS.keys())
     size: str | None = option(None, help="size preset of a new model (default mini)", choices=list(BERT_PRESETS))
     objective: str | None = option(None, help="mlm, mlm+nsp, mlm+sop (encoders), rtd (bert: ELECTRA's replaced-token "
                                    "detection; the discriminator is saved, in ELECTRA's layout, its generator in "
@@ -186,19 +185,29 @@ def _arch(cfg: Config) -> str:
     return cfg.arch or NEW_MODEL["arch"]
 
 
+def _record(cfg: Config) -> Arch:
+    """The architecture record of a new model (models/config.py ``ARCHS``)."""
+    return ARCHS[_arch(cfg)]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _settle_recipe(cfg: Config, info: D.DistInfo, recipe_keys: frozenset[str],
                    parent: I.Parent | None = None) -> Config:
     """A recipe's settings that do not apply to this run are dropped, saying so: architecture
-    settings with --init (the checkpoint's architecture is kept), and an objective or pre-LN that
-    the family lacks (a GPT is always pre-LN and trains with clm). Called before the --init
-    checkpoint is read, and again with it (its family decides the objective)."""
-    family = (I.OBJECTIVES[parent.family] if parent else None) if cfg.init else OBJECTIVES[_arch(cfg)]
+    settings with --init (the checkpoint's architecture is kept), and an objective or a setting the
+    architecture lacks or fixes (a GPT is always pre-LN and trains with clm). Called before the
+    --init checkpoint is read, and again with it (its kind decides the objective)."""
+    family = (parent.objectives if parent else None) if cfg.init else _record(cfg).objectives
+    fixed = () if cfg.init else (*_record(cfg).fixed, *_record(cfg).forbidden)
     dropped = {}
     for name in sorted(recipe_keys):
         value = getattr(cfg, name)
         if value is None:
             continue
-        if (cfg.init and name in I.ARCH_OPTIONS) or (name == "pre_ln" and not cfg.init and _arch(cfg) == "gpt"):
+        if (cfg.init and name in I.ARCH_OPTIONS) or name in fixed:
             dropped[name] = value
         elif name == "objective" and family is not None and value not in family:
             dropped[name] = value
@@ -217,17 +226,14 @@ def _check_request(cfg: Config, info: D.DistInfo, parent: I.Parent | None) -> tu
         task = cfg.objective or parent.default_objective()
         I.check_objective(task, parent)
     else:
-        arch = _arch(cfg)
-        task = cfg.objective or OBJECTIVES[arch][0]
+        arch, record = _arch(cfg), _record(cfg)
+        task = cfg.objective or record.objectives[0]
         if cfg.add_tokens:
             raise PlmkitError("--add-tokens grows the vocabulary of an --init checkpoint; a new model's "
                               "tokenizer is trained on the corpus (or given with --tokenizer)")
-        if task not in OBJECTIVES[arch]:
-            raise PlmkitError(f"objective '{task}' does not fit arch '{arch}' (choose {', '.join(OBJECTIVES[arch])})")
-        if cfg.pre_ln is not None and arch == "gpt":
-            raise PlmkitError("--pre-ln is a BERT option (GPT blocks are always pre-LN)")
-        if arch == "gpt" and (cfg.embedding_size is not None or cfg.share_layers is not None):
-            raise PlmkitError("--embedding-size and --share-layers are encoder options (--arch bert or albert)")
+        if task not in record.objectives:
+            raise PlmkitError(f"objective '{task}' does not fit arch '{arch}' (choose {', '.join(record.objectives)})")
+        _check_arch_options(cfg, arch, record)
     args = pick(TrainArgs, cfg)
     check_args(args)
     if task == "rtd" and args.fsdp:
@@ -237,15 +243,30 @@ def _check_request(cfg: Config, info: D.DistInfo, parent: I.Parent | None) -> tu
     return task, args
 
 
+def _check_arch_options(cfg: Config, arch: str, record: Arch) -> None:
+    """Options the architecture fixes (a GPT is always pre-LN) or has no use for (a GPT has no
+    factorised embeddings nor shared layers) are refused when given."""
+    fixed = [name for name in record.fixed if getattr(cfg, name) is not None]
+    if fixed:
+        shown = ", ".join(f"{_flag(n)} ({n} = {record.fixed[n]})" for n in fixed)
+        raise PlmkitError(f"--arch {arch} fixes {shown}; leave {'it' if len(fixed) == 1 else 'them'} out")
+    given = [_flag(name) for name in record.forbidden if getattr(cfg, name) is not None]
+    if given:
+        others = [a for a, r in ARCHS.items() if not set(record.forbidden) & set(r.forbidden)]
+        raise PlmkitError(f"{' and '.join(given)} {'is not an option' if len(given) == 1 else 'are not options'} "
+                          f"of --arch {arch} (only of --arch {' or '.join(others)})")
+
+
 def _settled(cfg: Config, task: str) -> Config:
     """``cfg`` with the defaults it leaves open filled in, as pretrain.yaml records the run: the
     objective, and for a new model its arch, size, pre-LN and tokenizer vocabulary size (with
     --init the checkpoint decides those, and they stay unset)."""
     if cfg.init:
         return dataclasses.replace(cfg, objective=task)
-    arch = _arch(cfg)
-    return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"],
-                               pre_ln=cfg.pre_ln if cfg.pre_ln is not None or arch == "gpt" else False,
+    arch, record = _arch(cfg), _record(cfg)
+    # an option the architecture fixes stays unset (null in pretrain.yaml); pre-LN is the preset's otherwise
+    pre_ln = cfg.pre_ln if cfg.pre_ln is not None or "pre_ln" in record.fixed else record.defaults.pre_ln
+    return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"], pre_ln=pre_ln,
                                vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
 
 
@@ -254,7 +275,7 @@ def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
     """The model training starts from: the --init checkpoint's, or a new one from a size preset."""
     if parent:
         return I.build_model(parent, task, cfg.dropout, cfg.seed, open_shards(shard_dir, "train"))
-    arch = _arch(cfg)
+    arch, record = _arch(cfg), _record(cfg)
     overrides: dict[str, Any] = {}
     for name in ("pre_ln", "embedding_size", "share_layers"):
         if getattr(cfg, name) is not None:
@@ -264,7 +285,7 @@ def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
     if cfg.dropout is not None:
         overrides.update(hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     model_cfg = preset(arch, cfg.size or NEW_MODEL["size"], vocab_size=tok.get_vocab_size(with_added_tokens=True),
-                       max_position=max(cfg.seq_len, 1024 if arch == "gpt" else 512), **overrides)
+                       max_position=max(cfg.seq_len, record.positions), **overrides)
     if not model_cfg.causal and tok.token_to_id("[PAD]") is not None:
         model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
@@ -328,8 +349,7 @@ def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
         return load_tokenizer(stored)
     text = None
     if info.is_main:
-        kind = "bpe" if _arch(cfg) == "gpt" else "wordpiece"
-        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"]).to_str()
+        text = train_tokenizer(cfg.corpus, kind=_record(cfg).tokenizer, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"]).to_str()
     return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 

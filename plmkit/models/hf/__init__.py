@@ -67,7 +67,7 @@ def supported() -> str:
     return ", ".join(sorted(a for f in FAMILIES.values() for a in f.archs))
 
 
-# HF activation names -> plmkit's (models/layers.ACTIVATIONS) and back.
+# HF activation names -> plmkit's (models/config.ACTIVATIONS) and back.
 ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu_fast": "gelu_new",
                "relu": "relu", "silu": "silu", "swish": "silu", "tanh": "tanh"}
 

@@ -1,4 +1,6 @@
-"""``plmkit pretrain --init DIR``: continued pre-training from a checkpoint (not a command itself).
+"""``plmkit pretrain --init DIR``: continued pre-training from a checkpoint (the stage is
+``stages/pretrain.py``; this is the checkpoint it starts from). Not a ``TaskSpec``: the pre-training
+objectives as what a checkpoint is trained for, beside the fine-tuning tasks, above the loader.
 
 Any directory the loader reads (a plmkit checkpoint or a Hugging Face one of a supported family)
 starts the run. Its architecture and tokenizer are kept: options that would say otherwise
@@ -23,13 +25,15 @@ from tokenizers import Tokenizer
 from ..data.shards import TokenShards, token_counts
 from ..errors import PlmkitError
 from ..loading import load, peek
-from ..models.config import ARCHS, preset
+from ..models.config import ARCHS, arch_of, preset
+from ..models.heads import HEAD_CAUSAL
 from ..models.model import PlmModel
 from ..models.vocab import add_tokens, grow_vocab, read_tokens
 from ..tokenizer import load_tokenizer
 
-# objectives of each kind of backbone
-OBJECTIVES = {"encoder": ("mlm", "mlm+nsp", "mlm+sop"), "decoder": ("clm",)}
+# the objectives a checkpoint continues with, in order of preference: those whose head fits its
+# backbone (HEAD_CAUSAL); rtd trains a new generator and discriminator, so never from a checkpoint
+CONTINUED = ("mlm", "mlm+nsp", "mlm+sop", "clm")
 # where an MLM head's weights live under each pre-training head
 MLM_PREFIX = {"mlm": "head.", "mlm+nsp": "head.mlm.", "mlm+sop": "head.mlm."}
 # options that describe a new model's architecture or tokenizer: with --init they come from it
@@ -50,9 +54,15 @@ class Parent:
     def family(self) -> str:
         return self.model.config.family
 
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        """What it can continue with: masked LM objectives (encoder) or causal LM (decoder)."""
+        causal = self.model.config.causal
+        return tuple(t for t in CONTINUED if HEAD_CAUSAL[t] in (None, causal))
+
     def default_objective(self) -> str:
         """The checkpoint's own pre-training objective, else MLM (encoder) / causal LM (decoder)."""
-        return self.model.task if self.model.task in OBJECTIVES[self.family] else OBJECTIVES[self.family][0]
+        return self.model.task if self.model.task in self.objectives else self.objectives[0]
 
 
 def load_parent(cfg: Any) -> Parent:
@@ -90,15 +100,6 @@ def _parent_tokenizer(path: Path, given: str | None, vocab_size: int) -> Tokeniz
     return tok
 
 
-# HF layout -> the --arch that builds it (other families, e.g. ModernBERT or Llama, have none)
-ARCH_OF_LAYOUT = {"bert": "bert", "albert": "albert", "gpt2": "gpt"}
-
-
-def arch_of(model_cfg: Any) -> str | None:
-    """The --arch a checkpoint's architecture corresponds to (None: no --arch builds it)."""
-    return ARCH_OF_LAYOUT.get(model_cfg.layout)
-
-
 def _check_agrees(cfg: Any, parent: Parent) -> None:
     """Refuse architecture options that contradict the checkpoint (a value equal to it is fine)."""
     m = parent.model.config
@@ -126,7 +127,7 @@ def _check_agrees(cfg: Any, parent: Parent) -> None:
 
 def _same_size(arch: str | None, size: str, m: Any) -> bool:
     """The size preset ``size`` of ``arch`` has the checkpoint's depth and widths."""
-    if arch is None or size not in ARCHS[arch][0]:
+    if arch is None or size not in ARCHS[arch].presets:
         return False
     want = preset(arch, size, vocab_size=m.vocab_size)
     return all(getattr(want, k) == getattr(m, k) for k in ("num_layers", "hidden_size", "num_heads")) \
@@ -138,7 +139,7 @@ def _a(family: str) -> str:
 
 
 def check_objective(task: str, parent: Parent) -> None:
-    allowed = OBJECTIVES[parent.family]
+    allowed = parent.objectives
     if task == "rtd":
         raise PlmkitError(f"--objective rtd trains a new ELECTRA generator and discriminator from scratch; with "
                           f"--init {parent.path} choose {', '.join(allowed)}")
@@ -195,7 +196,7 @@ def _head_state(src: PlmModel, task: str) -> tuple[dict[str, torch.Tensor], str]
         pair = "" if task == "mlm" else f"; the {task[4:].upper()} head is new"
         return ({b + k[len(a):]: v for k, v in state.items() if k.startswith(a) and not k.startswith("head.pair.")},
                 f"its MLM head (from {src.task}) is reused{pair}")
-    what = "encoder" if not src.config.causal else "decoder"
+    what = src.config.family
     if src.task in ("base",):
         return {}, f"a bare {what}: a new {task} head starts"
     return {}, (f"a '{src.task}' checkpoint: its {what} continues; the {src.task} head is dropped and a new "
