@@ -17,7 +17,7 @@ from plmkit.errors import PlmkitError
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig
 from plmkit.models.model import PlmModel
-from plmkit.train import IndexedBatches, TrainArgs, train
+from plmkit.train import Hooks, IndexedBatches, TrainArgs, train
 from plmkit.train.state import MODEL_FILE, load_safetensors
 
 VOCAB, SEQ, N_EXAMPLES, STEPS = 40, 8, 48, 6
@@ -66,16 +66,16 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        common = dict(eval_fn=evaluate, metric="loss", greater_is_better=False)
+        hooks = Hooks(eval_fn=evaluate, metric="loss", greater_is_better=False)
         # Each rank initialises differently: FSDP must start from rank 0's weights, as DDP does.
         r = train(make_model(seed=rank), make_source(rank, world), cfg(fsdp=True, grad_accum=1),
-                  Path(out) / "run", **common)
+                  Path(out) / "run", hooks)
         if rank == 0:  # "crash" after step 3
             shutil.copytree(Path(out) / "run", Path(out) / "resumed")
             shutil.rmtree(Path(out) / "resumed" / "checkpoints" / "step-6")
         dist.barrier()
         r2 = train(make_model(seed=5), make_source(rank, world), cfg(fsdp=True, grad_accum=1, resume=True),
-                   Path(out) / "resumed", **common)
+                   Path(out) / "resumed", hooks)
         # Gradient accumulation under FSDP (gradient sync off on the first micro-batch).
         r3 = train(make_model(), make_source(rank, world),
                    cfg(fsdp=True, grad_accum=2, max_steps=2, eval_every=0), Path(out) / "accum")
@@ -99,7 +99,7 @@ def test_fsdp_two_ranks_equal_one_rank_with_accumulation(tmp_path):
 
     single_model = make_model(seed=0)
     single = train(single_model, make_source(), cfg(grad_accum=2), tmp_path / "single",
-                   eval_fn=evaluate, metric="loss", greater_is_better=False)
+                   Hooks(eval_fn=evaluate, metric="loss", greater_is_better=False))
     assert not single.sharded and single.losses[0] != pytest.approx(single.losses[-1])
     for r in ranks:
         assert r["sharded"]
@@ -142,4 +142,4 @@ def test_fsdp_two_ranks_equal_one_rank_with_accumulation(tmp_path):
 def test_fsdp_refuses_custom_checkpoint_functions(tmp_path):
     with pytest.raises(PlmkitError, match="fsdp"):
         train(make_model(), make_source(), cfg(fsdp=True), tmp_path,
-              save_fn=lambda model, d: None)
+              Hooks(save_fn=lambda model, d: None))

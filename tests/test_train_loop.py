@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.errors import PlmkitError
-from plmkit.train import (IndexedBatches, TrainArgs, count_tokens, list_checkpoints, lr_factor,
+from plmkit.train import (Hooks, IndexedBatches, TrainArgs, count_tokens, list_checkpoints, lr_factor,
                           measure_peak_flops, param_groups, parse_budget, train)
 
 VOCAB, HIDDEN, N_EXAMPLES, SEQ = 32, 16, 64, 8
@@ -256,7 +256,7 @@ def test_time_schedule_warms_up_and_decays_to_zero_when_the_budget_ends(tmp_path
     """Only --budget: the lr follows the budget's clock, warmup over 20% of it, linear decay to 0 at its end."""
     clock = FakeClock()
     args = cfg(lr=0.1, max_steps=None, budget="10s", warmup_steps=0, warmup_ratio=0.2, save_every=5)
-    r = train(make_model(), clocked_source(clock), args, tmp_path / "full", clock=clock)
+    r = train(make_model(), clocked_source(clock), args, tmp_path / "full", Hooks(clock=clock))
     assert r.stopped_reason == "budget" and r.steps == 10
     lrs = [h["lr"] for h in r.history if "lr" in h]
     # step k ends at second k; its lr is the schedule's value there (the first step's: at second 0)
@@ -267,7 +267,7 @@ def test_time_schedule_warms_up_and_decays_to_zero_when_the_budget_ends(tmp_path
     clock = FakeClock()
     r = train(make_model(), clocked_source(clock), cfg(lr=0.1, max_steps=None, budget="8s", warmup_steps=1,
                                                        schedule="cosine", save_every=0),
-              tmp_path / "cos", clock=clock)
+              tmp_path / "cos", Hooks(clock=clock))
     lrs = [h["lr"] for h in r.history if "lr" in h]
     assert r.steps == 8 and lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
@@ -278,12 +278,12 @@ def test_time_schedule_resumes_where_the_clock_stopped(tmp_path):
     args = dict(lr=0.1, max_steps=None, budget="10s", warmup_steps=0, warmup_ratio=0.2, save_every=5)
     clock = FakeClock()
     full_model = make_model()
-    full = train(full_model, clocked_source(clock), cfg(**args), tmp_path / "full", clock=clock)
+    full = train(full_model, clocked_source(clock), cfg(**args), tmp_path / "full", Hooks(clock=clock))
     shutil.copytree(tmp_path / "full", tmp_path / "cut")
     shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step-10")      # as if killed after step 5's save
     clock = FakeClock()                                               # a new process: its clock starts again
     resumed_model = make_model(seed=3)
-    again = train(resumed_model, clocked_source(clock), cfg(**args, resume=True), tmp_path / "cut", clock=clock)
+    again = train(resumed_model, clocked_source(clock), cfg(**args, resume=True), tmp_path / "cut", Hooks(clock=clock))
     assert again.steps == 10 and again.stopped_reason == "budget"
     assert [h["lr"] for h in again.history if "lr" in h] == [h["lr"] for h in full.history if "lr" in h][5:]
     assert_same_weights(weights(full_model), weights(resumed_model), tol=0.0)
@@ -328,7 +328,7 @@ def test_keep_last_rotation(tmp_path):
 def test_epochs_eval_best_and_early_stopping(tmp_path):
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
     r = train(make_model(), make_source(), cfg(max_steps=None, epochs=2.0, eval_every=2, patience=2),
-              tmp_path, eval_fn=lambda m: {"acc": next(scores)}, metric="acc")
+              tmp_path, Hooks(eval_fn=lambda m: {"acc": next(scores)}, metric="acc"))
     assert r.stopped_reason == "early_stopping" and r.steps == 8  # 16 batches/epoch, stopped early
     assert r.best_metric == 0.7 and r.best_step == 4
     assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 4, "acc": 0.7}
@@ -340,14 +340,14 @@ def test_epochs_eval_best_and_early_stopping(tmp_path):
 # ---- resume safety ----
 
 def test_resume_refuses_changed_fingerprint(tmp_path):
-    train(make_model(), make_source(), cfg(max_steps=2), tmp_path, fingerprint={"model.hidden": 16})
+    train(make_model(), make_source(), cfg(max_steps=2), tmp_path, Hooks(fingerprint={"model.hidden": 16}))
     with pytest.raises(PlmkitError, match=r"model.hidden: checkpoint has 16, now 32"):
         train(make_model(), make_source(), cfg(max_steps=4, resume=True), tmp_path,
-              fingerprint={"model.hidden": 32})
+              Hooks(fingerprint={"model.hidden": 32}))
     # The lr may change on resume (the recovery from a divergence); the batch may not.
     with pytest.raises(PlmkitError, match=r"train.grad_accum: checkpoint has 1, now 2"):
         train(make_model(), make_source(), cfg(max_steps=2, grad_accum=2, resume=True), tmp_path,
-              fingerprint={"model.hidden": 16})
+              Hooks(fingerprint={"model.hidden": 16}))
     with pytest.raises(PlmkitError, match="already holds checkpoints"):
         train(make_model(), make_source(), cfg(max_steps=2), tmp_path)
 
@@ -361,7 +361,7 @@ def test_bad_config_is_a_user_error(tmp_path):
 
 def test_bf16_autocast_runs(tmp_path):
     r = train(make_model(), make_source(), cfg(precision="bf16", max_steps=3, tensorboard=True),
-              tmp_path, peak_flops=1e9)
+              tmp_path, Hooks(peak_flops=1e9))
     assert all(math.isfinite(x) for x in r.losses)
     rec = r.history[-1]
     assert rec["tokens_per_s"] > 0 and rec["mfu"] > 0 and "ce" in rec and "epoch" in rec

@@ -41,7 +41,8 @@ from ..models.checkpoint import write_checkpoint_files
 from ..models.config import BERT_PRESETS, config_to_dict
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, load_finetuned, selection_metric
-from ..train import IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, run_dir, task_batches, train
+from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, run_dir, task_batches,
+                     train)
 from ..tokenizer import load_tokenizer, pad_id, report_unknown
 from ..train.logging import copy_logs
 
@@ -176,13 +177,13 @@ def run(cfg: Config) -> int:
     source = _batches(train_feats, tok, cfg)
     t0 = time.perf_counter()
     with dropped_unless_resumable(work):
-        result = train(module, source, args, work,
-                       eval_fn=(lambda m: task.evaluate(m.student, eval_data)) if eval_data else None,
-                       metric=selection_metric(task, eval_data.examples) if eval_data else None,
-                       greater_is_better=task.greater_is_better,
-                       fingerprint=_fingerprint(cfg, teacher, student),
-                       save_fn=D.save_student, load_fn=D.load_student,
-                       flops_per_token=_flops_per_token(student, None if cache else teacher))
+        result = train(module, source, args, work, Hooks(
+            eval_fn=(lambda m: task.evaluate(m.student, eval_data)) if eval_data else None,
+            metric=selection_metric(task, eval_data.examples) if eval_data else None,
+            greater_is_better=task.greater_is_better,
+            fingerprint=_fingerprint(cfg, teacher, student),
+            save_fn=D.save_student, load_fn=D.load_student,
+            flops_per_token=_flops_per_token(student, None if cache else teacher)))
     seconds = time.perf_counter() - t0
 
     # 4. The best evaluated (or last) student goes to --out.
@@ -369,10 +370,9 @@ def _run_general(cfg: Config) -> int:
           f"({spec.relation_heads} heads), hidden states {spec.layer_map}")
     t0 = time.perf_counter()
     with dropped_unless_resumable(work):
-        result = train(module, source, args, work, eval_fn=_general_eval(shard_dir, tok, cfg),
-                       fingerprint=_general_fingerprint(cfg, teacher, student),
-                       save_fn=D.save_student, load_fn=D.load_student,
-                       flops_per_token=G.flops_per_token(student, teacher))
+        result = train(module, source, args, work, Hooks(
+            eval_fn=_general_eval(shard_dir, tok, cfg), fingerprint=_general_fingerprint(cfg, teacher, student),
+            save_fn=D.save_student, load_fn=D.load_student, flops_per_token=G.flops_per_token(student, teacher)))
     seconds = time.perf_counter() - t0
     metrics = {"steps": result.steps, "stopped": result.stopped_reason, "train_seconds": round(seconds, 2),
                "train_loss": result.losses[-1] if result.losses else None, **result.last_metrics}

@@ -42,8 +42,8 @@ from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, s
 from ..tasks.embed import EmbedSettings
 from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
-from ..train import (IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable, run_dir,
-                     save_trainable, train)
+from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable,
+                     run_dir, save_trainable, train)
 from ..train.defaults import EPOCHS, MAX_EPOCHS, MIN_STEPS, DataFit, fit_to_data
 from ..train.logging import METRICS_FILE, copy_logs
 
@@ -152,11 +152,11 @@ def run(cfg: Config) -> int:
     source = _batches(train_feats, tok, cfg)
     t0 = time.perf_counter()
     with dropped_unless_resumable(work):
-        result = train(model, source, args, work,
-                       eval_fn=(lambda m: task.evaluate(m, eval_data)) if eval_data else None,
-                       metric=metric, greater_is_better=task.greater_is_better,
-                       fingerprint=_fingerprint(cfg, head_config, info),
-                       save_fn=save_trainable, load_fn=load_trainable, layer_of=_depth(model))
+        result = train(model, source, args, work, Hooks(
+            eval_fn=(lambda m: task.evaluate(m, eval_data)) if eval_data else None,
+            metric=metric, greater_is_better=task.greater_is_better,
+            fingerprint=_fingerprint(cfg, head_config, info),
+            save_fn=save_trainable, load_fn=load_trainable, layer_of=_depth(model)))
     seconds = time.perf_counter() - t0
 
     # 4. The best evaluated weights (or the last, without evaluation) go to --out.

@@ -34,7 +34,7 @@ from ..models.model import PlmModel
 from ..models.rtd import RTDPretrainer, discriminator_config
 from ..tokenizer import load_tokenizer, report_unknown, save_tokenizer, special_ids, train_tokenizer
 from ..precision import autocast_dtype
-from ..train import RESUME_FREE, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
+from ..train import RESUME_FREE, Hooks, TrainArgs, check_args, dropped_unless_resumable, measure_peak_flops, train
 from ..train import dist as D
 from ..train.state import load_safetensors
 from ..tasks import pretrain as I
@@ -163,11 +163,12 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
     frozen = "backbone.pooler." if parent and I.frozen_pooler(model, task) else None
     with dropped_unless_resumable(out, enabled=not cfg.resume):
         # --patience watches the validation loss (the best weights also go to out/best)
-        result = train(model, source, args, out, eval_fn=eval_fn, fingerprint=fingerprint,
-                       metric="loss" if args.patience and eval_fn else None, greater_is_better=False,
-                       trainable=(lambda name: not name.startswith(frozen)) if frozen else None,
-                       flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
-                       peak_flops=measure_peak_flops() if info.is_main else None)
+        result = train(model, source, args, out, Hooks(
+            eval_fn=eval_fn, fingerprint=fingerprint,
+            metric="loss" if args.patience and eval_fn else None, greater_is_better=False,
+            trainable=(lambda name: not name.startswith(frozen)) if frozen else None,
+            flops_per_token=flops_per_token(model, cfg.seq_len, cfg.mlm_prob),
+            peak_flops=measure_peak_flops() if info.is_main else None))
     if info.is_main:
         if result.sharded:  # FSDP left `model` sharded; its full weights are in the last checkpoint
             model = PlmModel(model.config, task)

@@ -44,7 +44,7 @@ from ..models.checkpoint import save_checkpoint
 from ..models.model import PlmModel
 from ..tasks import TASKS, Infer, TaskData, TaskSpec, load_finetuned
 from ..tokenizer import load_tokenizer, pad_id
-from ..train import IndexedBatches, TrainArgs, check_args, run_dir, task_batches, train
+from ..train import Hooks, IndexedBatches, TrainArgs, check_args, run_dir, task_batches, train
 from ..train.loop import total_steps
 
 
@@ -289,10 +289,12 @@ def _recover(model: PlmModel, teacher: PlmModel | None, linears: dict[str, torch
     trained = P.GradualPruning(learner, linears, schedule, cfg.scope) if cfg.gradual_steps else learner
     print(f"recovery fine-tune on {len(data.train)} features"
           + (f", distilling from {cfg.teacher or 'the unpruned model'}" if teacher else ""))
-    student_only = {"save_fn": lambda m, d: D.save_student(learner, d),       # never the frozen teacher
-                    "load_fn": lambda m, d: D.load_student(learner, d)} if teacher else {}
+    hooks = Hooks(resumable=False)
+    if teacher:     # never save the frozen teacher
+        hooks.save_fn = lambda m, d: D.save_student(learner, d)
+        hooks.load_fn = lambda m, d: D.load_student(learner, d)
     try:
-        result = train(trained, _batches(data, cfg), pick(TrainArgs, cfg), work, resumable=False, **student_only)
+        result = train(trained, _batches(data, cfg), pick(TrainArgs, cfg), work, hooks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     model.eval()

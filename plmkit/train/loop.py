@@ -46,20 +46,36 @@ from .source import Batch, BatchSource
 
 @dataclass
 class Hooks:
-    """What a stage plugs into the loop besides the options."""
+    """What a stage plugs into the loop besides the options; every field has a neutral default,
+    so ``Hooks()`` trains the whole model with safetensors checkpoints and no evaluation."""
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None
-    metric: str | None = None                    # selects out_dir/best
+    """Scores the model: runs every ``eval_every`` steps (0: every epoch) and at the end, on rank 0
+    (every rank under FSDP), in eval mode without grad, RNG preserved."""
+    metric: str | None = None
+    """The ``eval_fn`` value that selects ``out_dir/best`` (and that --patience watches)."""
     greater_is_better: bool = True
-    fingerprint: dict[str, Any] = field(default_factory=dict)  # stage settings a resume must share
+    """Direction of ``metric``."""
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    """Stage settings (model config, data, task) a resume must share, besides the TrainArgs
+    outside ``RESUME_FREE``."""
     save_fn: S.SaveFn = S.save_safetensors
+    """``save_fn(model, dir)`` writes the model inside a checkpoint dir (FSDP: the default only)."""
     load_fn: S.LoadFn = S.load_safetensors
+    """``load_fn(model, dir)`` reads what ``save_fn`` wrote (FSDP: the default only)."""
     layer_of: LayerOf | None = None
+    """Parameter name -> layer depth, for ``layerwise_lr_decay``."""
     trainable: Callable[[str], bool] | None = None
+    """``trainable(name)``: parameters it rejects are frozen (None: all train)."""
     flops_per_token: float | None = None
+    """Training FLOPs per token for the MFU report (None: 6 x parameters)."""
     peak_flops: float | None = None
-    device: torch.device | None = None
-    resumable: bool = True                       # the stage offers --resume (for the stop advice)
-    clock: Callable[[], float] = time.perf_counter   # seconds; the budget and a time-planned schedule read it
+    """Peak FLOP/s per device (see ``measure_peak_flops``); enables MFU reporting."""
+    device: str | torch.device | None = None
+    """Where to train (None: the rank's default device)."""
+    resumable: bool = True
+    """The stage offers --resume (only changes the advice printed when a run stops)."""
+    clock: Callable[[], float] = time.perf_counter
+    """Seconds; what the time budget and a time-planned schedule read (tests pass a fake one)."""
 
 
 @dataclass
@@ -524,47 +540,30 @@ def dropped_unless_resumable(run_dir: Path, enabled: bool = True) -> Iterator[No
         raise
 
 
-def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str | Path, *,
-          eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
-          metric: str | None = None, greater_is_better: bool = True,
-          fingerprint: dict[str, Any] | None = None,
-          save_fn: S.SaveFn | None = None, load_fn: S.LoadFn | None = None,
-          layer_of: LayerOf | None = None, trainable: Callable[[str], bool] | None = None,
-          flops_per_token: float | None = None, peak_flops: float | None = None,
-          device: str | torch.device | None = None, resumable: bool = True,
-          clock: Callable[[], float] | None = None) -> TrainResult:
-    """Train ``model`` on ``source`` under ``args``; checkpoints and metrics go to ``out_dir``.
+def train(model: nn.Module, source: BatchSource, args: TrainArgs, out_dir: str | Path,
+          hooks: Hooks | None = None) -> TrainResult:
+    """Train ``model`` on ``source`` under ``args``; checkpoints and metrics go to ``out_dir``;
+    what the stage plugs in (evaluation, checkpoint format, fingerprint, ...) is ``hooks``
+    (default ``Hooks()``; see its fields).
 
     ``model(**batch)`` must return an object with ``.loss`` (scalar) and optionally
-    ``.aux`` (name -> scalar tensor, logged). ``eval_fn(model)`` runs every
-    ``eval_every`` steps (0: every epoch) and at the end (rank 0, eval mode, no grad, RNG
-    preserved); ``metric`` names the value that selects ``out_dir/best``. ``save_fn(model, dir)``
-    / ``load_fn(model, dir)`` write/read the model inside checkpoint dirs (default
-    ``model.safetensors``). With ``args.resume`` the newest readable checkpoint in ``out_dir``
-    is restored; ``fingerprint`` holds caller settings (model config, data, task) that must
-    match, as must the TrainArgs outside ``RESUME_FREE``. ``trainable(name)`` freezes
-    parameters it rejects. ``peak_flops`` (per device, see ``measure_peak_flops``) enables MFU
-    reporting. With ``args.fsdp`` under torchrun the model is sharded in place (see
-    ``dist.wrap_fsdp``) and stays so: ``result.sharded`` is then True and the final full weights
-    are in ``result.last_checkpoint`` (always written at the end); ``eval_fn`` runs on every rank.
-    ``clock`` (seconds, default ``time.perf_counter``) is what the time budget and a time-planned
-    schedule (only ``budget``: warmup and decay to 0 when it ends) read; tests pass a fake one.
+    ``.aux`` (name -> scalar tensor, logged). With ``args.resume`` the newest readable
+    checkpoint in ``out_dir`` is restored; ``hooks.fingerprint`` and the TrainArgs outside
+    ``RESUME_FREE`` must match it. With ``args.fsdp`` under torchrun the model is sharded in
+    place (see ``dist.wrap_fsdp``) and stays so: ``result.sharded`` is then True and the final
+    full weights are in ``result.last_checkpoint`` (always written at the end). A time-planned
+    schedule (only ``budget``) warms up and decays to 0 when the budget ends.
     Raises PlmkitError on a non-finite or diverging loss, after keeping the last good checkpoint.
     """
+    hooks = hooks if hooks is not None else Hooks()
     check_args(args)
-    if metric is not None and eval_fn is None:
+    if hooks.metric is not None and hooks.eval_fn is None:
         raise PlmkitError("a best-checkpoint metric needs an evaluation function")
-    if args.patience and metric is None:
+    if args.patience and hooks.metric is None:
         raise PlmkitError("early stopping (--patience) needs evaluation data and a metric to watch")
-    if args.fsdp and (save_fn is not None or load_fn is not None):
+    if args.fsdp and (hooks.save_fn is not S.save_safetensors or hooks.load_fn is not S.load_safetensors):
         raise PlmkitError("fsdp writes whole-model checkpoints (model.safetensors); it does not "
                           "support a custom save_fn/load_fn (e.g. adapter-only checkpoints)")
-    hooks = Hooks(eval_fn=eval_fn, metric=metric, greater_is_better=greater_is_better,
-                  fingerprint=dict(fingerprint or {}), save_fn=save_fn or S.save_safetensors,
-                  load_fn=load_fn or S.load_safetensors, layer_of=layer_of, trainable=trainable,
-                  flops_per_token=flops_per_token, peak_flops=peak_flops,
-                  device=torch.device(device) if device is not None else None, resumable=resumable,
-                  clock=clock or time.perf_counter)
     info = D.init_distributed()
     try:
         return _Trainer(model, source, args, Path(out_dir), info, hooks).run()
