@@ -8,8 +8,10 @@ fine-tuning task). ``--engine openvino`` quantizes the same fp32 graph with NNCF
 (compress/openvino_quant.py: weights and activations, calibrated on ``--calibration``) and writes
 OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run like an ONNX
 directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the calibration file)
-with the task's own ``evaluate``. Everything is checked before the output directory is created,
-and it is written atomically.
+with the task's own ``evaluate``, on both directories as ``plmkit.loading.load`` reads them.
+Everything is checked before the output directory is created, and it is written atomically.
+The engines (format, calibration, quantize function) are records in compress/engines.py; graph
+inspection lives beside the export (compress/onnx_export.py).
 """
 from __future__ import annotations
 
