@@ -159,3 +159,23 @@ def export_onnx_dir(model: PlmModel, out_dir: str | Path, tokenizer: Tokenizer |
     """``write_onnx_dir`` into ``out_dir`` atomically (nothing is left behind on failure)."""
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         return write_onnx_dir(model, tmp, tokenizer, meta, opset)
+
+
+def graph_inputs(file: Path) -> list[str]:
+    """The graph's input names (weights stored as initializers left out), read without its weights."""
+    import onnx
+
+    graph = onnx.load(str(file), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    return [i.name for i in graph.input if i.name not in weights]
+
+
+def graph_outputs(file: Path) -> list[str]:
+    import onnx
+
+    return [o.name for o in onnx.load(str(file), load_external_data=False).graph.output]
+
+
+def graph_bytes(file: Path) -> int:
+    """The graph file, with OpenVINO's weights file (model.bin) beside model.xml."""
+    return sum(f.stat().st_size for f in (file, file.with_suffix(".bin")) if f.is_file())

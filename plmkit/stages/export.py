@@ -20,7 +20,7 @@ from ..errors import PlmkitError
 from ..loading import load
 from ..models.checkpoint import export_hf
 from ..models.st import export_sentence_transformers
-from ..tokenizer import load_tokenizer
+from ..tokenizer import has_tokenizer, load_tokenizer
 
 
 def _hf(model: Any, cfg: "Config", tok: Any) -> str:
@@ -63,10 +63,6 @@ def run(cfg: Config) -> int:
     if cfg.format == "onnx" and cfg.opset < 17:
         raise PlmkitError(f"--opset {cfg.opset}: ONNX export needs opset 17 or later (LayerNormalization)")
     model = load(cfg.model, needs_torch="export")
-    tok = load_tokenizer(cfg.model) if _has_tokenizer(Path(cfg.model)) else None
+    tok = load_tokenizer(cfg.model) if has_tokenizer(cfg.model) else None
     print(FORMATS[cfg.format](model, cfg, tok))
     return 0
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))

@@ -8,8 +8,10 @@ fine-tuning task). ``--engine openvino`` quantizes the same fp32 graph with NNCF
 (compress/openvino_quant.py: weights and activations, calibrated on ``--calibration``) and writes
 OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run like an ONNX
 directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the calibration file)
-with the task's own ``evaluate``. Everything is checked before the output directory is created,
-and it is written atomically.
+with the task's own ``evaluate``, on both directories as ``plmkit.loading.load`` reads them.
+Everything is checked before the output directory is created, and it is written atomically.
+The engines (format, calibration, quantize function) are records in compress/engines.py; graph
+inspection lives beside the export (compress/onnx_export.py).
 """
 from __future__ import annotations
 
@@ -20,19 +22,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..compress.engines import ENGINE_NAMES, calibration_reader, engine
 from ..config import option, to_dict
 from ..data.features import configured
 from ..data.readers import read_lines
 from ..errors import PlmkitError
 from ..io import atomic_dir, work_dir, write_json
 from ..loading import load, peek
-from ..models.config import config_from_dict, config_to_dict
-from ..models.onnx_model import GRAPH_FILES, ONNX_FILE, OnnxModel
+from ..models.config import config_to_dict
+from ..models.onnx_model import GRAPH_FILES, ONNX_FILE
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, prep_of, task_of
-from ..tokenizer import load_tokenizer, pad_id, save_tokenizer
-
-ENGINES = {"onnxruntime": "onnx", "openvino": "openvino"}     # --engine -> the output's format
-
+from ..tokenizer import has_tokenizer, load_tokenizer, save_tokenizer
 
 @dataclass
 class Config:
@@ -41,7 +41,7 @@ class Config:
                       "tokenizer)")
     engine: str = option("onnxruntime", help="what runs the INT8 model: onnxruntime (model.onnx) or openvino "
                          "(OpenVINO IR quantized by NNCF, weights and activations: needs --calibration; "
-                         "pip install 'plmkit[openvino]')", choices=list(ENGINES))
+                         "pip install 'plmkit[openvino]')", choices=ENGINE_NAMES)
     method: str = option("dynamic", help="onnxruntime: dynamic: weights only, activations at run time; "
                          "static: activation ranges from calibration data", choices=["dynamic", "static"])
     calibration: str | None = option(None, help="static and openvino: labelled data file of the model's task "
@@ -120,19 +120,17 @@ def read_task_data(task: TaskSpec | None, prep: Prep, tok: Any, head_config: dic
     return examples, task.encode(tok, examples, head_config, prep)
 
 
-def evaluate_file(onnx_file: Path, source: Source, task: TaskSpec, data: TaskData) -> dict[str, float]:
-    cj = source.config_json
-    model = OnnxModel(onnx_file, config_from_dict(cj["model"]), cj.get("task", "base"), cj.get("head_config", {}))
-    return task.evaluate(model, data)
+def evaluate_dir(directory: Path, task: TaskSpec, data: TaskData) -> dict[str, float]:
+    """The task's metrics of the graph directory ``directory``, loaded by the one loader."""
+    return task.evaluate(load(directory), data)
 
 
 def run(cfg: Config) -> int:
-    from ..compress.onnx_export import write_onnx_dir
-    from ..compress.quantize import HISTOGRAM_METHODS, FeatureReader
+    from ..compress.onnx_export import graph_bytes, graph_inputs, graph_outputs, write_onnx_dir
 
-    if (cfg.method == "static" or cfg.engine == "openvino") and not cfg.calibration:
-        what = "--method static" if cfg.engine == "onnxruntime" else "--engine openvino"
-        raise PlmkitError(f"{what} needs --calibration FILE (data of the model's task)")
+    record = engine(cfg.engine, cfg.method)
+    if record.calibration != "none" and not cfg.calibration:
+        raise PlmkitError(f"{record.flag} needs --calibration FILE (data of the model's task)")
     source = open_source(cfg.model)
     task, prep = resolve_task(source, cfg.task)
     head_config = source.config_json.get("head_config", {})
@@ -147,77 +145,35 @@ def run(cfg: Config) -> int:
         # Evaluate's batch size (also bench's): with --activation-ranges tensor the INT8 metric
         # depends on the batching, and this way the three commands report the same number.
         evaluation = TaskData(examples, features, tok, head_config, Infer(precision="fp32"))
-    fmt = ENGINES[cfg.engine]
     # The fp32 export and the quantizers' own scratch go beside --out, where a killed run's are removed
     with atomic_dir(cfg.out, cfg.overwrite) as tmp, work_dir(cfg.out, libraries=True) as work:
         if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
             write_onnx_dir(source.model, work, None, {"parent": str(source.path.resolve())}, cfg.opset)
-            fp32 = work / ONNX_FILE
+            fp32_dir = work
         else:
-            fp32 = source.onnx_file
-        inputs = _graph_inputs(fp32)
-        # OpenVINO (NNCF) calibrates on one example at a time, as optimum-intel does.
-        reader = (FeatureReader(calib, inputs, pad_id(tok), cfg.batch_size if fmt == "onnx" else 1,
-                                fixed_shape=cfg.calibrate_method in HISTOGRAM_METHODS and fmt == "onnx")
-                  if calib else None)
-        int8 = tmp / GRAPH_FILES[fmt]
+            fp32_dir = source.path
+        fp32 = fp32_dir / ONNX_FILE
+        inputs = graph_inputs(fp32)
+        reader = calibration_reader(record, calib, inputs, tok, cfg.batch_size, cfg.calibrate_method)
+        int8 = tmp / GRAPH_FILES[record.format]
         t0 = time.perf_counter()
-        how = _quantize(cfg, fp32, int8, work, reader)
+        how = record.quantize(fp32, int8, work, reader, to_dict(cfg))
         seconds = time.perf_counter() - t0
-        metrics = ({"fp32": evaluate_file(fp32, source, task, evaluation),
-                    "int8": evaluate_file(int8, source, task, evaluation)}
-                   if evaluation is not None and task is not None else {})
         write_json(tmp / "config.json", source.config_json)
-        if tok is not None or _has_tokenizer(source.path):
+        if tok is not None or has_tokenizer(source.path):
             save_tokenizer(tok or load_tokenizer(source.path), tmp,
                            model_max_length=source.config_json["model"].get("max_position"))
-        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": fmt,
+        meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": record.format,
                 "precision": "int8", "stage": "quantize", "parent": str(source.path.resolve()),
-                "inputs": inputs, "outputs": _graph_outputs(fp32),
+                "inputs": inputs, "outputs": graph_outputs(fp32),
                 "quantization": {**how, "calibration_examples": len(calib or []), "seconds": round(seconds, 2)},
-                "size_bytes": {"fp32": fp32.stat().st_size, "int8": _graph_bytes(int8)},
-                "metrics": metrics, "config": to_dict(cfg)}
-        write_json(tmp / "plmkit.json", meta)
+                "size_bytes": {"fp32": fp32.stat().st_size, "int8": graph_bytes(int8)},
+                "metrics": {}, "config": to_dict(cfg)}
+        write_json(tmp / "plmkit.json", meta)       # the output is a graph directory now: load reads it
+        if evaluation is not None and task is not None:
+            meta["metrics"] = {"fp32": evaluate_dir(fp32_dir, task, evaluation),
+                               "int8": evaluate_dir(tmp, task, evaluation)}
+            write_json(tmp / "plmkit.json", meta)
     print(json.dumps({"out": cfg.out, "engine": cfg.engine, "method": meta["quantization"]["method"],
-                      "size_bytes": meta["size_bytes"], "metrics": metrics}))
+                      "size_bytes": meta["size_bytes"], "metrics": meta["metrics"]}))
     return 0
-
-
-def _quantize(cfg: Config, fp32: Path, int8: Path, work: Path, reader: Any) -> dict[str, Any]:
-    """Write the INT8 graph ``int8`` for ``cfg.engine``; returns how (plmkit.json "quantization")."""
-    if cfg.engine == "openvino":
-        from ..compress.openvino_quant import quantize_openvino
-
-        quantize_openvino(fp32, int8, reader, subset_size=cfg.calibration_size)
-        return {"engine": "openvino", "method": "static", "tool": "nncf", "preset": "mixed",
-                "model_type": "transformer", "weights": "qint8", "format": "OpenVINO IR"}
-    from ..compress.quantize import QuantOptions, quantize_file
-
-    options = QuantOptions(cfg.per_channel, cfg.reduce_range, cfg.activation_type, cfg.calibrate_method, cfg.fuse,
-                           cfg.activation_ranges)
-    quantize_file(fp32, int8, cfg.method, work, reader, options)
-    return {"engine": "onnxruntime", "method": cfg.method, "weights": "qint8", **to_dict(options),
-            "format": "QDQ" if cfg.method == "static" else "QOperator"}
-
-
-def _graph_bytes(file: Path) -> int:
-    """The graph file, with OpenVINO's weights file (model.bin) beside model.xml."""
-    return sum(f.stat().st_size for f in (file, file.with_suffix(".bin")) if f.is_file())
-
-
-def _graph_inputs(file: Path) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(file), load_external_data=False).graph
-    weights = {t.name for t in graph.initializer}
-    return [i.name for i in graph.input if i.name not in weights]
-
-
-def _graph_outputs(file: Path) -> list[str]:
-    import onnx
-
-    return [o.name for o in onnx.load(str(file), load_external_data=False).graph.output]
-
-
-def _has_tokenizer(path: Path) -> bool:
-    return any((path / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))

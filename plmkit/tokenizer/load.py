@@ -188,6 +188,11 @@ def _with_source(config: dict[str, Any], tok: Tokenizer) -> dict[str, Any]:
     return {**config, **src}
 
 
+def has_tokenizer(path: str | Path) -> bool:
+    """The directory holds tokenizer files (tokenizer.json, BERT's vocab.txt or GPT-2's vocab.json)."""
+    return any((Path(path) / n).is_file() for n in ("tokenizer.json", "vocab.txt", "vocab.json"))
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a tokenizer from a plmkit or HF directory (or a tokenizer.json file).
 
