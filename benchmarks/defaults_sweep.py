@@ -8,6 +8,7 @@ types it, and scores the model on a slice held out from training:
   plmkit   `plmkit finetune --model M --task classify --train FILE --out DIR` (today's defaults)
   old      the defaults before the data-size rule: --batch-size 32 --epochs 3 --lr 1e-4
   random   today's defaults with --no-group-by-length (random batches, as the Trainer's)
+  "plmkit FLAGS"  today's defaults plus FLAGS, e.g. "plmkit --max-length 512"
   trainer  transformers' Trainer at its defaults (batch 8, 3 epochs, lr 5e-5, no warmup, fp32),
            `tok(texts, truncation=True)` and DataCollatorWithPadding, as its docs write it;
            only checkpoint saving and logging integrations are off
@@ -88,6 +89,8 @@ def arm_flags(arm: str, size: int) -> list[str] | None:
     """plmkit's training flags for an arm (None: the Trainer)."""
     if arm == "plmkit":
         return []
+    if arm.startswith("plmkit "):           # the defaults plus flags: "plmkit --max-length 512"
+        return arm.split()[1:]
     if arm == "random":                     # the defaults, on random batches instead of length buckets
         return ["--no-group-by-length"]
     if arm == "old":
@@ -189,19 +192,19 @@ def sweep(args: argparse.Namespace) -> None:
 def table(results: list[dict], arms: list[str]) -> str:
     """Mean accuracy over seeds (and train seconds) per task and size, one column per arm."""
     cells = sorted({(r["task"], r["size"]) for r in results}, key=lambda c: (c[1], c[0]))
-    lines = ["| task | size | seeds | " + " | ".join(f"{a} acc (s)" for a in arms)
-             + " | plmkit - trainer (min over seeds) |", "|---" * (len(arms) + 4) + "|"]
+    lines = ["| task | size | " + " | ".join(f"{a}: acc (train s)" for a in arms)
+             + " | plmkit - trainer, points: mean (min) over common seeds |", "|---" * (len(arms) + 3) + "|"]
     for task, size in cells:
         by = {a: [r for r in results if (r["task"], r["size"], r["arm"]) == (task, size, a)] for a in arms}
-        cols = [f"{statistics.mean(r['accuracy'] for r in rs):.4f} ({statistics.mean(r['train_s'] for r in rs):.0f})"
-                if rs else "-" for rs in by.values()]
+        cols = [f"{statistics.mean(r['accuracy'] for r in rs):.4f} ({statistics.mean(r['train_s'] for r in rs):.0f} s"
+                f"{f', {len(rs)} seeds' if len(rs) > 1 else ''})" if rs else "-" for rs in by.values()]
         diff = "-"
         if by.get("plmkit") and by.get("trainer"):
             pairs = {r["seed"]: r["accuracy"] for r in by["trainer"]}
             d = [r["accuracy"] - pairs[r["seed"]] for r in by["plmkit"] if r["seed"] in pairs]
             if d:
                 diff = f"{100 * statistics.mean(d):+.2f} ({100 * min(d):+.2f})"
-        lines.append(f"| {task} | {size:,} | {max(len(rs) for rs in by.values())} | " + " | ".join(cols)
+        lines.append(f"| {task} | {size:,} | " + " | ".join(cols)
                      + f" | {diff} |")
     return "\n".join(lines)
 
