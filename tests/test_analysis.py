@@ -28,13 +28,7 @@ WORDS = ["the", "a", "red", "apple", "pie", "tree", "fruit", "ate", "company", "
 RARE = "grapefruit"     # not in the tokenizer's corpus: it splits into several word pieces
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 def _encoder(d: Path, task: str = "base", head_config: dict | None = None) -> Path:

@@ -34,12 +34,7 @@ FILL = ["the", "a", "of", "and", "in", "with", "very", "old", "new", "big"]
 FAST = ["--lr", "3e-3", "--batch-size", "16", "--max-length", "32", "--log-every", "2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 def _passage(rng: random.Random, name: str, thing: str) -> str:

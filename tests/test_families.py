@@ -31,12 +31,7 @@ PAIRS = (["where does bob live ?", "nice"], ["bob lives in rome and the film was
 CASES = [(f, h) for f, spec in FAMILIES.items() for h in spec.archs]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ FAST = ["--batch-size", "16", "--max-length", "40", "--precision", "fp32", "--lo
 STEPS = ["--epochs", "1", "--max-steps", "3"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,7 @@ ARCH_OF = {"base": "ModernBertModel", "mlm": "ModernBertForMaskedLM",
            "span": "ModernBertForQuestionAnswering"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)             # tiny models: a second thread only waits on a shared machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest: tiny models run on one thread
 
 
 def hf_config(**kw) -> "transformers.ModernBertConfig":
