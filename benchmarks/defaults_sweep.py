@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from plmkit.adapters.strategies import default_lr  # noqa: E402
 from plmkit.train.defaults import fit_to_data  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -96,7 +97,7 @@ def arm_flags(arm: str, size: int) -> list[str] | None:
     if arm == "old":
         return ["--batch-size", "32", "--epochs", "3", "--lr", "1e-4"]
     if arm.startswith("rule:"):
-        fit = fit_to_data(size, 1e-4, min_steps=int(arm.split(":")[1]))
+        fit = fit_to_data(size, default_lr("full"), min_steps=int(arm.split(":")[1]))
         return ["--batch-size", str(fit.batch_size), "--epochs", f"{fit.epochs:g}", "--lr", f"{fit.lr:.4g}"]
     if arm == "trainer":
         return None

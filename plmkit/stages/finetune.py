@@ -44,7 +44,7 @@ from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
 from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable,
                      run_dir, save_trainable, train)
-from ..train.defaults import EPOCHS, MAX_EPOCHS, MIN_STEPS, DataFit, fit_to_data
+from ..train.defaults import EPOCHS, MIN_STEPS, RULE, fit_to_data
 from ..train.logging import METRICS_FILE, copy_logs
 
 RUN_FILE = "finetune.yaml"
@@ -177,15 +177,15 @@ def run(cfg: Config) -> int:
     return 0
 
 
-def fit_defaults(cfg: Config, examples: int) -> DataFit:
+def fit_defaults(cfg: Config, examples: int) -> None:
     """Fill the unset batch size, passes and learning rate for ``examples`` training examples."""
     fit = fit_to_data(examples, default_lr(cfg.strategy), batch_size=cfg.batch_size, epochs=cfg.epochs,
                       lr=cfg.lr)
-    if fit.why != "the defaults":
-        print(f"{fit.why}: batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; "
-              "set --batch-size, --epochs or --lr to choose)")
+    if fit.fitted:
+        print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
+              f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, "
+              "--epochs or --lr to choose)")
     cfg.batch_size, cfg.epochs, cfg.lr = fit.batch_size, fit.epochs, fit.lr
-    return fit
 
 
 def help_for(argv: list[str]) -> str:
@@ -194,20 +194,17 @@ def help_for(argv: list[str]) -> str:
     for flag in ("--train", "--task", "--strategy", "--batch-size", "--epochs", "--lr"):
         pre.add_argument(flag)
     ns, _ = pre.parse_known_args(argv)
-    rule = (f"Batch size, epochs and lr fit the data: the batch shrinks from 32 (down to 8) and then the "
-            f"passes grow (up to {MAX_EPOCHS:g}) until training makes about {MIN_STEPS} optimizer steps; the "
-            "strategy's lr is scaled by sqrt(batch / 32); --batch-size, --epochs and --lr override.")
     if not ns.train:
-        return rule + " Add --train FILE to --help to see the values for your data."
+        return RULE + " Add --train FILE to --help to see the values for your data."
     try:
         examples = len(TASKS[ns.task or "classify"].read(ns.train, Prep()))
         fit = fit_to_data(examples, default_lr(ns.strategy or "full"),
                           batch_size=int(ns.batch_size) if ns.batch_size else None,
                           epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None)
     except (PlmkitError, OSError, KeyError, ValueError) as e:
-        return f"{rule} (--train {ns.train}: {e})"
-    return (f"{rule} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, strategy {ns.strategy or 'full'}): "
-            f"batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
+        return f"{RULE} (--train {ns.train}: {e})"
+    return (f"{RULE} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, "
+            f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
 
 
 def _check_backbone(saved: Saved, task: TaskSpec) -> None:

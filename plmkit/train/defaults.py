@@ -21,15 +21,21 @@ MIN_BATCH = 8
 MAX_EPOCHS = 5.0
 
 
+RULE = (f"Batch size, epochs and lr fit the data: the batch shrinks from {BATCH} (down to {MIN_BATCH}) and then the "
+        f"passes grow (up to {MAX_EPOCHS:g}) until training makes about {MIN_STEPS} optimizer steps; the strategy's "
+        f"lr is scaled by sqrt(batch / {BATCH}); --batch-size, --epochs and --lr override.")
+
+
 @dataclass(frozen=True)
 class DataFit:
-    """What a fine-tuning run on ``examples`` examples trains with (``why`` says how it was chosen)."""
+    """What a fine-tuning run on ``examples`` examples trains with; ``fitted``: the rule chose a
+    batch or passes other than those of large data."""
     examples: int
     batch_size: int
     epochs: float
     lr: float
     steps: int
-    why: str
+    fitted: bool
 
 
 def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None, epochs: float | None = None,
@@ -48,11 +54,8 @@ def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None,
         passes = min(MAX_EPOCHS, math.ceil(min_steps * batch / n))
     rate = lr if lr is not None else base_lr * math.sqrt(batch / BATCH)
     steps = _steps(n, batch, passes)
-    if (batch, passes) == (BATCH, EPOCHS) or batch_size is not None and epochs is not None:
-        why = "the defaults"
-    else:
-        why = f"{n:,} examples: batch and passes chosen to make about {min_steps} optimizer steps"
-    return DataFit(n, batch, passes, rate, steps, why)
+    fitted = (batch, passes) != (BATCH, EPOCHS) and (batch_size is None or epochs is None)
+    return DataFit(n, batch, passes, rate, steps, fitted)
 
 
 def _steps(n: int, batch: int, passes: float) -> int:
