@@ -13,8 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from plmkit import cli
+from plmkit.compress import distill as D
 from plmkit.compress import general as G
+from plmkit.compress import prune as P
 from plmkit.data import synthetic
+from plmkit.errors import PlmkitError
 from plmkit.models.checkpoint import load_model, save_checkpoint
 from plmkit.models.config import EncoderConfig, GPT_PRESETS, preset
 from plmkit.models.model import PlmModel
@@ -156,4 +159,87 @@ def test_refusals(root, capsys, tmp_path):
     # neither --corpus nor --task/--train
     assert cli.main(["distill", "--teacher", str(root / "teacher"), "--out", str(out)]) == 1
     assert "--corpus" in _err(capsys)
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- --student-ffn
+
+def _tiny_teacher() -> PlmModel:
+    cfg = EncoderConfig(vocab_size=50, hidden_size=32, num_layers=6, num_heads=4, intermediate_size=64,
+                        max_position=64, hidden_dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    return PlmModel(cfg)
+
+
+def test_student_ffn_keeps_the_most_active_neurons():
+    teacher = _tiny_teacher()
+    student = D.student_from_layers(teacher, [0, 2, 4])
+    dead = {0: torch.arange(0, 64, 2), 1: torch.arange(32), 2: torch.arange(32, 64)}   # neurons that add nothing
+    with torch.no_grad():
+        for i, cols in dead.items():
+            student.backbone.layer(i).ffn.fc2.weight[:, cols] = 0.0
+    fc1 = [student.backbone.layer(i).ffn.fc1.weight.clone() for i in range(3)]
+    scores, tokens = P.activation_importance(student, _batches(), 8)
+    assert tokens == 3 * (3 * 10 - 6)             # real tokens of the 3 batches only
+    assert all(torch.all(s[dead[i]] == 0) and torch.all(s[_kept(dead[i])] > 0) for i, s in enumerate(scores))
+    said = G.prune_student_ffn(student, 0.5, _batches())
+    assert said == f"FFN 64 -> 32 neurons per layer (activation importance on {tokens} tokens)"
+    assert student.config.ffn == [32, 32, 32]
+    for i in range(3):      # the kept neurons are the live ones, in their order
+        assert torch.equal(student.backbone.layer(i).ffn.fc1.weight, fc1[i][_kept(dead[i])])
+
+
+def _kept(dead: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([j for j in range(64) if j not in set(dead.tolist())])
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[2, 4:] = 0                               # a padded row: 24 real tokens a batch
+    return [{"input_ids": torch.randint(0, 50, (3, 10), generator=g), "attention_mask": mask} for _ in range(3)]
+
+
+def test_compute_share_by_hand():
+    teacher = _tiny_teacher()
+    student = D.student_from_layers(teacher, [0, 2, 4])
+    G.prune_student_ffn(student, 0.5, _batches())
+    # per layer: q, k, v, o 4 * 32 * 32 = 4096, fc1 + fc2 2 * 32 * F; attention products 2 * T * 32
+    assert G.compute_share(student, teacher) == pytest.approx(3 * (4096 + 2048) / (6 * (4096 + 4096)))   # 0.375
+    assert G.compute_share(student, teacher, 32) == pytest.approx(3 * (6144 + 2048) / (6 * (8192 + 2048)))  # 0.4
+    full = D.student_from_layers(teacher, [0, 3])
+    assert G.compute_share(full, teacher) == pytest.approx(1 / 3)
+    with pytest.raises(PlmkitError, match="fraction of FFN neurons to keep"):
+        G.prune_student_ffn(student, 0.0, _batches())
+
+
+def test_student_ffn_end_to_end_fine_tunes(root, capsys):
+    out = root / "student-ffn"
+    assert _distill(root, out, "--max-steps", "2", "--student-layers", "0,2,4", "--student-ffn", "0.5") == 0
+    said = capsys.readouterr().out
+    assert "student: teacher layers [0, 2, 4], FFN 64 -> 32 neurons per layer (activation importance on " in said
+    assert "0.375 counting weights alone" in said and "0.400 of the teacher's transformer compute" in said
+    student = load_model(out)         # the per-layer FFN sizes round-trip through the checkpoint
+    assert student.config.ffn == [32, 32, 32] and student.backbone.layer(1).ffn.fc1.out_features == 32
+    meta = json.loads((out / "plmkit.json").read_text())
+    assert meta["config"]["student_ffn"] == 0.5 and meta["distillation"]["compute_share"] == 0.4
+    assert "FFN 64 -> 32" in meta["distillation"]["student"]["init"]
+    assert "student_ffn: 0.5" in (out / "distill.yaml").read_text()
+    ft = root / "ft-ffn"
+    assert cli.main(["finetune", "--model", str(out), "--task", "classify", "--train", str(root / "train.tsv"),
+                     "--out", str(ft), "--max-steps", "2", "--batch-size", "8", "--precision", "fp32",
+                     "--max-length", "32"]) == 0
+    assert load_model(ft).config.ffn == [32, 32, 32]
+
+
+def test_student_ffn_refusals(root, capsys, tmp_path):
+    out = tmp_path / "x"
+    for bad in ("0", "1.5"):
+        assert _distill(root, out, "--max-steps", "1", "--student-ffn", bad) == 1
+        assert "--student-ffn" in _err(capsys)
+    assert _distill(root, out, "--max-steps", "1", "--student-ffn", "0.5", "--student-size", "tiny") == 1
+    assert "--student-size makes another student" in _err(capsys)
+    assert cli.main(["distill", "--teacher", str(root / "teacher"), "--task", "classify", "--train",
+                     str(root / "train.tsv"), "--out", str(out), "--student-layers", "0,3", "--student-ffn", "0.5"]) == 1
+    assert "task distillation does not take it" in _err(capsys)
     assert not out.exists()

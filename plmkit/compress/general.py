@@ -34,9 +34,11 @@ from torch import Tensor, nn
 from ..errors import PlmkitError
 from ..models.heads import ModelOutput
 from ..models.model import PlmModel
+from . import prune as P
 from .distill import hidden_mse
 
 RELATIONS = ("q", "k", "v")   # MiniLM v2: query-query, key-key and value-value relations
+IMPORTANCE_BATCHES = 8        # corpus batches the FFN neurons of a pruned student are ranked on
 
 
 def default_student_layers(teacher_layers: int) -> list[int]:
@@ -172,8 +174,48 @@ class GeneralDistillModule(nn.Module):
         return ModelOutput(loss=loss, aux={k: v.detach() for k, v in aux.items()})
 
 
+def prune_student_ffn(student: PlmModel, keep: float, batches) -> str:
+    """Keep the ``keep`` fraction of each layer's FFN neurons, the most important by
+    ``prune.activation_importance`` on ``IMPORTANCE_BATCHES`` of ``batches``; says what it did.
+
+    Activations rather than weight magnitudes: the copied layers already work, so what a neuron
+    contributes on the text is measurable, and a large weight on a neuron that rarely fires
+    is not worth keeping."""
+    if not 0.0 < keep <= 1.0:
+        raise PlmkitError(f"--student-ffn is the fraction of FFN neurons to keep, in (0, 1]; got {keep}")
+    P.check_prunable(student)
+    before = list(student.config.ffn)
+    scores, tokens = P.activation_importance(student, batches, IMPORTANCE_BATCHES)
+    removal = P.plan_removal(before, "ffn", fraction=1.0 - keep, per_layer=True, min_keep=1)
+    P.prune_ffn(student, P.select_keep(scores, removal, min_keep=1))
+    after = list(student.config.ffn)
+    sizes = (f"{before[0]} -> {after[0]}" if len(set(before)) == 1 and len(set(after)) == 1
+             else f"{before} -> {after}")
+    return f"FFN {sizes} neurons per layer (activation importance on {tokens:,} tokens)"
+
+
+def layer_multiply_adds(model: PlmModel, seq_len: int) -> int:
+    """Multiply-adds per token of the transformer layers: every projection's weights, plus, when
+    ``seq_len`` > 0, the attention's two T x T products (scores and weighted values, T = seq_len).
+    Embeddings, norms and biases are left out (small next to these and the same in any student
+    copied from the teacher)."""
+    total = 0
+    for i in range(model.config.num_layers):
+        block = model.backbone.layer(i)
+        total += sum(m.weight.numel() for part in (block.attn, block.ffn) for m in part.modules()
+                     if isinstance(m, nn.Linear))
+        total += 2 * seq_len * block.attn.n_heads * model.config.head_dim
+    return total
+
+
+def compute_share(student: PlmModel, teacher: PlmModel, seq_len: int = 0) -> float:
+    """The student's transformer compute per token as a fraction of the teacher's."""
+    return layer_multiply_adds(student, seq_len) / layer_multiply_adds(teacher, seq_len)
+
+
 def flops_per_token(student: PlmModel, teacher: PlmModel) -> float:
-    """Forward + backward of the student (6N), forward of the teacher (2N)."""
+    """Forward + backward of the student (6N), forward of the teacher (2N); N counts the
+    parameters the models have, so a pruned FFN counts at its pruned size."""
     return 6.0 * student.num_parameters() + 2.0 * teacher.num_parameters()
 
 

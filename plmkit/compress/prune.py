@@ -20,7 +20,8 @@ divided by their L2 norm (as in the paper's code) so that layers compare in a gl
 FFN neurons get the analogous first-order Taylor score |Σ a_j ∂L/∂a_j| (Molchanov et al.
 2017) through a mask on the input of fc2. The masks are forward pre-hooks, so the model code
 is untouched. ``magnitude_importance`` is the data-free alternative: the L2 norm of the
-weights a unit owns.
+weights a unit owns. ``activation_importance`` scores FFN neurons on unlabelled text (mean
+|activation| x the norm of the neuron's output weights), for a model that has no task yet.
 
 Unstructured pruning zeroes individual weights of the transformer layers' Linear matrices
 by magnitude, globally or per matrix, at once or on the cubic schedule of Zhu & Gupta 2017.
@@ -160,6 +161,44 @@ def magnitude_importance(model: PlmModel) -> Importance:
         fc1 = b.ffn.fc1.weight.float().pow(2).sum(1).view(-1, width).sum(0)   # gated: rows j and F + j
         ffns.append((fc1 + b.ffn.fc2.weight.float().pow(2).sum(0)).sqrt())
     return Importance(heads, ffns)
+
+
+@torch.no_grad()
+def activation_importance(model: PlmModel, batches: Iterable[dict[str, Tensor]],
+                          max_batches: int) -> tuple[list[Tensor], int]:
+    """Per layer [F_l]: neuron j's mean |activation| over real tokens (the input of fc2, after the
+    gate of a gated FFN) times the L2 norm of fc2's column j, i.e. how much the neuron adds to the
+    layer's output on this text. Unlabelled batches suffice (forward only, eval mode: no dropout);
+    returns the scores and the tokens they were measured on."""
+    device = next(model.parameters()).device
+    state: dict[str, Tensor] = {}
+    sums = [torch.zeros(b.ffn.fc2.in_features, device=device) for b in blocks(model)]
+
+    def hook(acc: Tensor):
+        def add(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            acc.add_(args[0].detach().float().abs()[state["keep"]].sum(0))
+        return add
+    handles = [b.ffn.fc2.register_forward_pre_hook(hook(acc)) for b, acc in zip(blocks(model), sums)]
+    was_training = model.training
+    model.eval()
+    tokens = n = 0
+    try:
+        for batch in batches:
+            if n >= max_batches:
+                break
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            mask = inputs.get("attention_mask")
+            state["keep"] = mask.bool() if mask is not None else torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+            model.backbone(**inputs)
+            tokens += int(state["keep"].sum())
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if tokens == 0:
+        raise PlmkitError("FFN activation importance got no tokens")
+    return [s / tokens * b.ffn.fc2.weight.float().norm(dim=0) for s, b in zip(sums, blocks(model))], tokens
 
 
 # ---------------------------------------------------------------- which units go

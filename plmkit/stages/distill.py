@@ -65,6 +65,9 @@ class _Options:
     student_layers: str | None = option(None, help="student = these teacher layers, e.g. 0,2,4 (copies the "
                                         "embeddings, those layers, the pooler and the task head); with --corpus "
                                         "and no student option: every third layer from 0 (a third of the compute)")
+    student_ffn: float = option(1.0, help="--corpus, a student of teacher layers: the fraction of each copied "
+                                "layer's FFN neurons it keeps, the most active on the corpus (e.g. 0.5 with "
+                                "--student-layers 0,2,4: three layers at the compute of two full ones)", gt=0, le=1)
     student_size: str | None = option(None, help="fresh student of this preset size", choices=list(BERT_PRESETS))
     student_config: str | None = option(None, help="fresh student from a JSON file of model config fields "
                                         "(hidden_size, num_layers, num_heads, intermediate_size, ...)")
@@ -225,6 +228,10 @@ def _check_request(cfg: Config) -> D.DistillSpec:
         raise PlmkitError("choose the student with exactly one of --student-layers (e.g. 0,2,4), "
                           "--student-size, --student-config or --student-model"
                           + (f" (got {len(chosen)})" if chosen else ""))
+    if cfg.student_ffn != 1.0:
+        raise PlmkitError("--student-ffn prunes a student copied from the teacher's layers for general "
+                          "distillation (--corpus); task distillation does not take it (prune the student "
+                          "afterwards: plmkit prune)")
     if cfg.student_layers is not None:
         D.parse_layers(cfg.student_layers)
     spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight,
@@ -334,6 +341,9 @@ def _check_general(cfg: Config) -> G.GeneralSpec:
     if len(chosen) > 1:
         raise PlmkitError(f"choose the student with at most one of --student-layers, --student-size, "
                           f"--student-config or --student-model (got {len(chosen)})")
+    if cfg.student_ffn != 1.0 and chosen and chosen[0] != "student_layers":
+        raise PlmkitError(f"--student-ffn prunes a student copied from the teacher's layers (--student-layers, or "
+                          f"no student option); --{chosen[0].replace('_', '-')} makes another student")
     if cfg.student_layers is not None:
         D.parse_layers(cfg.student_layers)
     spec = G.GeneralSpec(cfg.hidden_weight, cfg.relation_weight, cfg.relation_heads)
@@ -359,13 +369,21 @@ def _run_general(cfg: Config) -> int:
     student, init, layer_map = _general_student(teacher, tok, cfg)
     spec.layer_map = (D.parse_layer_map(cfg.layer_map, student.config.num_layers, teacher.config.num_layers)
                       if cfg.layer_map else layer_map)
-    module = G.GeneralDistillModule(student, teacher, spec)
+    module = G.GeneralDistillModule(student, teacher, spec)      # checks the options before the shards are built
     shard_dir = build_shards(cfg.corpus, tok, cfg.cache_dir, val_fraction=cfg.val_fraction)
     report_unknown(tok, open_shards(shard_dir, "train"), cfg.corpus)
-    source = make_batch_source("text", open_shards(shard_dir, "train"), tok, seq_len=cfg.seq_len,
-                               batch_size=cfg.batch_size, seed=cfg.seed)
+
+    def text():
+        return make_batch_source("text", open_shards(shard_dir, "train"), tok, seq_len=cfg.seq_len,
+                                 batch_size=cfg.batch_size, seed=cfg.seed)
+    if cfg.student_ffn < 1.0:       # in place (module.student); its own batches: the training source starts untouched
+        init += ", " + G.prune_student_ffn(student, cfg.student_ffn, text())
+    share = G.compute_share(student, teacher, cfg.seq_len)
+    print(f"student: {init}; {share:.3f} of the teacher's transformer compute per token at {cfg.seq_len} "
+          f"tokens ({G.compute_share(student, teacher):.3f} counting weights alone)")
+    source = text()
     print(f"distilling {cfg.teacher} ({teacher.num_parameters():,} parameters{'; ' + dropped if dropped else ''}) "
-          f"into a student of {student.num_parameters():,} parameters ({init}) on {len(cfg.corpus)} file(s): "
+          f"into a student of {student.num_parameters():,} parameters on {len(cfg.corpus)} file(s): "
           f"relations of student layer {module.pair[0]} / teacher layer {module.pair[1]} "
           f"({spec.relation_heads} heads), hidden states {spec.layer_map}")
     t0 = time.perf_counter()
@@ -380,7 +398,8 @@ def _run_general(cfg: Config) -> int:
         metrics["resumes"] = result.resumes
     student.cpu().eval()
     report = {"student": D.describe_student(student, init), "teacher_parameters": teacher.num_parameters(),
-              "general": True, "hidden_weight": spec.hidden_weight, "relation_weight": spec.relation_weight,
+              "general": True, "compute_share": round(share, 4), "hidden_weight": spec.hidden_weight,
+              "relation_weight": spec.relation_weight,
               "relation_heads": spec.relation_heads, "relation_layers": list(module.pair),
               "layer_map": {str(k): v for k, v in spec.layer_map.items()}}
     _write_output(student, tok, out, cfg, metrics, report, work)
@@ -431,7 +450,8 @@ def _general_eval(shard_dir: Path, tok: Tokenizer, cfg: Config):
 
 def _general_fingerprint(cfg: Config, teacher: PlmModel, student: PlmModel) -> dict[str, Any]:
     return {"teacher": str(Path(cfg.teacher).resolve()), "student": config_to_dict(student.config),
-            "student_init": [cfg.student_layers, cfg.student_size, cfg.student_config, cfg.student_model],
+            "student_init": [cfg.student_layers, cfg.student_size, cfg.student_config, cfg.student_model,
+                             cfg.student_ffn],
             "loss": [cfg.hidden_weight, cfg.relation_weight, cfg.relation_heads, cfg.layer_map],
             "corpus": [[str(Path(p).resolve()), Path(p).stat().st_size] for p in cfg.corpus],
             "seq_len": cfg.seq_len, "batch_size": cfg.batch_size}
