@@ -240,6 +240,7 @@ def test_student_ffn_refusals(root, capsys, tmp_path):
     assert _distill(root, out, "--max-steps", "1", "--student-ffn", "0.5", "--student-size", "tiny") == 1
     assert "--student-size makes another student" in _err(capsys)
     assert cli.main(["distill", "--teacher", str(root / "teacher"), "--task", "classify", "--train",
-                     str(root / "train.tsv"), "--out", str(out), "--student-layers", "0,3", "--student-ffn", "0.5"]) == 1
+                     str(root / "train.tsv"), "--out", str(out), "--student-layers", "0,3",
+                     "--student-ffn", "0.5"]) == 1
     assert "task distillation does not take it" in _err(capsys)
     assert not out.exists()
