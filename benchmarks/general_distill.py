@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-args", default="", help="extra distill flags, e.g. '--seq-len 64' (a candidate "
                    "default); with --tag, its student and fine-tunes get their own names")
     p.add_argument("--tag", default="", help="suffix of the student's name (e.g. -seq64)")
+    p.add_argument("--random-per-tag", action="store_true", help="a random student of this tag's own architecture "
+                   "(needed when --distill-args changes the student; otherwise the untagged one is reused)")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     if args.smoke:
@@ -122,7 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     meta = json.loads((student / "plmkit.json").read_text())
     print(f"distilled: {meta['metrics']}", file=sys.stderr)
     pre = PB.Start(f"student{args.tag}", student, "pre-trained", "general distillation of MiniLM")
-    rnd = PB.Start("student-random", PB.reinit(student, args.out / "student-random"), "random")
+    # the random student has the distilled student's architecture: a tag naming another student
+    # (--student-layers, --student-ffn) gets its own
+    name = "student-random" + (args.tag if args.random_per_tag else "")
+    rnd = PB.Start(name, PB.reinit(student, args.out / name), "random")
     mini = PB.Start("minilm", PB.minilm(), "pre-trained")
     task = PB.sst2_task(args.out / "data", 1000, args.smoke)
     work = args.out / ".finetunes" / f"e{args.epochs:g}-len{args.max_length}"
