@@ -49,11 +49,11 @@ def test_relation_kl_compares_different_widths():
 
 
 def test_default_student_and_layer_map():
-    assert G.default_student_layers(6) == [0, 3]
-    assert G.default_student_layers(12) == [0, 3, 6, 9]
-    assert G.default_student_layers(2) == [0]
+    assert G.default_student_layers(6) == [0, 2, 4]
+    assert G.default_student_layers(12) == [0, 2, 4, 6, 8, 10]
+    assert G.default_student_layers(3) == [0, 2] and G.default_student_layers(1) == [0]
     # layer k learns what the next chosen teacher layer reads; the last learns the teacher's last
-    assert G.layer_map_for([0, 3], 6) == {0: 2, 1: 5}
+    assert G.layer_map_for([0, 2, 4], 6) == {0: 1, 1: 3, 2: 5}
     assert G.layer_map_for([0, 3, 6, 9], 12) == {0: 2, 1: 5, 2: 8, 3: 11}
     assert G.relation_heads(384, 384, 12) == 12
     assert G.relation_heads(512, 768, 12) == 8       # 12 does not divide 512: the largest common divisor below
@@ -92,15 +92,16 @@ def test_student_learns_from_the_teacher_and_fine_tunes(root, capsys):
     out = root / "student"
     assert _distill(root, out, "--max-steps", "12", "--lr", "3e-3", "--eval-every", "12", "--val-fraction", "0.1") == 0
     said = capsys.readouterr().out
-    assert "teacher layers [0, 3]" in said and "its 'mlm' head is not used" in said
+    # the default student: every second layer, half of each FFN (the tiny teacher's FFN is 2x, not 4x)
+    assert "teacher layers [0, 2, 4], FFN 64 -> 32 neurons" in said and "its 'mlm' head is not used" in said
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r and "eval_loss" not in r]
     assert len(losses) == 12 and sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert {"relation_kl", "hidden_mse"} <= set(records[0])
     student = load_model(out)
-    assert (student.task, student.config.num_layers, student.config.hidden_size) == ("base", 2, 32)
+    assert (student.task, student.config.num_layers, student.config.hidden_size) == ("base", 3, 32)
     meta = json.loads((out / "plmkit.json").read_text())
-    assert meta["distillation"]["general"] and meta["distillation"]["layer_map"] == {"0": 2, "1": 5}
+    assert meta["distillation"]["general"] and meta["distillation"]["layer_map"] == {"0": 1, "1": 3, "2": 5}
     assert meta["metrics"]["steps"] == 12 and "eval_loss" in json.dumps(records)
     # the output is an ordinary pre-trained checkpoint: finetune takes it
     ft = root / "ft"

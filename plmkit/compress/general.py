@@ -41,11 +41,16 @@ RELATIONS = ("q", "k", "v")   # MiniLM v2: query-query, key-key and value-value 
 IMPORTANCE_BATCHES = 8        # corpus batches the FFN neurons of a pruned student are ranked on
 
 
+# The default student: every second teacher layer, each keeping half its FFN neurons. With the usual
+# 4x FFN that is a third of the teacher's weight compute (half the layers at 2/3 of a layer's cost),
+# the same as a third of the layers kept whole; measured on all-MiniLM-L6-v2 (benchmarks/RESULTS.md,
+# 30 minutes, 1,000 SST-2 labels) the deeper student scores 0.837 against 0.821 for layers 0 and 3.
+DEFAULT_STUDENT_FFN = 0.5
+
+
 def default_student_layers(teacher_layers: int) -> list[int]:
-    """A third of the teacher's layers (a third of its transformer compute), every s-th from 0."""
-    n = max(1, teacher_layers // 3)
-    step = teacher_layers // n
-    return [k * step for k in range(n)]
+    """Half the teacher's layers, every second from 0 (with DEFAULT_STUDENT_FFN: a third of the compute)."""
+    return list(range(0, teacher_layers, 2)) if teacher_layers > 1 else [0]
 
 
 def layer_map_for(layers: list[int], teacher_layers: int) -> dict[int, int]:

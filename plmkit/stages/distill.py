@@ -64,10 +64,11 @@ class _Options:
                                       "--hidden-weight 1")
     student_layers: str | None = option(None, help="student = these teacher layers, e.g. 0,2,4 (copies the "
                                         "embeddings, those layers, the pooler and the task head); with --corpus "
-                                        "and no student option: every third layer from 0 (a third of the compute)")
-    student_ffn: float = option(1.0, help="--corpus, a student of teacher layers: the fraction of each copied "
-                                "layer's FFN neurons it keeps, the most active on the corpus (e.g. 0.5 with "
-                                "--student-layers 0,2,4: three layers at the compute of two full ones)", gt=0, le=1)
+                                        "and no student option: every second layer from 0, with --student-ffn 0.5")
+    student_ffn: float | None = option(None, help="--corpus, a student of teacher layers: the fraction of each "
+                                       "copied layer's FFN neurons it keeps, the most active on the corpus (default: "
+                                       f"{G.DEFAULT_STUDENT_FFN:g} for the default student, half the layers at a third "
+                                       "of the compute; 1 with --student-layers)", gt=0, le=1)
     student_size: str | None = option(None, help="fresh student of this preset size", choices=list(BERT_PRESETS))
     student_config: str | None = option(None, help="fresh student from a JSON file of model config fields "
                                         "(hidden_size, num_layers, num_heads, intermediate_size, ...)")
@@ -228,7 +229,7 @@ def _check_request(cfg: Config) -> D.DistillSpec:
         raise PlmkitError("choose the student with exactly one of --student-layers (e.g. 0,2,4), "
                           "--student-size, --student-config or --student-model"
                           + (f" (got {len(chosen)})" if chosen else ""))
-    if cfg.student_ffn != 1.0:
+    if cfg.student_ffn not in (None, 1.0):
         raise PlmkitError("--student-ffn prunes a student copied from the teacher's layers for general "
                           "distillation (--corpus); task distillation does not take it (prune the student "
                           "afterwards: plmkit prune)")
@@ -341,11 +342,13 @@ def _check_general(cfg: Config) -> G.GeneralSpec:
     if len(chosen) > 1:
         raise PlmkitError(f"choose the student with at most one of --student-layers, --student-size, "
                           f"--student-config or --student-model (got {len(chosen)})")
-    if cfg.student_ffn != 1.0 and chosen and chosen[0] != "student_layers":
+    if cfg.student_ffn not in (None, 1.0) and chosen and chosen[0] != "student_layers":
         raise PlmkitError(f"--student-ffn prunes a student copied from the teacher's layers (--student-layers, or "
                           f"no student option); --{chosen[0].replace('_', '-')} makes another student")
     if cfg.student_layers is not None:
         D.parse_layers(cfg.student_layers)
+    if cfg.student_ffn is None:          # resolved here, so the recorded config says what was done
+        cfg.student_ffn = 1.0 if chosen else G.DEFAULT_STUDENT_FFN
     spec = G.GeneralSpec(cfg.hidden_weight, cfg.relation_weight, cfg.relation_heads)
     spec.check()
     check_args(pick(TrainArgs, cfg))
