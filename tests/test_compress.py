@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -287,6 +288,26 @@ def test_a_killed_compress_run_resumes_where_it_stopped(teacher, monkeypatch):
     steps = {s["step"]: s for s in read_json(teacher / "resumed" / "compress.json")["steps"]}
     assert steps["student-h1-a0"]["cached"] and steps["pruned-h0.5-f0.5"]["cached"]
     assert not steps["pruned-h0.75-f0.75"]["cached"]
+
+
+def test_a_teacher_trained_on_the_dev_slice_is_said_and_recorded(teacher, monkeypatch, capsys):
+    """A teacher that plmkit fine-tuned on --train has seen the carved dev slice: compress says so and
+    records it; with --eval (data it never saw) it does not."""
+    from plmkit.stages import bench
+
+    root = teacher / "seen"
+    root.mkdir()
+    shutil.copy(teacher / "train.tsv", root / "train.tsv")
+    shutil.copytree(teacher / "teacher", root / "teacher")
+    meta = read_json(root / "teacher" / "plmkit.json")
+    write_json(root / "teacher" / "plmkit.json", {**meta, "config": {"train": str(root / "train.tsv")}})
+    monkeypatch.setattr(bench, "run", fake_bench([]))
+    assert compress(root, "small", "--work", str(root / "work")) == 0
+    assert "has seen the dev slice" in capsys.readouterr().out
+    assert read_json(root / "small" / "compress.json")["dev"]["teacher_saw_dev"] is True
+    assert compress(root, "given-eval", "--work", str(root / "work2"), "--eval", str(teacher / "train.tsv")) == 0
+    assert "has seen the dev slice" not in capsys.readouterr().out
+    assert read_json(root / "given-eval" / "compress.json")["dev"]["teacher_saw_dev"] is False
 
 
 @pytest.mark.parametrize("extra, message", [
