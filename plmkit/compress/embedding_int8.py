@@ -57,9 +57,9 @@ def _lookup_tables(graph: onnx.GraphProto, min_rows: int) -> dict[str, onnx.Tens
     readers = _readers(graph)
     lookups: Counter[str] = Counter()
     for node in graph.node:
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if node.op_type == "Gather" and node.input[0] in weights and axis == 0:
-            lookups[node.input[0]] += 1
+        if node.op_type == "Gather" and node.input[0] in weights:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            lookups[node.input[0]] += axis == 0
     return {name: weights[name] for name, n in lookups.items()
             if n == readers[name] and weights[name].data_type == TensorProto.FLOAT
             and len(weights[name].dims) == 2 and weights[name].dims[0] >= min_rows and weights[name].dims[1] > 0}
