@@ -42,9 +42,9 @@ def _onnxruntime(fp32: Path, int8: Path, work: Path, reader: Any, settings: Mapp
     from .quantize import QuantOptions, quantize_file
 
     options = QuantOptions(**{f.name: settings[f.name] for f in fields(QuantOptions)})
-    quantize_file(fp32, int8, method, work, reader, options)
+    tables = quantize_file(fp32, int8, method, work, reader, options)
     return {"engine": "onnxruntime", "method": method, "weights": "qint8", **to_dict(options),
-            "format": "QDQ" if method == "static" else "QOperator"}
+            "int8_tables": tables, "format": "QDQ" if method == "static" else "QOperator"}
 
 
 def _openvino(fp32: Path, int8: Path, work: Path, reader: Any, settings: Mapping[str, Any]) -> dict[str, Any]:

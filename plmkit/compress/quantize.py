@@ -9,7 +9,9 @@ static:  weights INT8 and activation ranges fixed from calibration batches
 Only MatMul / Gemm are quantized, and in static mode only those with a constant weight
 (``MatMulConstBOnly``): the attention score matmuls, the additive padding mask (float32
 min) and Softmax stay in float, since one INT8 range cannot hold both -3.4e38 and the
-scores. Embedding tables stay fp32 too: a lookup costs no arithmetic.
+scores. Embedding tables are stored as int8 with one scale per row after either method
+(``embeddings``, compress/embedding_int8.py): the lookup costs no arithmetic, but in a small model
+the float word table is most of the file.
 Before quantizing, ORT's ``quant_pre_process`` (symbolic shape inference + graph
 optimisation) runs, as ORT recommends, so more MatMuls are seen with known shapes.
 Dynamic activation ranges (``activation_ranges``):
@@ -48,6 +50,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..models.onnx_model import ort_errors
+from .embedding_int8 import quantize_embeddings
 from .token_int8 import quantize_per_token
 
 QUANT_OPS = ["MatMul", "Gemm"]
@@ -61,6 +64,7 @@ CALIBRATE_METHODS: dict[str, CalibrationMethod] = {
 }
 ACTIVATION_TYPES: dict[str, QuantType] = {"quint8": QuantType.QUInt8, "qint8": QuantType.QInt8}
 ACTIVATION_RANGES = ("token", "tensor")   # dynamic: one activation range per token row / per tensor
+EMBEDDINGS = ("int8", "fp32")             # lookup tables: int8 rows with a scale each, or left float
 
 
 class FeatureReader(CalibrationDataReader):
@@ -125,6 +129,7 @@ class QuantOptions:
     calibrate_method: str = "minmax"     # static only
     fuse: bool = True                    # dynamic, encoders only: ORT's BERT fusions first
     activation_ranges: str = "token"     # dynamic: "token" (batch-invariant) or "tensor" (ORT's)
+    embeddings: str = "int8"             # either method: lookup tables as int8 rows ("fp32": left float)
 
 
 def is_encoder_graph(file: Path) -> bool:
@@ -195,14 +200,27 @@ def quantize_static_file(src: Path, dst: Path, reader: FeatureReader | None, o: 
 METHODS = {"dynamic": quantize_dynamic_file, "static": quantize_static_file}
 
 
+def quantize_embedding_file(file: Path) -> list[str]:
+    """Store ``file``'s embedding tables as int8 (in place); returns the tables' names."""
+    model, tables = quantize_embeddings(onnx.load(str(file)))
+    if tables:
+        onnx.save(model, str(file))
+    return tables
+
+
 def quantize_file(src: Path, dst: Path, method: str, work: Path, reader: FeatureReader | None = None,
-                  options: QuantOptions | None = None) -> None:
-    """Pre-process ``src`` into ``work``, then quantize it into ``dst`` with ``method``."""
+                  options: QuantOptions | None = None) -> list[str]:
+    """Pre-process ``src`` into ``work``, then quantize it into ``dst`` with ``method``.
+    Returns the embedding tables stored as int8 (none with ``embeddings="fp32"``)."""
+    o = options or QuantOptions()
     if method not in METHODS:
         raise PlmkitError(f"unknown quantization method '{method}' (choose {', '.join(METHODS)})")
+    if o.embeddings not in EMBEDDINGS:
+        raise PlmkitError(f"unknown embeddings setting '{o.embeddings}' (choose {', '.join(EMBEDDINGS)})")
     pre = work / "model.pre.onnx"
     try:
         preprocess(src, pre)
-        METHODS[method](pre, dst, reader, options or QuantOptions())
+        METHODS[method](pre, dst, reader, o)
     except ort_errors() as e:
         raise PlmkitError(f"{src}: ONNX Runtime failed while quantizing ({str(e).splitlines()[0][:200]})") from None
+    return quantize_embedding_file(dst) if o.embeddings == "int8" else []

@@ -59,6 +59,9 @@ class Config:
                                     "depend on the batch) or per tensor (ONNX Runtime's quantize_dynamic: "
                                     "padding and the other examples of a batch change a prediction)",
                                     choices=["token", "tensor"])
+    embeddings: str = option("int8", help="onnxruntime: embedding tables (word, position) stored as int8 with "
+                             "one scale per row, a quarter of their fp32 bytes; fp32 leaves them float",
+                             choices=["int8", "fp32"])
     task: str | None = option(None, help="task, for checkpoints that do not record it", choices=list(TASKS))
     batch_size: int = option(32, help="examples per calibration batch (accuracy is measured in batches "
                              "of 64, as plmkit evaluate and bench do)", ge=1)
