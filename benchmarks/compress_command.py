@@ -4,6 +4,7 @@
     python benchmarks/compress_command.py --task ner --no-peers
     python benchmarks/compress_command.py --quick --no-peers     # tiny settings: checks the wiring only
     python benchmarks/compress_command.py --teacher bench_out/sst2/teacher --task classify
+    python benchmarks/compress_command.py --task classify --eval-dev   # --eval: a dev slice the teacher never saw
 
 The teacher is all-MiniLM-L6-v2 fine-tuned exactly as ``compress_sst2.py`` does it (``--teacher DIR``
 takes one already made). Then one command, with its defaults: ``plmkit compress --model TEACHER
@@ -31,7 +32,7 @@ VARIANTS = {"default": [], "tight": ["--max-drop", "0.3"], "speed": ["--target-s
 BUDGET = {"classify": 1.0, "ner": 1.5}
 
 
-def build(task: str, work: Path, train: Path, a: argparse.Namespace) -> dict[str, Path]:
+def build(task: str, work: Path, train: Path, a: argparse.Namespace, dev: Path | None = None) -> dict[str, Path]:
     steps, p = Steps(work), TASKS[task]
     teacher = Path(a.teacher) if a.teacher else work / "teacher"
     if not a.teacher:
@@ -42,6 +43,7 @@ def build(task: str, work: Path, train: Path, a: argparse.Namespace) -> dict[str
     quick = ["--distill-epochs", "1", "--recover-steps", "10", "--resolution", "10", "--repeats", "1",
              "--latency-examples", "20"] if a.quick else []
     out = {"teacher": teacher}
+    quick += ["--eval", str(dev)] if dev else []
     for name, extra in VARIANTS.items():
         out[name] = work / f"compressed-{name}"
         steps.run(f"compress {name}", out[name], [
@@ -82,13 +84,18 @@ def goals(task: str, result: dict, models: dict[str, Path]) -> list[tuple[str, b
 
 
 def run_task(task: str, a: argparse.Namespace) -> None:
-    work = OUT / (("sst2" if task == "classify" else "conll2003") + "-compress" + ("-quick" if a.quick else ""))
+    work = OUT / (("sst2" if task == "classify" else "conll2003") + "-compress" + ("-eval" if a.eval_dev else "")
+                  + ("-quick" if a.quick else ""))
     work.mkdir(parents=True, exist_ok=True)
     p = TASKS[task]
     n = 300 if a.quick else p["train_n"]
     train, held = (sst2_slices(work, n, (60_000, 60_200) if a.quick else p["held"]) if task == "classify"
                    else conll_slices(work, 200 if a.quick else n, 100 if a.quick else p["held_n"]))
-    models = build(task, work, train, a)
+    dev = None
+    if a.eval_dev:      # SST-2 sentences 62,000-64,000 (compress_sst2.py's dev slice): no step trains on them
+        (work / "dev").mkdir(exist_ok=True)
+        dev = sst2_slices(work / "dev", 0, (62_000, 62_200) if a.quick else (62_000, 64_000))[1]
+    models = build(task, work, train, a, dev)
     result = measure(task, models, train, held, work, a)
     met = goals(task, result, models)
     lines = ["| goal | met | measured |", "|---|---|---|"] + [f"| {g} | {'yes' if ok else '**no**'} | {v} |"
@@ -109,8 +116,12 @@ def main() -> int:
     ap.add_argument("--teacher", default=None, help="a fine-tuned teacher to use instead of fine-tuning one")
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                     help="bench the OpenVINO peer's INT8 teacher (SST-2; needs benchmarks/peers_env.py)")
+    ap.add_argument("--eval-dev", action="store_true", help="SST-2: pass compress --eval with a dev slice the "
+                    "teacher never saw (sentences 62,000-64,000) instead of letting it carve one from --train")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (default: .peers-venv)")
     a = ap.parse_args()
+    if a.eval_dev and a.task != "classify":
+        ap.error("--eval-dev is for --task classify (SST-2)")
     if a.peers and a.task != "ner" and not peers_ready(a.peer_python):
         return 1
     need = {"classify": DATA / "sst2" / "train.tsv", "ner": DATA / "conll2003" / "train.txt"}
