@@ -92,9 +92,9 @@ def run_task(task: str, a: argparse.Namespace) -> None:
     train, held = (sst2_slices(work, n, (60_000, 60_200) if a.quick else p["held"]) if task == "classify"
                    else conll_slices(work, 200 if a.quick else n, 100 if a.quick else p["held_n"]))
     dev = None
-    if a.eval_dev:      # SST-2 sentences 62,000-64,000 (compress_sst2.py's dev slice): no step trains on them
+    if a.eval_dev:      # SST-2 sentences 62,000-66,000 (compress_sst2.py's dev slice): no step trains on them
         (work / "dev").mkdir(exist_ok=True)
-        dev = sst2_slices(work / "dev", 0, (62_000, 62_200) if a.quick else (62_000, 64_000))[1]
+        dev = sst2_slices(work / "dev", 0, (62_000, 62_200) if a.quick else (62_000, 66_000))[1]
     models = build(task, work, train, a, dev)
     result = measure(task, models, train, held, work, a)
     met = goals(task, result, models)
@@ -117,7 +117,7 @@ def main() -> int:
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                     help="bench the OpenVINO peer's INT8 teacher (SST-2; needs benchmarks/peers_env.py)")
     ap.add_argument("--eval-dev", action="store_true", help="SST-2: pass compress --eval with a dev slice the "
-                    "teacher never saw (sentences 62,000-64,000) instead of letting it carve one from --train")
+                    "teacher never saw (sentences 62,000-66,000) instead of letting it carve one from --train")
     ap.add_argument("--peer-python", default=None, help="python of the peers' environment (default: .peers-venv)")
     a = ap.parse_args()
     if a.eval_dev and a.task != "classify":
