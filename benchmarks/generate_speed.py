@@ -129,25 +129,29 @@ def measure(side: str, model: Path, batch: int, length: int, new: int, dtype: st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def arm_label(arm: tuple[str, str]) -> str:
+Arm = tuple[str, str]       # (side, --weights)
+
+
+def arm_label(arm: Arm) -> str:
     side, weights = arm
     return side if weights == "fp32" else f"{side} --weights {weights}"
 
 
-def speed_tables(model: Path, arms: list[tuple[str, str]], runs: int, length: int, new: int,
-                 dtype: str) -> dict[tuple[str, str], float]:
-    """The transformers-vs-plmkit table (and one for the --weights arms); returns batch-1 tokens/s per arm."""
-    base = arms[:2]
-    extra = [f"\n| batch | plmkit arm | tok/s | vs plmkit | rows with plmkit's tokens |\n|---|---|---|---|---|"]
+def speed_tables(model: Path, arms: list[Arm], runs: int, length: int, new: int,
+                 dtype: str) -> tuple[dict[Arm, float], dict[Arm, int]]:
+    """The transformers-vs-plmkit table (and one for the --weights arms); returns each arm's batch-1
+    tokens/s and bytes of weights read per step."""
+    t, p = arms[:2]                      # the transformers and plmkit fp32 arms
+    extra = ["\n| batch | plmkit arm | tok/s | vs plmkit | rows with plmkit's tokens |\n|---|---|---|---|---|"]
     print("| batch | transformers tok/s | plmkit tok/s | speed-up | same tokens |\n|---|---|---|---|---|")
-    batch1: dict[tuple[str, str], float] = {}
+    batch1: dict[Arm, float] = {}
+    read: dict[Arm, int] = {}
     for batch in (1, 8):
-        res: dict[tuple[str, str], list[dict]] = {a: [] for a in arms}
+        res: dict[Arm, list[dict]] = {a: [] for a in arms}
         for i in range(runs):
             for arm in (arms if i % 2 == 0 else arms[::-1]):
                 res[arm].append(measure(arm[0], model, batch, length, new, dtype, arm[1]))
         tps = {a: statistics.median(r["tokens_per_s"] for r in res[a]) for a in arms}
-        t, p = base
         same = res[p][0]["digest"] == res[t][0]["digest"]
         print(f"| {batch} | {tps[t]:.1f} | {tps[p]:.1f} | {tps[p] / tps[t]:.2f}x | {'yes' if same else 'no'} |",
               flush=True)
@@ -156,13 +160,14 @@ def speed_tables(model: Path, arms: list[tuple[str, str]], runs: int, length: in
             extra.append(f"| {batch} | {arm_label(arm)} | {tps[arm]:.1f} | {tps[arm] / tps[p]:.2f}x | "
                          f"{rows}/{batch} |")
         if batch == 1:
-            batch1 = {a: tps[a] for a in arms} | {("bytes",) + a: res[a][0]["weight_bytes"] for a in arms}
+            batch1 = {a: tps[a] for a in arms}
+            read = {a: res[a][0]["weight_bytes"] for a in arms}
     if len(arms) > 2:
         print("\n".join(extra), flush=True)
-    return batch1
+    return batch1, read
 
 
-def roofline(batch1: dict, arms: list[tuple[str, str]], size_mib: int) -> None:
+def roofline(batch1: dict[Arm, float], read: dict[Arm, int], arms: list[Arm], size_mib: int) -> None:
     """Batch-1 tokens/s against what the read bandwidth allows for the bytes of weights a step reads."""
     from membw import bandwidth
 
@@ -171,10 +176,9 @@ def roofline(batch1: dict, arms: list[tuple[str, str]], size_mib: int) -> None:
           f"{bw['read_gbs']:.1f} GB/s (copy: {bw['copy_gbs']:.1f} GB/s read + write)\n")
     print("| batch 1 | weight MiB read per token | roofline tok/s | tok/s | share of the roofline |\n"
           "|---|---|---|---|---|")
-    for arm in arms[1:]:
-        read = batch1[("bytes",) + arm]
-        top = bw["read_gbs"] * 1e9 / read
-        print(f"| {arm_label(arm)} | {read / 2**20:.1f} | {top:.1f} | {batch1[arm]:.1f} | "
+    for arm in arms[1:]:                # the plmkit arms: transformers reads the same bytes as plmkit fp32
+        top = bw["read_gbs"] * 1e9 / read[arm]
+        print(f"| {arm_label(arm)} | {read[arm] / 2**20:.1f} | {top:.1f} | {batch1[arm]:.1f} | "
               f"{batch1[arm] / top:.0%} |", flush=True)
 
 
@@ -201,13 +205,13 @@ def main() -> None:
     arms = [(side, "fp32") for side in SIDES] + [("plmkit", w) for w in args.weights]
     with tempfile.TemporaryDirectory(prefix="plmkit-gen-bench-") as tmp:
         model = make_model(Path(tmp), shape)
-        batch1 = speed_tables(model, arms, runs, length, new, args.dtype)
+        batch1, read = speed_tables(model, arms, runs, length, new, args.dtype)
         print(f"\n| {context}-token context, batch 1 | peak MiB | growth over the loaded model MiB |\n|---|---|---|")
         for arm in arms:
             r = measure(arm[0], model, 1, context - new, new, args.dtype, arm[1])
             print(f"| {arm_label(arm)} | {r['peak_mb']:.0f} | {r['peak_mb'] - r['loaded_mb']:.0f} |", flush=True)
     if membw:
-        roofline(batch1, arms, membw)
+        roofline(batch1, read, arms, membw)
 
 
 if __name__ == "__main__":
