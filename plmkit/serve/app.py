@@ -413,5 +413,5 @@ def app_from_env() -> FastAPI:
 
     cfg = json.loads(os.environ[ENV_CONFIG])
     torch.set_num_threads(cfg["threads"])
-    served = ServedModel(cfg["model"], cfg["backend"], cfg["precision"])
+    served = ServedModel(cfg["model"], cfg["backend"], cfg["precision"], cfg["weights"])
     return create_app(served, Limits(**cfg["limits"]))

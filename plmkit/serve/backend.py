@@ -36,6 +36,8 @@ from ..eval.metrics import get_entities
 from ..loading import load, peek
 from ..models.generate import MIN_TEMPERATURE, generate
 from ..models.heads import ModelOutput
+from ..models.weight_int8 import DEFAULT as WEIGHTS_DEFAULT
+from ..models.weight_int8 import WEIGHTS, use_weights
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import PRECISIONS, autocast, resolve
 from ..tasks import TASKS, TaskSpec, prep_of
@@ -71,12 +73,16 @@ class TorchBackend:
     name = "torch"
     formats = ("plmkit", "huggingface", "adapter")
 
-    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT):
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT, weights: str = WEIGHTS_DEFAULT):
         self.precision = resolve(precision, "cpu")     # what runs (bf16 or fp32); refused here if impossible
         model = load(path, needs_torch="the torch backend (--backend torch)")
         if model.config.tied_lm_head and model.task == "base":
             model = load(path, task="clm")                # a bare GPT-2: its LM head is tied, nothing new
-        self.model = model.eval()
+        if weights != WEIGHTS_DEFAULT and not model.can_generate:
+            # measured for decoding only (batch-1 steps read every weight); other endpoints keep the checkpoint's
+            raise PlmkitError(f"--weights {weights} is for a decoder (GPT) language model; {path} is a "
+                              f"'{model.task}' {model.family} model")
+        self.model = use_weights(model, weights)
         self.can_embed = model.config.can_embed
         self.can_generate = model.can_generate
 
@@ -113,9 +119,13 @@ class GraphBackend:
     (task 'base', output last_hidden_state); generation needs the KV cache, so torch.
     """
 
-    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT, *, name: str, fmt: str):
+    def __init__(self, path: Path, precision: str = PRECISION_DEFAULT, weights: str = WEIGHTS_DEFAULT, *,
+                 name: str, fmt: str):
         # precision: the export's own (fp32 or int8), whatever was asked for the torch backend
         self.name, self.formats = name, (fmt,)
+        if weights != WEIGHTS_DEFAULT:
+            raise PlmkitError(f"--weights {weights} is for a decoder on the torch backend; the {name} backend "
+                              "runs the export's own weights")
         if peek(path).format != fmt:
             raise PlmkitError(f"{path}: the {name} backend needs {GRAPHS[fmt]}; use --backend torch "
                               "for a checkpoint")
@@ -135,7 +145,7 @@ class GraphBackend:
 
 
 # --backend name -> (the directory formats it runs, how to make it)
-BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Path, str], Backend]]] = {
+BACKENDS: dict[str, tuple[tuple[str, ...], Callable[[Path, str, str], Backend]]] = {
     "torch": (TorchBackend.formats, TorchBackend),
     "onnxruntime": (("onnx",), functools.partial(GraphBackend, name="onnxruntime", fmt="onnx")),
     "openvino": (("openvino",), functools.partial(GraphBackend, name="openvino", fmt="openvino")),
@@ -154,7 +164,8 @@ class Item:
 class ServedModel:
     """A checkpoint loaded for serving. ``supports(endpoint)`` is None or the reason it cannot."""
 
-    def __init__(self, path: str | Path, backend: str | None = None, precision: str = PRECISION_DEFAULT):
+    def __init__(self, path: str | Path, backend: str | None = None, precision: str = PRECISION_DEFAULT,
+                 weights: str = WEIGHTS_DEFAULT):
         self.path = Path(path)
         if backend is None:              # the directory decides: an ONNX export runs on onnxruntime
             fmt = peek(self.path).format
@@ -163,7 +174,10 @@ class ServedModel:
             raise PlmkitError(f"unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
         if precision not in PRECISIONS:
             raise PlmkitError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
-        self.backend = BACKENDS[backend][1](self.path, precision)
+        if weights not in WEIGHTS:
+            raise PlmkitError(f"unknown weights '{weights}' (known: {', '.join(WEIGHTS)})")
+        self.backend = BACKENDS[backend][1](self.path, precision, weights)
+        self.weights = weights
         model = self.backend.model
         self.task, self.family, self.head_config = model.task, model.family, model.head_config
         self.labels: list[str] = list(model.head_config.get("labels") or [])
@@ -200,7 +214,8 @@ class ServedModel:
 
     def info(self) -> dict[str, Any]:
         return {"model": str(self.path), "task": self.task, "family": self.family, "labels": self.labels or None,
-                "backend": self.backend.name, "precision": self.backend.precision, "max_length": self.max_length, "endpoints": self.endpoints()}
+                "backend": self.backend.name, "precision": self.backend.precision, "weights": self.weights,
+                "max_length": self.max_length, "endpoints": self.endpoints()}
 
     # -- per request (on the model thread, see serve/batcher.py): check and tokenise -----
 

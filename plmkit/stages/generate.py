@@ -10,6 +10,9 @@ from ..config import option
 from ..errors import PlmkitError, a_or_an
 from ..loading import load
 from ..models.generate import generate
+from ..models.weight_int8 import DEFAULT as WEIGHTS_DEFAULT
+from ..models.weight_int8 import HELP as WEIGHTS_HELP
+from ..models.weight_int8 import WEIGHTS, use_weights
 from ..tokenizer import load_tokenizer
 from ..tokenizer.chat import encode_prompt, end_ids
 
@@ -24,6 +27,7 @@ class Config:
     top_k: int | None = option(None, help="sample among the k most likely tokens", ge=1)
     top_p: float | None = option(None, help="nucleus sampling mass", gt=0, le=1)
     seed: int = option(0, help="random seed")
+    weights: str = option(WEIGHTS_DEFAULT, help=WEIGHTS_HELP, choices=list(WEIGHTS))
     no_cache: bool = option(False, help="recompute every position (slow; for checking the cache)")
     chat: bool = option(False, help="send the prompt as a user message through the model's chat template "
                         "and print only the answer")
@@ -34,6 +38,7 @@ def run(cfg: Config) -> int:
     if not model.config.can_generate:
         raise PlmkitError(f"{cfg.model}: generate needs a decoder (GPT) model, "
                           f"this one is {a_or_an(model.family)}")
+    use_weights(model, cfg.weights)
     tok = load_tokenizer(cfg.model)
     # BOS when the tokenizer adds one (Llama); with --chat, the template's rendering of one user turn
     turn = [{"role": "user", "content": cfg.prompt}]

@@ -20,6 +20,9 @@ from typing import Any, Iterator
 
 from ..config import option
 from ..errors import PlmkitError
+from ..models.weight_int8 import DEFAULT as WEIGHTS_DEFAULT
+from ..models.weight_int8 import HELP as WEIGHTS_HELP
+from ..models.weight_int8 import WEIGHTS
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS
@@ -34,6 +37,8 @@ class Config:
                                  choices=["torch", "onnxruntime", "openvino"])
     precision: str = option(PRECISION_DEFAULT, help="torch backend (as predict): " + PRECISION_HELP,
                             choices=PRECISIONS)
+    weights: str = option(WEIGHTS_DEFAULT, help="a decoder on the torch backend (as generate): " + WEIGHTS_HELP,
+                          choices=list(WEIGHTS))
     host: str = option("127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
     port: int = option(8080, help="TCP port", ge=1, le=65535)
     max_batch: int = option(32, help="most texts per model call", ge=1)
@@ -82,7 +87,8 @@ def run(cfg: Config) -> int:
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // cfg.workers - 1)
     torch.set_num_threads(threads)
     limits = Limits(cfg.max_batch, cfg.max_wait_ms, cfg.max_body_bytes, cfg.max_texts, cfg.max_chars, cfg.timeout_s)
-    served = ServedModel(cfg.model, cfg.backend, cfg.precision)   # fails here on a bad checkpoint, before binding
+    # fails here on a bad checkpoint, before binding
+    served = ServedModel(cfg.model, cfg.backend, cfg.precision, cfg.weights)
     check_port(cfg.host, cfg.port)
     print(f"serving {cfg.model} ({served.task}, {served.family}, {served.backend.name}, {threads} threads) on "
           f"http://{cfg.host}:{cfg.port}  endpoints: {', '.join(served.endpoints()) or 'none'}", flush=True)
@@ -94,7 +100,8 @@ def run(cfg: Config) -> int:
         else:
             del served                                   # each worker process loads its own copy
             os.environ[ENV_CONFIG] = json.dumps({"model": cfg.model, "backend": cfg.backend,
-                                                 "precision": cfg.precision, "threads": threads,
+                                                 "precision": cfg.precision, "weights": cfg.weights,
+                                                 "threads": threads,
                                                  "limits": asdict(limits)})
             uvicorn.run("plmkit.serve.app:app_from_env", factory=True, workers=cfg.workers, **common)
     return 0
