@@ -92,7 +92,8 @@ def run_task(task: str, a: argparse.Namespace) -> None:
     train, held = (sst2_slices(work, n, (60_000, 60_200) if a.quick else p["held"]) if task == "classify"
                    else conll_slices(work, 200 if a.quick else n, 100 if a.quick else p["held_n"]))
     dev = None
-    if a.eval_dev:      # SST-2 sentences 62,000-66,000 (compress_sst2.py's dev slice): no step trains on them
+    # SST-2 sentences 62,000-66,000, unseen by every step (compress_sst2.py's 2,000 are too few for the dev-size rule)
+    if a.eval_dev:
         (work / "dev").mkdir(exist_ok=True)
         dev = sst2_slices(work / "dev", 0, (62_000, 62_200) if a.quick else (62_000, 66_000))[1]
     models = build(task, work, train, a, dev)

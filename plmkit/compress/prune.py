@@ -44,6 +44,7 @@ from torch.nn.utils import parametrize
 from ..errors import PlmkitError
 from ..models.layers import linear
 from ..models.model import PlmModel
+from ..tokenizer import INPUT_KEYS
 
 # ---------------------------------------------------------------- structure access
 
@@ -186,7 +187,7 @@ def activation_importance(model: PlmModel, batches: Iterable[dict[str, Tensor]],
         for batch in batches:
             if n >= max_batches:
                 break
-            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            inputs = {k: batch[k].to(device) for k in INPUT_KEYS if k in batch}
             mask = inputs.get("attention_mask")
             state["keep"] = mask.bool() if mask is not None else torch.ones_like(inputs["input_ids"], dtype=torch.bool)
             model.backbone(**inputs)

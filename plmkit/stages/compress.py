@@ -46,6 +46,7 @@ from ..data.split import sample_dev, split_lines, split_squad
 from ..errors import PlmkitError
 from ..eval.metrics import get_entities
 from ..io import atomic_dir, atomic_write_text, check_out_dir, read_json, write_json
+from ..models.checkpoint import read_meta
 from ..models.config import BERT_PRESETS
 from ..report.collect import collect
 from ..report.html import render
@@ -251,8 +252,7 @@ def _teacher_saw(cfg: Config) -> bool:
     compress): 0.925 on such a slice vs 0.896 on unseen sentences. Re-running the teacher's recipe
     without the slice as the reference was tried and over-corrects (the students, distilled from the
     teacher that saw the slice, inherit part of it), so this is reported, not corrected."""
-    meta_file = Path(cfg.model) / "plmkit.json"
-    meta = read_json(meta_file) if cfg.eval is None and meta_file.is_file() else {}
+    meta = read_meta(cfg.model) if cfg.eval is None else {}
     seen = (meta.get("config") or {}).get("train")
     if meta.get("stage") != "finetune" or not seen or not Path(seen).is_file():
         return False
