@@ -4,6 +4,7 @@
     model = load("runs/base", task="classify", head_config={"num_labels": 2, ...})  # fresh head
     model = load(path, needs_torch="generation")       # an ONNX export is refused, saying why
     saved = peek(path)                                 # format, task, head_config; nothing loaded
+    fp32 = load_fp32(path)                             # what quantize starts from: PyTorch, or an fp32 graph
     model_config(saved)                                # family, sizes; nothing loaded
     info = describe(path)                              # what ``plmkit info`` prints
 
@@ -32,9 +33,9 @@ from torch import nn
 from .adapters.checkpoint import attach, is_adapter, kept_structure, parent_dir, restore_structure
 from .errors import PlmkitError
 from .models import hf
-from .models.checkpoint import load_model, read_meta, read_model_config
+from .models.checkpoint import config_json, load_model, read_meta, read_model_config
 from .models.config import ModelConfig, config_from_dict
-from .models.onnx_model import GRAPH_FILES, graph_format, load_onnx_dir
+from .models.onnx_model import GRAPH_FILES, ONNX_FILE, graph_format, load_onnx_dir
 
 EXPORTS = {"onnx": "ONNX export", "openvino": "OpenVINO export"}      # graph formats, as messages name them
 
@@ -124,6 +125,29 @@ def _load_checkpoint(saved: Saved, task: str | None, head_config: dict[str, Any]
 LOADERS: dict[str, Callable[..., nn.Module]] = {
     "onnx": _load_onnx, "openvino": _load_onnx, "adapter": _load_adapter, "plmkit": _load_checkpoint,
     "huggingface": _load_checkpoint}
+
+
+@dataclass
+class Fp32:
+    """An fp32 model to quantize: PyTorch weights (``model``, exported first) or an fp32 graph (``graph``)."""
+    path: Path
+    config: dict[str, Any]              # plmkit config.json (task, head_config, model), as an export of it holds
+    model: nn.Module | None = None      # PlmModel of a checkpoint, an HF directory or an adapter
+    graph: Path | None = None           # model.onnx of an fp32 ONNX export
+
+
+def load_fp32(path: str | Path) -> Fp32:
+    """The fp32 model in ``path``: an fp32 graph directory as it is (an INT8 one is refused, naming the
+    model it came from), else the PyTorch model ``load`` gives."""
+    saved = peek(path)
+    if saved.format in GRAPH_FILES:
+        precision = saved.meta.get("precision")
+        if precision != "fp32":
+            raise PlmkitError(f"{saved.path}: already quantized (precision {precision}); "
+                              f"quantize the fp32 model it came from ({saved.meta.get('parent')})")
+        return Fp32(saved.path, saved.config, graph=saved.path / ONNX_FILE)
+    model = load(saved.path)
+    return Fp32(saved.path, config_json(model), model=model)
 
 
 def describe(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 
 from plmkit import cli
 from plmkit.errors import PlmkitError
-from plmkit.loading import LOADERS, describe, load, peek
+from plmkit.loading import LOADERS, describe, load, load_fp32, peek
 from plmkit.models.checkpoint import export_hf, save_checkpoint
 from plmkit.models.model import PlmModel
 
@@ -68,6 +68,20 @@ def test_an_onnx_export_is_refused_where_pytorch_is_needed(tmp_path):
         load(onnx, needs_torch="generation")
     with pytest.raises(PlmkitError, match="its head is part of the graph and cannot become a 'token' head"):
         load(onnx, task="token")
+
+
+def test_load_fp32_takes_pytorch_or_an_fp32_graph_and_refuses_an_int8_one(tmp_path, tiny_encoder_cfg):
+    model = PlmModel(tiny_encoder_cfg, "classify", LABELS)
+    ck = load_fp32(save_checkpoint(model, tmp_path / "ck"))
+    assert ck.graph is None and ck.model.task == "classify"
+    assert ck.config == json.loads((tmp_path / "ck" / "config.json").read_text())    # what an export writes
+    int8 = _fake_onnx(tmp_path / "onnx")
+    with pytest.raises(PlmkitError, match=r"already quantized \(precision int8\); quantize the fp32 model it "
+                                          r"came from \(/runs/sst2\)"):
+        load_fp32(int8)
+    (int8 / "plmkit.json").write_text(json.dumps({"format": "onnx", "precision": "fp32"}))
+    fp32 = load_fp32(int8)
+    assert (fp32.model, fp32.graph, fp32.config["task"]) == (None, int8 / "model.onnx", "classify")
 
 
 def test_generate_on_an_onnx_export_says_it_needs_the_pytorch_checkpoint(tmp_path, capsys):

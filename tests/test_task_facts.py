@@ -8,7 +8,7 @@ import pytest
 from plmkit.data.qa import best_span, postprocess_qa
 from plmkit.data.readers import QAExample
 from plmkit.errors import PlmkitError
-from plmkit.tasks import BENCH_TASKS, TASKS, selection_metric, task_of
+from plmkit.tasks import BENCH_TASKS, TASKS, selection_metric, task_and_prep, task_of
 
 
 def test_task_facts_replace_the_name_lists():
@@ -27,6 +27,15 @@ def test_one_resolver_names_the_task_of_a_directory():
         task_of("m", "classify", {"finetune_task": "classify"}, "ner")
     with pytest.raises(PlmkitError, match="unknown task 'nope'"):
         task_of("m", "classify", {"finetune_task": "nope"})
+
+
+def test_a_model_taken_with_its_head_serves_its_task_within_its_positions():
+    config = {"task": "classify", "head_config": {"finetune_task": "classify"}, "model": {"max_position": 64}}
+    task, prep = task_and_prep("m", config)
+    assert task is TASKS["classify"] and prep.max_length == 64               # never beyond the position table
+    assert task_and_prep("m", {**config, "task": "mlm", "head_config": {}})[0] is None     # pre-trained: no task
+    with pytest.raises(PlmkitError, match="a 'mlm' model cannot do task 'ner'"):
+        task_and_prep("m", {**config, "task": "mlm", "head_config": {}}, "ner")
 
 
 def test_best_span_is_the_span_postprocess_qa_picks():

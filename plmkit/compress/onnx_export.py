@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..errors import PlmkitError
 from ..io import atomic_dir, write_json
-from ..models.config import config_to_dict
+from ..models.checkpoint import write_config
 from ..models.model import PlmModel
 from ..models.onnx_model import ONNX_FILE, ONNX_FORMAT, session
 
@@ -143,9 +143,7 @@ def write_onnx_dir(model: PlmModel, directory: Path, tokenizer: Tokenizer | None
 
     info = export_onnx(model, directory / ONNX_FILE, opset)
     info["max_abs_diff"] = verify(model, directory / ONNX_FILE)
-    write_json(directory / "config.json", {
-        "plmkit": __version__, "task": model.task, "head_config": model.head_config,
-        "model": config_to_dict(model.config)})
+    write_config(model, directory)
     if tokenizer is not None:
         save_tokenizer(tokenizer, directory, model_max_length=model.config.max_position)
     full = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": ONNX_FORMAT,

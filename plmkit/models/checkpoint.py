@@ -60,11 +60,14 @@ def write_checkpoint_files(model: PlmModel, directory: Path, tokenizer: Tokenize
     write_meta(directory, meta)
 
 
+def config_json(model: PlmModel) -> dict[str, Any]:
+    """config.json's content: the architecture, and the head's task and head_config."""
+    return {"plmkit": __version__, "task": model.task, "head_config": model.head_config,
+            "model": config_to_dict(model.config)}
+
+
 def write_config(model: PlmModel, directory: Path) -> None:
-    """config.json: the architecture, and the head's task and head_config."""
-    write_json(directory / "config.json", {
-        "plmkit": __version__, "task": model.task, "head_config": model.head_config,
-        "model": config_to_dict(model.config)})
+    write_json(directory / "config.json", config_json(model))
 
 
 def write_meta(directory: Path, meta: dict[str, Any] | None) -> None:

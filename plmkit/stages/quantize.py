@@ -10,28 +10,25 @@ OpenVINO IR (format "openvino"), which evaluate, predict, bench and serve run li
 directory. Accuracy of fp32 and int8 is measured on ``--eval`` (default: the calibration file)
 with the task's own ``evaluate``, on both directories as ``plmkit.loading.load`` reads them.
 Everything is checked before the output directory is created, and it is written atomically.
-The engines (format, calibration, quantize function) are records in compress/engines.py; graph
-inspection lives beside the export (compress/onnx_export.py).
+The model comes from the one loader (``plmkit.loading.load_fp32``), the task, its settings and its
+files from ``plmkit.tasks`` (``task_and_prep``, ``read_task_file``); the engines (format,
+calibration, quantize function) are records in compress/engines.py; graph inspection lives beside
+the export (compress/onnx_export.py).
 """
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from .. import __version__
 from ..compress.engines import ENGINE_NAMES, calibration_reader, engine
 from ..config import option, to_dict
-from ..data.features import configured
-from ..data.readers import read_lines
 from ..errors import PlmkitError
 from ..io import atomic_dir, work_dir, write_json
-from ..loading import load, peek
-from ..models.config import config_to_dict
+from ..loading import load, load_fp32
 from ..models.onnx_model import GRAPH_FILES, ONNX_FILE
-from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, prep_of, task_of
+from ..tasks import TASKS, Infer, TaskData, read_task_file, task_and_prep
 from ..tokenizer import has_tokenizer, load_tokenizer, save_tokenizer
 
 @dataclass
@@ -69,103 +66,42 @@ class Config:
     overwrite: bool = option(False, help="replace an existing output directory")
 
 
-@dataclass
-class Source:
-    path: Path
-    config_json: dict[str, Any]         # plmkit config.json: task, head_config, model
-    model: Any = None                   # PlmModel when the source is a checkpoint
-    onnx_file: Path | None = None       # fp32 model.onnx when the source is an ONNX directory
-
-
-def open_source(path: str) -> Source:
-    saved = peek(path)
-    src = saved.path
-    if saved.format in GRAPH_FILES:
-        meta = saved.meta
-        if meta.get("precision") != "fp32":
-            raise PlmkitError(f"{src}: already quantized (precision {meta.get('precision')}); "
-                              f"quantize the fp32 model it came from ({meta.get('parent')})")
-        return Source(src, saved.config, onnx_file=src / ONNX_FILE)
-    model = load(src)
-    cfg = {"plmkit": __version__, "task": model.task, "head_config": model.head_config,
-           "model": config_to_dict(model.config)}
-    return Source(src, cfg, model=model)
-
-
-def resolve_task(source: Source, name: str | None) -> tuple[TaskSpec | None, Prep]:
-    """The fine-tuning task (None for a pre-trained / bare model) and its preprocessing settings."""
-    head, head_config = source.config_json.get("task", "base"), source.config_json.get("head_config", {})
-    prep = prep_of(source.path, head_config)
-    # Never feed more tokens than the position table holds (a checkpoint without preprocess settings).
-    prep.max_length = min(prep.max_length, int(source.config_json["model"].get("max_position", prep.max_length)))
-    task = task_of(source.path, head, head_config, name)
-    if task is not None and task.head != head:
-        raise PlmkitError(f"{source.path}: a '{head}' model cannot do task '{task.name}'")
-    return task, prep
-
-
-def read_task_data(task: TaskSpec | None, prep: Prep, tok: Any, head_config: dict[str, Any], path: str,
-                   what: str, limit: int | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Examples and features of ``path``; a file of the wrong task fails here with the reader's error."""
-    if not Path(path).is_file():
-        raise PlmkitError(f"{path}: {what} file not found")
-    if task is None:    # no task: plain text lines, for activation ranges only
-        lines = [ln for ln in read_lines(path) if ln.strip()][:limit]
-        encodings = configured(tok, prep.max_length).encode_batch(lines)
-        return lines, [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
-                       for e in encodings]
-    try:
-        examples = task.read(path, prep, labels=head_config.get("labels"))
-    except PlmkitError as e:
-        raise PlmkitError(f"{what} data does not fit the model's task '{task.name}' "
-                          f"(expected {task.help}): {e}") from None
-    examples = examples[:limit]
-    return examples, task.encode(tok, examples, head_config, prep)
-
-
-def evaluate_dir(directory: Path, task: TaskSpec, data: TaskData) -> dict[str, float]:
-    """The task's metrics of the graph directory ``directory``, loaded by the one loader."""
-    return task.evaluate(load(directory), data)
-
-
 def run(cfg: Config) -> int:
     from ..compress.onnx_export import graph_bytes, graph_inputs, graph_outputs, write_onnx_dir
 
     record = engine(cfg.engine, cfg.method)
     if record.calibration != "none" and not cfg.calibration:
         raise PlmkitError(f"{record.flag} needs --calibration FILE (data of the model's task)")
-    source = open_source(cfg.model)
-    task, prep = resolve_task(source, cfg.task)
-    head_config = source.config_json.get("head_config", {})
+    source = load_fp32(cfg.model)
+    task, prep = task_and_prep(source.path, source.config, cfg.task)
+    head_config = source.config.get("head_config", {})
     eval_file = cfg.eval or cfg.calibration
     tok = load_tokenizer(source.path) if cfg.calibration or eval_file else None
     calib = None
     if cfg.calibration:
-        calib = read_task_data(task, prep, tok, head_config, cfg.calibration, "calibration", cfg.calibration_size)[1]
+        calib = read_task_file(task, prep, tok, head_config, cfg.calibration, "calibration", cfg.calibration_size)[1]
     evaluation = None
     if eval_file and task is not None and task.on_graph:
-        examples, features = read_task_data(task, prep, tok, head_config, eval_file, "evaluation")
+        examples, features = read_task_file(task, prep, tok, head_config, eval_file, "evaluation")
         # Evaluate's batch size (also bench's): with --activation-ranges tensor the INT8 metric
         # depends on the batching, and this way the three commands report the same number.
         evaluation = TaskData(examples, features, tok, head_config, Infer(precision="fp32"))
     # The fp32 export and the quantizers' own scratch go beside --out, where a killed run's are removed
     with atomic_dir(cfg.out, cfg.overwrite) as tmp, work_dir(cfg.out, libraries=True) as work:
-        if source.onnx_file is None:      # a checkpoint: export fp32 first (verified against PyTorch)
+        fp32 = source.graph
+        if fp32 is None:      # a checkpoint: export fp32 first (verified against PyTorch)
             write_onnx_dir(source.model, work, None, {"parent": str(source.path.resolve())}, cfg.opset)
-            fp32_dir = work
-        else:
-            fp32_dir = source.path
-        fp32 = fp32_dir / ONNX_FILE
+            fp32 = work / ONNX_FILE
         inputs = graph_inputs(fp32)
         reader = calibration_reader(record, calib, inputs, tok, cfg.batch_size, cfg.calibrate_method)
         int8 = tmp / GRAPH_FILES[record.format]
         t0 = time.perf_counter()
         how = record.quantize(fp32, int8, work, reader, to_dict(cfg))
         seconds = time.perf_counter() - t0
-        write_json(tmp / "config.json", source.config_json)
+        write_json(tmp / "config.json", source.config)
         if tok is not None or has_tokenizer(source.path):
             save_tokenizer(tok or load_tokenizer(source.path), tmp,
-                           model_max_length=source.config_json["model"].get("max_position"))
+                           model_max_length=source.config["model"].get("max_position"))
         meta = {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "plmkit": __version__, "format": record.format,
                 "precision": "int8", "stage": "quantize", "parent": str(source.path.resolve()),
                 "inputs": inputs, "outputs": graph_outputs(fp32),
@@ -174,8 +110,8 @@ def run(cfg: Config) -> int:
                 "metrics": {}, "config": to_dict(cfg)}
         write_json(tmp / "plmkit.json", meta)       # the output is a graph directory now: load reads it
         if evaluation is not None and task is not None:
-            meta["metrics"] = {"fp32": evaluate_dir(fp32_dir, task, evaluation),
-                               "int8": evaluate_dir(tmp, task, evaluation)}
+            meta["metrics"] = {"fp32": task.evaluate(load(fp32.parent), evaluation),
+                               "int8": task.evaluate(load(tmp), evaluation)}
             write_json(tmp / "plmkit.json", meta)
     print(json.dumps({"out": cfg.out, "engine": cfg.engine, "method": meta["quantization"]["method"],
                       "size_bytes": meta["size_bytes"], "metrics": meta["metrics"]}))

@@ -18,6 +18,8 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from ..config import build
+from ..data.features import configured
+from ..data.readers import read_lines
 from ..errors import PlmkitError
 from ..loading import load
 from ..models.st import st_settings
@@ -100,6 +102,46 @@ def prep_of(path: str | Path, head_config: dict[str, Any]) -> Prep:
                  source=f"{Path(path) / 'config.json'}: head_config.preprocess")
 
 
+def _wrong_head(path: str | Path, head: str, task: TaskSpec) -> PlmkitError:
+    return PlmkitError(f"{path}: a '{head}' model cannot do task '{task.name}' "
+                       f"(it needs a '{task.head}' head; fine-tune it first)")
+
+
+def task_and_prep(path: str | Path, config: dict[str, Any], name: str | None = None) -> tuple[TaskSpec | None, Prep]:
+    """A model taken with the head it has (plmkit config.json ``config``: task, head_config, model): the
+    task it serves (``task_of``; None without a task head), a task its head cannot do refused, and its
+    preprocessing settings."""
+    head, head_config = config.get("task", "base"), config.get("head_config", {})
+    prep = prep_of(path, head_config)
+    # Never feed more tokens than the position table holds (a checkpoint without preprocess settings).
+    prep.max_length = min(prep.max_length, int(config["model"].get("max_position", prep.max_length)))
+    task = task_of(path, head, head_config, name)
+    if task is not None and task.head != head:
+        raise _wrong_head(path, head, task)
+    return task, prep
+
+
+def read_task_file(task: TaskSpec | None, prep: Prep, tok: Tokenizer, head_config: dict[str, Any], path: str,
+                   what: str, limit: int | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The first ``limit`` examples of the ``what`` file ``path`` and their features; without a task (a
+    pre-trained model: activation ranges only), its non-empty text lines. A file of another task fails
+    here with the reader's error."""
+    if not Path(path).is_file():
+        raise PlmkitError(f"{path}: {what} file not found")
+    if task is None:
+        lines = [ln for ln in read_lines(path) if ln.strip()][:limit]
+        encodings = configured(tok, prep.max_length).encode_batch(lines)
+        return lines, [{"input_ids": e.ids, "attention_mask": e.attention_mask, "token_type_ids": e.type_ids}
+                       for e in encodings]
+    try:
+        examples = task.read(path, prep, labels=head_config.get("labels"))
+    except PlmkitError as e:
+        raise PlmkitError(f"{what} data does not fit the model's task '{task.name}' "
+                          f"(expected {task.help}): {e}") from None
+    examples = examples[:limit]
+    return examples, task.encode(tok, examples, head_config, prep)
+
+
 def _bare_embed(path: str) -> dict[str, Any]:
     """A bare encoder as a sentence encoder: the pooling, normalisation and length of its
     sentence-transformers files (all-MiniLM-L6-v2), else mean pooling, unit length."""
@@ -132,13 +174,11 @@ def load_finetuned(path: str, task_name: str | None = None,
     if task is None:
         raise PlmkitError(f"{path}: a '{model.task}' model has no task head; fine-tune it first "
                           f"(plmkit finetune), or pass --task ({', '.join(TASKS)})")
-    name = task.name
     if model.task != task.head:
         if model.task in PRETRAINED_HEADS and task.head in BARE_HEADS:
             model = load(path, task=task.head, head_config=BARE_HEADS[task.head](path))
         else:
-            raise PlmkitError(f"{path}: a '{model.task}' model cannot do task '{name}' "
-                              f"(it needs a '{task.head}' head; fine-tune it first)")
+            raise _wrong_head(path, model.task, task)
     if task.labelled and not model.head_config.get("labels"):
         raise PlmkitError(f"{path}: the checkpoint has no label names (head_config.labels)")
     prep = prep_of(path, model.head_config)
@@ -146,4 +186,4 @@ def load_finetuned(path: str, task_name: str | None = None,
 
 
 __all__ = ["BENCH_TASKS", "TASKS", "TASK_OF_HEAD", "Infer", "Prep", "TaskData", "TaskSpec", "load_finetuned", "prep_of",
-           "selection_metric", "task_of"]
+           "read_task_file", "selection_metric", "task_and_prep", "task_of"]
