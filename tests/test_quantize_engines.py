@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from plmkit.compress.engines import CALIBRATION, ENGINE_NAMES, ENGINES, engine
+from plmkit.compress.engines import CALIBRATION, CANDIDATES, ENGINE_NAMES, ENGINES, engine
 from plmkit.errors import PlmkitError
 from plmkit.models.onnx_model import GRAPH_FILES
 
@@ -27,6 +27,18 @@ def test_lookup_by_engine_and_method():
         engine("tvm", "dynamic")
     with pytest.raises(PlmkitError, match="no method 'qat'"):
         engine("onnxruntime", "qat")
+
+
+def test_compress_reads_its_candidates_from_the_records():
+    got = {c.name: (dict(c.settings), c.calibrated, c.engine.extra) for c in CANDIDATES}
+    assert got == {
+        "ort-token": ({"engine": "onnxruntime", "method": "dynamic", "activation_ranges": "token"}, False,
+                      "plmkit[onnx]"),
+        "ort-tensor": ({"engine": "onnxruntime", "method": "dynamic", "activation_ranges": "tensor"}, False,
+                       "plmkit[onnx]"),
+        "ort-static": ({"engine": "onnxruntime", "method": "static"}, True, "plmkit[onnx]"),
+        "openvino": ({"engine": "openvino"}, True, "plmkit[openvino]")}      # one method: --method left out
+    assert all(c.engine is engine(c.settings["engine"], c.settings.get("method", "")) for c in CANDIDATES)
 
 
 def test_the_registry_and_the_stage_import_no_engine():

@@ -2,15 +2,18 @@
 
 A record names the ``--engine`` value, the method (``--method``; an engine with one method ignores
 the option), the output's format (plmkit.json "format", the loader of ``plmkit.loading`` that reads
-it), how calibration examples are fed (``CALIBRATION``) and the function that writes the INT8 graph.
-Adding an engine is one record here and one quantize function beside the others.
+it), how calibration examples are fed (``CALIBRATION``), the function that writes the INT8 graph,
+the modules it needs (and the pip extra that installs them) and the candidates ``plmkit compress``
+quantizes with it (``CANDIDATES``: those of the installed engines are tried). Adding an engine is
+one record here and one quantize function beside the others.
 
 Importing this module imports no engine: ONNX Runtime, OpenVINO and NNCF are imported inside the
 quantize functions, so ``plmkit quantize --help`` works without them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import importlib.util
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,6 +37,14 @@ class Engine:
     calibration: str           # one of CALIBRATION
     quantize: QuantizeFn
     flag: str                  # the option that asked for calibration, as the error message names it
+    needs: tuple[str, ...]     # the modules quantize and its output's loader import
+    extra: str                 # the pip extra that installs them
+    # plmkit compress: its candidates, name -> plmkit quantize options besides --engine and --method
+    # ({}: compress does not try this engine)
+    candidates: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, compare=False)
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
 
 def _onnxruntime(fp32: Path, int8: Path, work: Path, reader: Any, settings: Mapping[str, Any],
@@ -55,14 +66,40 @@ def _openvino(fp32: Path, int8: Path, work: Path, reader: Any, settings: Mapping
             "model_type": "transformer", "weights": "qint8", "format": "OpenVINO IR"}
 
 
+ORT_NEEDS, OPENVINO_NEEDS = ("onnx", "onnxruntime"), ("onnx", "onnxruntime", "openvino", "nncf")
 ENGINES = (
     Engine("onnxruntime", "dynamic", "onnx", "none", partial(_onnxruntime, method="dynamic"),
-           "--method dynamic"),
+           "--method dynamic", ORT_NEEDS, "plmkit[onnx]",
+           {"ort-token": {"activation_ranges": "token"}, "ort-tensor": {"activation_ranges": "tensor"}}),
     Engine("onnxruntime", "static", "onnx", "per_batch", partial(_onnxruntime, method="static"),
-           "--method static"),
-    Engine("openvino", "static", "openvino", "per_example", _openvino, "--engine openvino"),
+           "--method static", ORT_NEEDS, "plmkit[onnx]", {"ort-static": {}}),
+    Engine("openvino", "static", "openvino", "per_example", _openvino, "--engine openvino", OPENVINO_NEEDS,
+           "plmkit[openvino]", {"openvino": {}}),
 )
 ENGINE_NAMES = list(dict.fromkeys(e.name for e in ENGINES))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way ``plmkit compress`` quantizes a model: its name, its engine record and the plmkit
+    quantize options that select them."""
+    name: str
+    engine: Engine
+    settings: Mapping[str, Any] = field(compare=False)
+
+    @property
+    def calibrated(self) -> bool:       # reads --calibration
+        return self.engine.calibration != "none"
+
+
+def _selecting(record: Engine) -> dict[str, Any]:
+    """The quantize options that pick ``record``: --engine, and --method where the engine has several."""
+    methods = [e.method for e in ENGINES if e.name == record.name]
+    return {"engine": record.name, **({"method": record.method} if len(methods) > 1 else {})}
+
+
+CANDIDATES = tuple(Candidate(name, e, {**_selecting(e), **options})
+                   for e in ENGINES for name, options in e.candidates.items())
 
 
 def engine(name: str, method: str) -> Engine:

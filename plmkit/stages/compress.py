@@ -9,7 +9,8 @@ too small to tell half a point (compress/plan.py); all bad input stops here -> e
 each step a plmkit stage run as a cached step of the work folder ``.OUT.compress`` beside --out:
   1. the teacher, measured by ``plmkit bench`` on the dev slice in PyTorch (the reference: dev
      score, batch-1 latency, batch-32 throughput) and INT8-quantized by every available engine
-     (ONNX Runtime dynamic per token and per tensor, static; OpenVINO), each measured alike;
+     (ONNX Runtime dynamic per token and per tensor, static; OpenVINO: the ``CANDIDATES`` of
+     compress/engines.py), each measured alike;
   2. the student distilled from it (every second teacher layer, or --student-size), with the task's
      measured loss weights (compress/measured.py) or, with --search-loss, the best of logits /
      + hidden states / + attention on the dev slice; measured and quantized as the teacher;
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import filecmp
 import importlib
-import importlib.util
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 from ..compress import measured
 from ..compress import plan as P
+from ..compress.engines import CANDIDATES, ENGINE_NAMES, Candidate
 from ..config import build, option, to_dict
 from ..data.readers import read_lines
 from ..data.split import sample_dev, split_lines, split_squad
@@ -56,27 +57,6 @@ from . import recipe
 
 COMPRESS_TASKS = BENCH_TASKS        # compress measures its candidates with plmkit bench
 DEV_SHARE, DEV_MAX = 0.25, 10_000          # default dev slice: a quarter of --train, at most this many examples
-
-
-@dataclass(frozen=True)
-class Engine:
-    """One way to quantize a candidate: ``plmkit quantize`` options, and what it needs installed."""
-    name: str
-    group: str                       # the --engine value that selects it
-    settings: dict[str, Any]
-    calibrated: bool                 # reads --calibration (the first --calibration-size training examples)
-    needs: tuple[str, ...]
-
-
-ENGINES = (
-    Engine("ort-token", "onnxruntime", {"engine": "onnxruntime", "method": "dynamic", "activation_ranges": "token"},
-           False, ("onnx", "onnxruntime")),
-    Engine("ort-tensor", "onnxruntime", {"engine": "onnxruntime", "method": "dynamic",
-                                         "activation_ranges": "tensor"}, False, ("onnx", "onnxruntime")),
-    Engine("ort-static", "onnxruntime", {"engine": "onnxruntime", "method": "static"}, True, ("onnx", "onnxruntime")),
-    Engine("openvino", "openvino", {"engine": "openvino"}, True, ("onnx", "onnxruntime", "openvino", "nncf")),
-)
-EXTRAS = {"onnxruntime": "plmkit[onnx]", "openvino": "plmkit[openvino]"}
 # --search-loss: (hidden-state weight, attention weight) of each distillation tried on the dev slice
 LOSSES = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0))
 
@@ -103,7 +83,7 @@ class Config:
                         choices=list(P.SPEEDS))
     engine: str = option("auto", help="INT8 engines tried: auto (every one installed), onnxruntime (dynamic per "
                          "token and per tensor, static), openvino, one of those by name, or none (PyTorch only)",
-                         choices=["auto", "onnxruntime", "openvino", *[e.name for e in ENGINES if e.name != "openvino"],
+                         choices=["auto", *ENGINE_NAMES, *[c.name for c in CANDIDATES if c.name not in ENGINE_NAMES],
                                   "none"])
     budget: str = option("1h", help="wall-clock limit of the whole run (a resumed run counts what the killed one "
                          "did): pruning ratios that would not fit are skipped")
@@ -145,7 +125,7 @@ def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
 
 @dataclass
 class _Request:
-    engines: list[Engine]
+    engines: list[Candidate]
     ratios: tuple[measured.Ratio, ...]
     start: int
     budget_s: float
@@ -199,14 +179,15 @@ def _check_request(cfg: Config) -> _Request:
     return _Request(_engines(cfg.engine), ratios, len(ratios) // 2, parse_budget(cfg.budget))
 
 
-def _engines(choice: str) -> list[Engine]:
-    """The engines --engine asks for; one it names that is not installed is an error, auto skips it."""
+def _engines(choice: str) -> list[Candidate]:
+    """The candidates --engine asks for (compress/engines.py); one it names that is not installed is an
+    error, auto skips it."""
     if choice == "none":
         return []
-    chosen = [e for e in ENGINES if choice in ("auto", e.group, e.name)]
-    usable = [e for e in chosen if all(importlib.util.find_spec(m) is not None for m in e.needs)]
+    chosen = [c for c in CANDIDATES if choice in ("auto", c.engine.name, c.name)]
+    usable = [c for c in chosen if c.engine.installed()]
     if choice != "auto" and len(usable) < len(chosen):
-        raise PlmkitError(f"--engine {choice}: not installed (pip install '{EXTRAS[chosen[0].group]}')")
+        raise PlmkitError(f"--engine {choice}: not installed (pip install '{chosen[0].engine.extra}')")
     if not usable:
         print("note: no INT8 engine is installed (pip install 'plmkit[onnx]'): PyTorch candidates only")
     return usable
