@@ -391,6 +391,8 @@ def test_fresh_student_from_a_config_file(root, tmp_path):
     (["--student-layers", "0", "--hidden-weight", "0", "--layer-map", "0:1"], "--layer-map pairs layers"),
     (["--student-layers", "0", "--hidden-weight", "1", "--layer-map", "0:5"], "teacher layer 5 does not exist"),
     (["--student-layers", "0", "--task", "ner"], "fine-tuned for 'classify'"),
+    (["--student-layers", "0", "--task", "generate", "--cache-teacher"], "vocabulary-sized distribution per token "
+                                                                         "for generate"),
     (["--student-config", "missing.json"], "student config not found"),
 ])
 def test_bad_input_is_one_line_exit_1_and_writes_nothing(root, capsys, extra, message):

@@ -47,21 +47,33 @@ from ..models.config import config_from_dict, config_to_dict, preset, student_ar
 from ..models.heads import IGNORE, PAIR_KEYS, ModelOutput
 from ..models.model import PlmModel
 
-# model head -> (output attribute, batch label key) pairs the logit loss covers; QA averages
-# its start and end distributions, as the span head averages its two cross-entropies.
-LOGITS: dict[str, tuple[tuple[str, str], ...]] = {
-    "classify": (("logits", "labels"),),
-    "token": (("logits", "labels"),),
-    "span": (("start_logits", "start_positions"), ("end_logits", "end_positions")),
-    "clm": (("logits", "labels"),),
+@dataclass(frozen=True)
+class Logits:
+    """A head's logits, as the logit loss and the teacher cache read them."""
+    # (output attribute, batch label key) pairs the loss covers; QA averages its start and end
+    # distributions, as the span head averages its two cross-entropies.
+    outputs: tuple[tuple[str, str], ...]
+    per_token: bool = False     # one distribution per token [B, T, C] (else one per sequence [B, C])
+    # A distribution over the input's positions [B, T] (QA start / end): a label beyond the input
+    # clamps, and padded positions are impossible, as the span head masks them.
+    positions: bool = False
+    # Next-token: position t predicts label t + 1 (as the CLM head shifts its labels); the KL covers
+    # the positions whose label is kept (the completion, or the assistant turns of a chat).
+    shifted: bool = False
+    cacheable: bool = True      # the teacher cache stores it (not a vocabulary-sized distribution per token)
+
+
+LOGITS: dict[str, Logits] = {       # model head -> its logits
+    "classify": Logits((("logits", "labels"),)),
+    "token": Logits((("logits", "labels"),), per_token=True),
+    "span": Logits((("start_logits", "start_positions"), ("end_logits", "end_positions")), per_token=True,
+                   positions=True),
+    "clm": Logits((("logits", "labels"),), per_token=True, shifted=True, cacheable=False),
 }
 # model head -> the output of sentence vectors the student matches (see the module doc).
 VECTORS: dict[str, str] = {"embed": "embeddings"}
 VECTOR_LOSSES = ("mse", "cosine")
 DISTILLABLE_HEADS = (*LOGITS, *VECTORS)
-# Next-token heads: position t predicts label t + 1 (as the CLM head shifts its labels); the KL covers
-# the positions whose label is kept (the completion, or the assistant turns of a chat).
-SHIFTED = {"clm"}
 PROJECTIONS = "distill_projections.safetensors"   # beside the student in the loop's checkpoints
 
 
@@ -387,12 +399,13 @@ class DistillModule(nn.Module):
         combined): (loss, {"ce", "kd_kl"})."""
         T, alpha = self.spec.temperature, self.spec.alpha
         ces, kls = [], []
-        for attr, key in LOGITS[self.student.task]:
+        logits = LOGITS[self.student.task]
+        for attr, key in logits.outputs:
             target = labels[key]
             s_logits, t_logits = getattr(s, attr), getattr(t, attr)
-            if self.student.task == "span":        # as the span head: positions beyond the input clamp
+            if logits.positions:        # as the span head: positions beyond the input clamp
                 target = target.clamp(0, s_logits.size(1) - 1)
-            if self.student.task in SHIFTED:
+            if logits.shifted:
                 s_logits, t_logits, target = s_logits[:, :-1], t_logits[:, :-1], target[:, 1:]
             ce, kl = kd_terms(s_logits, t_logits, target, T, labels.get("label_norm"))
             ces.append(ce)
@@ -432,13 +445,14 @@ class TeacherCache:
     """The teacher's logits for every training feature, float16, so epochs skip the teacher.
 
     One memmap of rows x W: a feature owns rows ``offsets[i] : offsets[i] + counts[i]``
-    (1 row for sequence classification, one per token for NER and QA). W concatenates the
-    task's logit tensors (classify/NER: C; QA: start and end, one column each).
+    (1 row for sequence classification, one per token for NER and QA: ``Logits.per_token``). W
+    concatenates the head's logit tensors (classify/NER: C; QA: start and end, one column each).
     Only valid without hidden/attention/embedding losses (they need the teacher's states).
     """
 
     def __init__(self, path: Path, task: str, counts: list[int], widths: list[int]):
         self.path, self.task, self.widths = Path(path), task, widths
+        self.logits = LOGITS[task]
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
         self.rows = np.memmap(self.path, dtype=np.float16, mode="r", shape=(int(self.counts.sum()), sum(widths)))
@@ -451,10 +465,11 @@ class TeacherCache:
         from ..tasks.common import Infer, TaskData, forward_batches
 
         task = teacher.task
-        if task not in LOGITS:
+        logits = LOGITS.get(task)
+        if logits is None or not logits.cacheable:
             raise PlmkitError(f"--cache-teacher stores logits; {a_or_an(repr(task)[1:-1])} teacher runs live "
                               "(drop --cache-teacher)")
-        per_token = task != "classify"
+        per_token = logits.per_token
         counts = [len(f["input_ids"]) if per_token else 1 for f in features]
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         widths = None
@@ -463,8 +478,8 @@ class TeacherCache:
         rows: np.memmap | None = None
         data = TaskData([], features, tok, teacher.head_config, Infer(batch_size, precision))
         for idx, out in forward_batches(teacher.eval(), data):
-            parts = [getattr(out, attr).float() for attr, _ in LOGITS[task]]
-            parts = [p.unsqueeze(-1) if task == "span" else p for p in parts]     # [B, (T,) C_k]
+            parts = [getattr(out, attr).float() for attr, _ in logits.outputs]
+            parts = [p.unsqueeze(-1) if logits.positions else p for p in parts]     # [B, (T,) C_k]
             if rows is None:
                 widths = [p.size(-1) for p in parts]
                 rows = np.memmap(tmp, dtype=np.float16, mode="w+", shape=(sum(counts), sum(widths)))
@@ -481,20 +496,19 @@ class TeacherCache:
     def lookup(self, index: Tensor, T: int, device: torch.device) -> ModelOutput:
         """Teacher outputs for the features ``index`` [B] padded to T tokens, as a live teacher gives."""
         idx = index.tolist()
-        W = sum(self.widths)
-        if self.task == "classify":
-            rows = np.stack([self.rows[self.offsets[i]] for i in idx])            # [B, C]
-            return ModelOutput(logits=torch.from_numpy(rows).to(device).float())
-        # Padded positions: ignored tokens (NER), or impossible positions (QA), as the span head masks them.
-        fill = torch.finfo(torch.float32).min if self.task == "span" else 0.0
-        block = torch.full((len(idx), T, W), fill, dtype=torch.float32)
-        for b, i in enumerate(idx):
-            n = int(self.counts[i])
-            block[b, :n] = torch.from_numpy(np.array(self.rows[self.offsets[i]:self.offsets[i] + n])).float()
-        block = block.to(device)
-        if self.task == "token":
-            return ModelOutput(logits=block)
-        return ModelOutput(start_logits=block[..., 0], end_logits=block[..., 1])
+        logits = self.logits
+        if logits.per_token:
+            # Padded positions: ignored tokens (NER), or impossible positions (QA), as the span head masks them.
+            fill = torch.finfo(torch.float32).min if logits.positions else 0.0
+            block = torch.full((len(idx), T, sum(self.widths)), fill, dtype=torch.float32)
+            for b, i in enumerate(idx):
+                n = int(self.counts[i])
+                block[b, :n] = torch.from_numpy(np.array(self.rows[self.offsets[i]:self.offsets[i] + n])).float()
+        else:
+            block = torch.from_numpy(np.stack([self.rows[self.offsets[i]] for i in idx])).float()   # [B, C]
+        parts = block.to(device).split(self.widths, -1)
+        return ModelOutput(**{attr: part.squeeze(-1) if logits.positions else part
+                              for (attr, _), part in zip(logits.outputs, parts)})
 
 
 def describe_student(student: PlmModel, init: str) -> dict[str, Any]:

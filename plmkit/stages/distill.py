@@ -31,7 +31,6 @@ from ..compress import general as G
 from ..compress import measured
 from ..config import compose, dump_yaml, option, pick, to_dict
 from ..data.corpus import check_text_files
-from ..data.features import collate, feature_lengths, length_bucketed_batches
 from ..data.pretrain import make_batch_source
 from ..data.shards import build_shards, open_shards
 from ..errors import PlmkitError
@@ -238,8 +237,9 @@ def _check_request(cfg: Config) -> D.DistillSpec:
     spec = D.DistillSpec(cfg.temperature, cfg.alpha, cfg.hidden_weight, cfg.attention_weight, cfg.embedding_weight,
                          vector_loss=cfg.vector_loss)
     spec.check()
-    if cfg.cache_teacher and cfg.task == "generate":
-        raise PlmkitError("--cache-teacher would store a vocabulary-sized distribution per token for generate; "
+    logits = D.LOGITS.get(TASKS[cfg.task].head)
+    if cfg.cache_teacher and logits is not None and not logits.cacheable:
+        raise PlmkitError(f"--cache-teacher would store a vocabulary-sized distribution per token for {cfg.task}; "
                           "drop it (the teacher then runs live)")
     if cfg.cache_teacher and spec.intermediate:
         raise PlmkitError("--cache-teacher stores only the teacher's logits; it cannot serve --hidden-weight, "
