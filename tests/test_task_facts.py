@@ -16,6 +16,8 @@ def test_task_facts_replace_the_name_lists():
     assert [n for n, t in TASKS.items() if t.labelled] == ["classify", "ner"]
     assert [n for n, t in TASKS.items() if t.detailed] == ["classify", "ner"]
     assert [n for n, t in TASKS.items() if not t.on_graph] == ["generate"]
+    assert {n: t.file_layout for n, t in TASKS.items()} == {"classify": "lines", "ner": "blocks", "qa": "squad",
+                                                            "generate": "lines", "embed": "lines"}
     assert selection_metric(TASKS["classify"], []) == "accuracy"
 
 

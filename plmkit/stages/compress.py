@@ -251,7 +251,7 @@ def _carve(cfg: Config, work: Path, task: Any, prep: Any, labels: list[str] | No
         n = len(task.read(cfg.train, prep, labels=labels))
         k = cfg.dev_size or min(DEV_MAX, max(1, round(DEV_SHARE * n)))
         train, dev = folder / f"train{suffix}", folder / f"dev{suffix}"
-        if task.name == "qa":
+        if task.file_layout == "squad":
             rest, held, k = split_squad(read_json(cfg.train), k, cfg.seed)
             if not rest["data"]:
                 raise PlmkitError(f"{cfg.train}: holding out {k:,} questions for the dev slice leaves none to "
@@ -272,13 +272,13 @@ def _split_file(path: str | Path, task: Any, prep: Any, labels: list[str] | None
                 dev: set[int]) -> tuple[list[str], list[str]]:
     """A line-based file cut at its examples' first lines (data/split.py)."""
     examples = task.read(str(path), prep, labels=labels)
-    blocks = task.name == "ner" and Path(path).suffix.lower() not in (".jsonl", ".json")
+    blocks = task.file_layout == "blocks" and Path(path).suffix.lower() not in (".jsonl", ".json")
     return split_lines(read_lines(path), [ex.line for ex in examples], dev, blocks)
 
 
 def _write_calibration(path: Path, train: Path, task: Any, prep: Any, labels: list[str] | None, n: int) -> None:
     """The first ``n`` training examples (QA: the first paragraphs holding ``n`` questions)."""
-    if task.name == "qa":
+    if task.file_layout == "squad":
         _write_json(path, split_squad(read_json(train), n, None)[1])
         return
     count = len(task.read(str(train), prep, labels=labels))

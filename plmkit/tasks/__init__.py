@@ -38,6 +38,8 @@ class TaskSpec(Protocol):
     labelled: bool            # predicts label names (head_config.labels): a checkpoint without them is refused
     detailed: bool            # evaluate(..., detailed=True) adds non-scalar details (confusion matrix, ...)
     on_graph: bool            # evaluate runs on an exported graph (ONNX / OpenVINO): quantize measures it
+    file_layout: str          # how its files hold examples, for carving slices: "lines" (one per line), "blocks"
+                              # (CoNLL: blank-line separated; .json/.jsonl a line each), "squad" (one JSON document)
     hf_auto: str | None       # the transformers Auto class of its HF export (bench's baseline); None: not benched
     what: str                 # the model in words ("a classification model"), for refusals
 

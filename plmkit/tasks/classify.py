@@ -27,6 +27,7 @@ class ClassifyTask:
     labelled = True
     detailed = True
     on_graph = True
+    file_layout = "lines"
     hf_auto = "AutoModelForSequenceClassification"
     what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"

@@ -66,6 +66,7 @@ class EmbedTask:
     labelled = False
     detailed = False
     on_graph = True
+    file_layout = "lines"
     hf_auto = None
     what = "a sentence-embedding model"
     help = ("pairs (anchor, positive) or triplets (+ negative) in TSV/CSV/JSONL, scored pairs (text, text, "

@@ -41,6 +41,7 @@ class GenerateTask:
     labelled = False
     detailed = False
     on_graph = False            # its evaluation needs the loss and a KV cache
+    file_layout = "lines"
     hf_auto = None
     what = "a language model"
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "

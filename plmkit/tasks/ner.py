@@ -51,6 +51,7 @@ class NerTask:
     labelled = True
     detailed = True
     on_graph = True
+    file_layout = "blocks"
     hf_auto = "AutoModelForTokenClassification"
     what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"

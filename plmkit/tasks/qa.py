@@ -27,6 +27,7 @@ class QATask:
     labelled = False
     detailed = False
     on_graph = True
+    file_layout = "squad"
     hf_auto = "AutoModelForQuestionAnswering"
     what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
