@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -111,14 +112,19 @@ def start_server(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
 
 
 async def load(url: str, texts: list[str], clients: int, per_request: int, max_requests: int,
-               max_seconds: float) -> dict[str, float]:
+               max_seconds: float, route: str = "/v1/classify", body: Callable[[list[str]], dict] | None = None,
+               answers: str = "predictions", endpoint: str = "classify") -> dict[str, float]:
+    """``clients`` clients post ``per_request`` texts at a time to ``route`` (``body`` makes the JSON;
+    a request succeeds when its ``answers`` list has one entry per text); ``endpoint`` names the
+    batches in /metrics."""
+    body = body or (lambda batch: {"texts": batch})
     latencies: list[float] = []
     errors = 0
     sent = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         for i in range(clients // 4):                                    # warm-up, not counted
-            await client.post("/v1/classify", json={"texts": texts[i * per_request:(i + 1) * per_request]})
+            await client.post(route, json=body(texts[i * per_request:(i + 1) * per_request]))
         t0 = time.perf_counter()
         deadline = t0 + max_seconds
 
@@ -129,8 +135,8 @@ async def load(url: str, texts: list[str], clients: int, per_request: int, max_r
                 sent += 1
                 t = time.perf_counter()
                 try:
-                    r = await client.post("/v1/classify", json={"texts": texts[start:start + per_request]})
-                    ok = r.status_code == 200 and len(r.json()["predictions"]) == per_request
+                    r = await client.post(route, json=body(texts[start:start + per_request]))
+                    ok = r.status_code == 200 and len(r.json()[answers]) == per_request
                 except httpx.HTTPError:
                     ok = False
                 latencies.append(time.perf_counter() - t)
@@ -144,22 +150,28 @@ async def load(url: str, texts: list[str], clients: int, per_request: int, max_r
     return {"requests": len(latencies), "errors": errors, "wall_s": round(wall, 2),
             "texts_per_s": round(done * per_request / wall, 1), "requests_per_s": round(done / wall, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_batch": mean_batch(metrics)}
+            "p99_ms": round(float(np.percentile(lat, 99)), 1), "mean_batch": mean_batch(metrics, endpoint)}
 
 
-def mean_batch(metrics: str) -> float:
-    total = count = 0.0
-    for line in metrics.splitlines():
-        if line.startswith('plmkit_batch_size_sum{endpoint="classify"}'):
-            total = float(line.split()[-1])
-        elif line.startswith('plmkit_batch_size_count{endpoint="classify"}'):
-            count = float(line.split()[-1])
+def mean_batch(metrics: str, endpoint: str = "classify") -> float:
+    total, count = batch_totals(metrics, endpoint)
     return round(total / count, 1) if count else 0.0
 
 
-def int8_models(model: Path, work: Path) -> dict[str, Path]:
+def batch_totals(metrics: str, endpoint: str = "classify") -> tuple[float, float]:
+    """(items, model calls) of ``endpoint`` so far, from /metrics."""
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(f'plmkit_batch_size_sum{{endpoint="{endpoint}"}}'):
+            total = float(line.split()[-1])
+        elif line.startswith(f'plmkit_batch_size_count{{endpoint="{endpoint}"}}'):
+            count = float(line.split()[-1])
+    return total, count
+
+
+def int8_models(model: Path, work: Path, openvino: bool = True) -> dict[str, Path]:
     """The INT8 versions of ``model`` (cached under ``work``): ONNX Runtime (dynamic) and, when the
-    openvino extra is installed, OpenVINO (NNCF, 300 SST-2 calibration sentences)."""
+    openvino extra is installed (and ``openvino``), OpenVINO (NNCF, 300 SST-2 calibration sentences)."""
     import importlib.util
 
     onnx, int8, ov = work / "minilm-sst2-onnx", work / "minilm-sst2-int8", work / "minilm-sst2-ov"
@@ -167,7 +179,7 @@ def int8_models(model: Path, work: Path) -> dict[str, Path]:
     calibration.write_text("\n".join(SST2.read_text(encoding="utf-8").splitlines()[:301]) + "\n", encoding="utf-8")
     steps = [(["export", "--model", str(model), "--format", "onnx"], onnx),
              (["quantize", "--model", str(onnx), "--method", "dynamic"], int8)]
-    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+    if openvino and importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
         steps.append((["quantize", "--model", str(onnx), "--engine", "openvino", "--calibration", str(calibration)], ov))
     for cmd, out in steps:
         if not (out / "plmkit.json").is_file():
