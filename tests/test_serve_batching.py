@@ -102,3 +102,41 @@ def test_closing_runs_what_is_queued_and_refuses_new_work():
         return await pending
 
     assert asyncio.run(main()) == ["queued"]
+
+
+def test_a_running_batch_takes_jobs_of_its_kind_from_the_head_of_the_queue_only():
+    """Continuous batching: a batch of jobs submitted with a join key takes, as it runs, the jobs of
+    its endpoint and key queued since; one of another kind at the head stops that (it runs next, not
+    starved), and a row taken in is answered as soon as it ends, before the batch is."""
+    go, calls, order = threading.Event(), [], []
+
+    def run(endpoint, payloads, joining=None):
+        rows = list(payloads)
+        if joining is not None:
+            go.wait(5)                                          # "a" decodes while the others queue
+            rows += joining.take(len(rows))
+            for p in rows[len(payloads):]:
+                joining.finish(p, f"{endpoint}:{p}")
+        calls.append((endpoint, rows))
+        return [f"{endpoint}:{p}" for p in payloads]
+
+    def submit(b, endpoint, text, key):
+        job = asyncio.ensure_future(b.submit(endpoint, 1, lambda: [(key, len(text), text)], join=key))
+        job.add_done_callback(lambda _: order.append(text))
+        return job
+
+    async def main():
+        b = MicroBatcher(run, max_batch=8, max_wait_ms=1)
+        b.start()
+        first = submit(b, "stream", "a", "k")
+        await asyncio.sleep(0.2)                                # handed to the model thread, waiting for go
+        later = [submit(b, *job) for job in (("stream", "b", "k"), ("other", "c", None), ("stream", "d", "k"))]
+        await asyncio.sleep(0.05)
+        go.set()
+        got = await asyncio.gather(first, *later)
+        await b.close()
+        return got
+
+    assert asyncio.run(main()) == [["stream:a"], ["stream:b"], ["other:c"], ["stream:d"]]
+    assert calls == [("stream", ["a", "b"]), ("other", ["c"]), ("stream", ["d"])]
+    assert order == ["b", "a", "c", "d"]

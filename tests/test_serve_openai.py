@@ -311,15 +311,14 @@ def test_a_batch_stops_decoding_once_every_row_is_done():
     ids = tok.encode("Hello! How can I help you today?", add_special_tokens=False).ids
     steps = []
 
-    def generate(batch, max_new_tokens, on_step, **kw):
-        for t in range(max_new_tokens):
-            steps.append(t)
-            if t == 2:
-                rows[1]["stream"].left = True
-            if on_step(torch.tensor([ids[t], ids[t]])):
-                break
+    def next_logits(state):                     # step t chooses ids[t] in every row
+        t = state.ids.size(1) - 3
+        steps.append(t)
+        if t == 2:
+            rows[1]["stream"].left = True
+        return torch.nn.functional.one_hot(torch.full((state.ids.size(0),), ids[t]), tok.get_vocab_size()).float()
 
-    backend = SimpleNamespace(generate=generate)
+    backend = SimpleNamespace(next_logits=next_logits)
     sm = SimpleNamespace(config=SimpleNamespace(max_position=64), pad=0, eos=[], backend=backend)
     streams = [Stream(None, stops=[tok.decode(ids[1:3])]), Stream(None)]
     for s in streams:

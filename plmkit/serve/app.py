@@ -30,7 +30,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Hashable
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -318,14 +318,15 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
         return check
 
     async def infer(endpoint: str, size: int, prepare: Callable[[], list[Item]],
-                    timeout_s: float | None = limits.timeout_s) -> list[dict[str, Any]]:
+                    timeout_s: float | None = limits.timeout_s, join: Hashable = None) -> list[dict[str, Any]]:
         """Tokenising (``prepare``) and the model call both run on the model thread, in one hop
-        per micro-batch (serve/batcher.py); bad input found there is a 422 for this request."""
+        per micro-batch (serve/batcher.py); bad input found there is a 422 for this request.
+        ``join``: the batch key of running batches the request may enter (streams)."""
         def work() -> list[tuple[Any, int, Any]]:
             return [(it.key, it.length, it.payload) for it in prepare()]
 
         try:
-            return await asyncio.wait_for(batcher.submit(endpoint, size, work), timeout_s)
+            return await asyncio.wait_for(batcher.submit(endpoint, size, work, join), timeout_s)
         except PlmkitError as e:
             raise HTTPException(422, str(e)) from None
         except asyncio.TimeoutError:

@@ -22,7 +22,7 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Protocol
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..data.readers import QAExample
 from ..errors import PlmkitError
 from ..eval.metrics import get_entities
 from ..loading import load, peek
-from ..models.generate import MIN_TEMPERATURE, generate
+from ..models.generate import MIN_TEMPERATURE, Decoding, generate, next_logits
 from ..models.heads import ModelOutput
 from ..models.weight_int8 import DEFAULT as WEIGHTS_DEFAULT
 from ..models.weight_int8 import WEIGHTS, use_weights
@@ -44,7 +44,10 @@ from ..tasks import TASKS, TaskSpec, prep_of
 from ..tasks.classify import pool_windows
 from ..tokenizer import INPUT_KEYS, load_tokenizer, pad_id
 from ..tokenizer.chat import encode_prompt, end_ids
-from .streams import Stream, run_streams
+from .streams import Stream, run_streams, stream_key
+
+if TYPE_CHECKING:
+    from .batcher import Joining
 
 ENDPOINTS = ("classify", "ner", "qa", "embed", "generate")
 TASK_ENDPOINTS = ("classify", "ner", "qa")     # answered by a model of that task (embed, generate: by capability)
@@ -65,6 +68,8 @@ class Backend(Protocol):
     def hidden(self, batch: dict[str, Tensor]) -> Tensor: ...              # last_hidden_state [B, T, H]
 
     def generate(self, ids: Tensor, **kw: Any) -> Tensor: ...              # [B, T] -> [B, T + n]
+
+    def next_logits(self, state: Decoding) -> Tensor: ...                   # [B, V]: one step (serve/streams.py)
 
 
 class TorchBackend:
@@ -106,6 +111,10 @@ class TorchBackend:
         with self._mode():
             return generate(self.model, ids, use_cache=True, **kw)
 
+    def next_logits(self, state: Decoding) -> Tensor:
+        with self._mode():
+            return next_logits(self.model, state)
+
 
 GRAPHS = {"onnx": "an ONNX export (plmkit export --format onnx) or its INT8 (plmkit quantize)",
           "openvino": "an OpenVINO export (plmkit quantize --engine openvino --calibration FILE)"}
@@ -142,6 +151,9 @@ class GraphBackend:
 
     def generate(self, ids: Tensor, **kw: Any) -> Tensor:
         raise PlmkitError("generation runs on the torch backend only (plmkit serve --backend torch)")
+
+    def next_logits(self, state: Decoding) -> Tensor:
+        return self.generate(state.ids)
 
 
 # --backend name -> (the directory formats it runs, how to make it)
@@ -295,14 +307,17 @@ class ServedModel:
                               f"context of {limit} tokens")
         params = {"max_new_tokens": new, "temperature": temperature, "top_k": None, "top_p": top_p}
         stream.begin(self.tok, self.eos, len(ids), new)
-        # Prompts of any length with the same settings share a call (left-padded); a seeded
-        # sample runs alone so it does not depend on its neighbours.
-        key: Hashable = object() if (seed is not None and temperature > 0) else (temperature, top_p)
+        key = stream_key(temperature, top_p, seed)
+        key = object() if key is None else key          # a seeded sample: a batch of its own
         return [Item(len(ids), {"ids": ids, "seed": seed, "stream": stream, **params}, key)]
 
     # -- model thread side: one micro-batch ----------------------------------------------
 
-    def run(self, endpoint: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def run(self, endpoint: str, payloads: list[dict[str, Any]], joining: Joining | None = None
+            ) -> list[dict[str, Any]]:
+        """``joining``: the batcher's, for a batch that takes in newcomers as it runs (streams)."""
+        if joining is not None:
+            return RUNNERS[endpoint](self, payloads, joining)
         return RUNNERS[endpoint](self, payloads)
 
     def _batch(self, feats: list[dict[str, Any]]) -> dict[str, Tensor]:
@@ -416,7 +431,8 @@ def _run_generate(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[
     return out
 
 
-RUNNERS: dict[str, Callable[[ServedModel, list[dict[str, Any]]], list[dict[str, Any]]]] = {
+# (served, payloads) -> one result per payload; run_streams also takes the batcher's Joining
+RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "classify": _run_classify, "embed": _run_embed, "ner": _run_ner, "qa": _run_qa, "generate": _run_generate,
     # the protocol routes' own (serve/openai.py, serve/tei.py): not endpoints of their own
     "stream": run_streams, "scores": _run_scores, "tokenize": _run_tokenize}

@@ -18,6 +18,14 @@ little), and each batch runs; the jobs a batch completes are handed back to the 
 one ``call_soon_threadsafe`` per batch, so early requests need not wait for the whole haul.
 torch is never called concurrently, and the event loop only parses, routes and answers.
 
+Continuous batching (streams, serve/streams.py): a job submitted with a ``join`` key may enter
+a batch of its endpoint and key that is already running. Such a batch gets a ``Joining``: between
+two decoding steps it takes the compatible jobs from the head of the queue (tokenised there, on the
+model thread) and answers each row as soon as that row ends. It takes from the head only, so a job
+of another kind waiting there stops the joining: the batch drains and that job runs next, never
+starved by a stream of newcomers; and only the last batch of a haul joins, so no batch of the same
+haul waits behind it.
+
 ``close()`` lets everything already queued run, then stops: with uvicorn's graceful
 shutdown (in-flight requests finish first) nothing accepted is dropped.
 """
@@ -52,6 +60,7 @@ class Job:
     prepare: Prepare
     future: asyncio.Future = field(repr=False)
     arrived: float = 0.0
+    join: Hashable = None                                  # not None: may enter a running batch of its kind
     results: list[Any] = field(default_factory=list, repr=False)
     left: int = 0                                          # items not yet answered
 
@@ -85,15 +94,16 @@ class MicroBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, endpoint: str, size: int, prepare: Prepare) -> list[Any]:
+    async def submit(self, endpoint: str, size: int, prepare: Prepare, join: Hashable = None) -> list[Any]:
         """One request of ``size`` items; ``prepare()`` (run on the model thread) returns them as
         (batch key, token length, payload). Returns one result per item, in order; a
         ``PlmkitError`` of ``prepare`` is raised here. Cancelling the caller (a request timeout)
-        drops its job if it has not run yet."""
+        drops its job if it has not run yet. ``join``: the key of the running batches this job
+        may enter (its items' batch key; None: it waits for a batch of its own)."""
         if self._closing or self._task is None or self._task.done():
             raise ServerClosing("the server is shutting down")
         loop = asyncio.get_running_loop()
-        job = Job(endpoint, max(size, 1), prepare, loop.create_future(), loop.time())
+        job = Job(endpoint, max(size, 1), prepare, loop.create_future(), loop.time(), join)
         self._jobs.append(job)
         self._wake.set()
         return await job.future
@@ -143,30 +153,55 @@ class MicroBatcher:
     def _work(self, loop: asyncio.AbstractEventLoop, haul: list[Job]) -> None:
         """Tokenise every job, group its items, run the batches; answer jobs as they complete."""
         by_key: dict[Hashable, list[tuple[int, Job, int, Any]]] = defaultdict(list)
-        refused = []
-        for job in haul:
-            try:
-                items = job.prepare()
-            except PlmkitError as e:                       # bad input: this request alone gets a 422
-                refused.append((job, e))
-                continue
-            job.results, job.left = [None] * len(items), len(items)
+        for job, items in _prepared(loop, haul):
             for i, (key, length, payload) in enumerate(items):
                 by_key[(job.endpoint, key)].append((length, job, i, payload))
-            if not items:
-                refused.append((job, None))
-        if refused:
-            loop.call_soon_threadsafe(_answer, refused)
+        batches = []
         for (endpoint, _), group in by_key.items():
             group.sort(key=lambda g: g[0])
-            for start in range(0, len(group), self.max_batch):
-                self._run_batch(loop, endpoint, group[start:start + self.max_batch])
+            batches += [(endpoint, group[i:i + self.max_batch]) for i in range(0, len(group), self.max_batch)]
+        for n, (endpoint, batch) in enumerate(batches):
+            batch = [b for b in batch if not b[1].future.done()]
+            join = _common_join(batch) if n == len(batches) - 1 else None     # none of the haul waits behind it
+            if batch and join is not None:
+                self._run_joining(loop, endpoint, join, batch)
+            elif batch:
+                self._run_batch(loop, endpoint, batch)
+
+    def _take_head(self, endpoint: str, join: Hashable, room: int) -> list[Job]:
+        """The jobs of ``endpoint`` and ``join`` at the head of the queue, at most ``room`` items,
+        taken off it; stops at the first job of another kind (it runs next, once this batch
+        drains). Safe from the model thread: while a haul runs the collector awaits it, so this is
+        the queue's only consumer, and the event loop only appends (atomic on a deque)."""
+        taken: list[Job] = []
+        while self._jobs and room > 0:
+            job = self._jobs[0]
+            if job.future.done():                          # its caller timed out meanwhile
+                self._jobs.popleft()
+                continue
+            if job.endpoint != endpoint or job.join != join or job.size > room:
+                break
+            taken.append(self._jobs.popleft())
+            room -= job.size
+        return taken
+
+    def _run_joining(self, loop: asyncio.AbstractEventLoop, endpoint: str, join: Hashable,
+                     batch: list[tuple[int, Job, int, Any]]) -> None:
+        """A batch that takes in newcomers as it runs: rows are answered as they end (``Joining``)."""
+        joining = Joining(self, loop, endpoint, join, [(job, i, payload) for _, job, i, payload in batch])
+        payloads = [payload for _, _, _, payload in batch]
+        try:
+            results = self.run(endpoint, payloads, joining)
+        except Exception as e:  # noqa: BLE001 - a failed batch must fail its callers, never the model thread
+            log.exception("batch of %d on %s failed", joining.size, endpoint)
+            joining.fail(e)
+            return
+        for payload, result in zip(payloads, results):
+            joining.finish(payload, result)                # no-op for rows answered already
+        loop.call_soon_threadsafe(self.on_batch, endpoint, joining.size)
 
     def _run_batch(self, loop: asyncio.AbstractEventLoop, endpoint: str,
                    batch: list[tuple[int, Job, int, Any]]) -> None:
-        batch = [b for b in batch if not b[1].future.done()]
-        if not batch:
-            return
         try:
             results = self.run(endpoint, [payload for _, _, _, payload in batch])
         except Exception as e:  # noqa: BLE001 - a failed batch must fail its callers, never the model thread
@@ -183,6 +218,81 @@ class MicroBatcher:
             if job.left == 0:
                 done.append((job, None))
         loop.call_soon_threadsafe(_answer, done, (self.on_batch, endpoint, len(batch)))
+
+
+class Joining:
+    """A running batch of jobs submitted with a join key (serve/streams.py decodes one). Between
+    two steps it ``take``s the jobs of its kind that queued since it started; it answers each row
+    as soon as the row ends (``finish``): newcomers may keep the batch going for long, and a row
+    that ended must not wait for the batch. Used on the model thread only."""
+
+    def __init__(self, batcher: MicroBatcher, loop: asyncio.AbstractEventLoop, endpoint: str, join: Hashable,
+                 rows: list[tuple[Job, int, Any]]):
+        self._batcher, self._loop, self._endpoint, self._join = batcher, loop, endpoint, join
+        self._open: dict[int, tuple[Job, int, Any]] = {}        # id(payload) -> its job, index, payload
+        self.size = 0                                           # rows run, newcomers included (metrics)
+        self._add(rows)
+
+    def _add(self, rows: list[tuple[Job, int, Any]]) -> None:
+        for job, i, payload in rows:
+            self._open[id(payload)] = (job, i, payload)
+        self.size += len(rows)
+
+    def take(self, busy: int) -> list[Any]:
+        """The payloads of the newly queued jobs that may join now, tokenised (a refused one is
+        answered at once); ``busy``: rows running or waiting, the batch stays within max_batch."""
+        jobs = self._batcher._take_head(self._endpoint, self._join, self._batcher.max_batch - busy)
+        rows = [(job, i, payload) for job, items in _prepared(self._loop, jobs)
+                for i, (_, _, payload) in enumerate(items)]
+        self._add(rows)
+        return [payload for _, _, payload in rows]
+
+    def finish(self, payload: Any, result: Any) -> None:
+        """``payload``'s row ended with ``result``: its job is answered once all of its rows are."""
+        row = self._open.pop(id(payload), None)
+        if row is None:                                         # answered already
+            return
+        job, i, _ = row
+        job.results[i] = result
+        job.left -= 1
+        if job.left == 0:
+            self._loop.call_soon_threadsafe(_answer, [(job, None)])
+
+    def fail(self, error: BaseException) -> None:
+        """The batch failed: every job with a row not yet answered gets ``error``."""
+        failed = list({id(job): job for job, _, _ in self._open.values()}.values())
+        self._open.clear()
+        for job in failed:
+            job.left = -1                                       # never answered with results now
+        self._loop.call_soon_threadsafe(_answer, [(job, error) for job in failed],
+                                        (self._batcher.on_batch, self._endpoint, self.size))
+
+
+def _prepared(loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[tuple[Job, list[WorkItem]]]:
+    """Tokenise each job (on the model thread): the jobs with their items. Bad input fails that
+    request alone (a 422), answered at once, as is a job with no items."""
+    ready, refused = [], []
+    for job in jobs:
+        try:
+            items = job.prepare()
+        except PlmkitError as e:
+            refused.append((job, e))
+            continue
+        job.results, job.left = [None] * len(items), len(items)
+        if items:
+            ready.append((job, items))
+        else:
+            refused.append((job, None))
+    if refused:
+        loop.call_soon_threadsafe(_answer, refused)
+    return ready
+
+
+def _common_join(batch: list[tuple[int, Job, int, Any]]) -> Hashable:
+    """The join key the jobs of ``batch`` that have one share (None: the batch runs as it is). Its
+    other jobs (e.g. non-streamed answers) came in the same haul; their rows are answered as they end."""
+    keys = {job.join for _, job, _, _ in batch if job.join is not None}
+    return keys.pop() if len(keys) == 1 else None
 
 
 def _answer(jobs: list[tuple[Job, BaseException | None]], observe: tuple | None = None) -> None:

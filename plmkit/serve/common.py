@@ -35,7 +35,8 @@ class Limits:
     timeout_s: float = 30.0          # per request, queueing included
 
 
-# (endpoint, items, prepare, timeout_s=limits.timeout_s; None: no limit) -> one result per item
+# (endpoint, items, prepare, timeout_s=limits.timeout_s (None: no limit), join=None: the running
+# batches it may enter, serve/batcher.py) -> one result per item
 Infer = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 

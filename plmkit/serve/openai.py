@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..tokenizer.chat import chat_template
 from .common import ApiError, Limits, Routes, check_text, check_texts, embedding_size, json_answer, model_id
-from .streams import Stream
+from .streams import Stream, stream_key
 
 ROLES = ("system", "user", "assistant")
 MAX_STOPS = 4                    # OpenAI's limit
@@ -277,7 +277,10 @@ async def _answer(routes: Routes, req: _Generation, prompt: str | None, messages
                                        _usage(r["prompt_tokens"], r["completion_tokens"])))
     # The time limit covers the wait for the first token (queueing, the prompt); after that the
     # client sees progress, and max_tokens bounds the rest.
-    job = asyncio.ensure_future(routes.infer("stream", 1, prepare, timeout_s=None))
+    # It may join a batch that is decoding already (continuous batching; a non-streamed answer
+    # waits for a batch of its own, as before).
+    join = stream_key(req.temperature, req.top_p, req.seed)
+    job = asyncio.ensure_future(routes.infer("stream", 1, prepare, timeout_s=None, join=join))
     await _started(stream, job, routes.limits.timeout_s)
     job.add_done_callback(lambda j: _failed(stream, j))
     include_usage = bool(req.stream_options and req.stream_options.include_usage)

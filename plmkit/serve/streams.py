@@ -4,13 +4,19 @@ out as it is made, cut at its stop strings.
 A request is one ``Stream``: the model thread fills it (``push`` per generated token, then
 ``end``) and the event loop reads its events (``("text", delta)`` ..., then ``("end", reason)``).
 
-What the micro-batcher keeps: streams that wait together (one haul, serve/batcher.py) with the
-same sampling settings run as one left-padded batch and decode together, step by step; after each
-step every client's new text goes out in one hop to the event loop, and the batch stops as soon
-as every row has finished (an end-of-text id, a stop string, its own max_tokens, or its client
-gone). What it does not do is continuous batching: a request arriving while a batch decodes waits
-for that batch to end (as a non-streamed one does), since joining it would mean merging KV caches
-mid-decode. A seeded sample runs alone, so its tokens do not depend on its neighbours.
+Continuous batching: streams with the same sampling settings (``stream_key``) decode as one
+left-padded batch, step by step, and after each step every client's new text goes out in one hop
+to the event loop. Between two steps the model thread takes the streams that queued meanwhile
+(serve/batcher.py's ``Joining``), prefills them together, sends their first token at once and
+merges them into the running batch (models/generate.py's ``merge``: the shorter KV cache and mask
+are left-padded along time, then rows are stacked). A row that ends (an end-of-text id, a stop
+string, its own max_tokens, its client gone) leaves the batch (``select``) and is answered then;
+the batch stops when no row is left. A newcomer joins only if every row still gets all of its
+max_tokens within the context afterwards; else it waits (first come, first served) until rows
+have left or the batch is done. Padding and merging change no row's logits beyond float noise,
+so a greedy answer is the same alone, together or joined mid-way. A seeded sample runs alone
+(nothing joins it), so its tokens do not depend on its neighbours; a non-streamed answer starts
+in a batch, as before, and does not join one mid-way.
 
 Detokenising is incremental (as Text Generation Inference does it): each step decodes the last
 few ids and keeps back a character that is still an incomplete UTF-8 sequence ("\\ufffd") and
@@ -19,14 +25,19 @@ any tail that may begin a stop string, so no client ever sees text that is later
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Sequence
+import functools
+import itertools
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import torch
+
+from ..models.generate import Decoding, choose, merge, select
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from .backend import ServedModel
+    from .batcher import Joining
 
 Event = tuple[str, str]          # ("text", delta) or ("end", finish_reason)
 
@@ -133,45 +144,125 @@ def _deliver(events: list[tuple[Stream, Event]]) -> None:
         stream.events.put_nowait(event)
 
 
-def _fitting(payloads: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
-    """Cut a length-sorted batch where the longest prompt plus the most new tokens would pass the
-    context: a short prompt padded to a long one must still get all of its max_tokens."""
-    groups: list[list[dict[str, Any]]] = [[]]
-    for p in payloads:
-        trial = groups[-1] + [p]
-        if groups[-1] and max(len(q["ids"]) for q in trial) + max(q["max_new_tokens"] for q in trial) > limit:
-            groups.append([p])
-        else:
-            groups[-1] = trial
-    return groups
+def stream_key(temperature: float, top_p: float | None, seed: int | None) -> Hashable:
+    """Which streams may decode together, from the first step or by joining a running batch: prompts
+    of any length (left-padded) with the same sampling settings. None: a seeded sample, which runs
+    alone so that its tokens do not depend on its neighbours."""
+    return None if (seed is not None and temperature > 0) else (temperature, top_p)
 
 
-def run_streams(sm: ServedModel, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One micro-batch of streams (same sampling settings): decode them together, step by step."""
-    for group in _fitting(payloads, sm.config.max_position):
-        _decode_together(sm, group)
+def run_streams(sm: ServedModel, payloads: list[dict[str, Any]], joining: Joining | None = None
+                ) -> list[dict[str, Any]]:
+    """One micro-batch of streams (same sampling settings), decoded together step by step; with
+    ``joining`` (serve/batcher.py) streams that queue meanwhile join it and every row is answered
+    as it ends."""
+    _Batch(sm, payloads[0], joining).run(payloads)
     return [p["stream"].result() for p in payloads]
 
 
-def _decode_together(sm: ServedModel, payloads: list[dict[str, Any]]) -> None:
-    p0, streams = payloads[0], [p["stream"] for p in payloads]
-    width = max(len(p["ids"]) for p in payloads)
-    ids = torch.tensor([[sm.pad] * (width - len(p["ids"])) + p["ids"] for p in payloads])     # left-padded
-    mask = None
-    if any(len(p["ids"]) < width for p in payloads):
-        mask = torch.tensor([[0] * (width - len(p["ids"])) + [1] * len(p["ids"]) for p in payloads])
-    gen = torch.Generator().manual_seed(p0["seed"]) if p0["seed"] is not None else None
+class _Batch:
+    """The rows decoding together (payloads, in the order of the cache's rows) and the prompts
+    waiting to join them."""
 
-    def step(nxt: torch.Tensor) -> bool:
+    def __init__(self, sm: ServedModel, settings: dict[str, Any], joining: Joining | None):
+        self.sm, self.joining = sm, joining
+        gen = torch.Generator().manual_seed(settings["seed"]) if settings["seed"] is not None else None
+        self.pick = functools.partial(choose, temperature=settings["temperature"], top_k=settings["top_k"],
+                                      top_p=settings["top_p"], generator=gen)
+        self.rows: list[dict[str, Any]] = []
+        self.state: Decoding | None = None
+        self.waiting: list[dict[str, Any]] = []
+
+    def run(self, payloads: list[dict[str, Any]]) -> None:
+        self.waiting = list(payloads)
+        while True:
+            self._admit()
+            if not self.rows:                   # nothing waits either: the first waiting prompt always fits
+                return
+            self._step()
+            self._drop_finished()
+
+    def _step(self) -> None:
+        if self.state.ids.size(1) >= self.sm.config.max_position:     # cannot happen (see _fits); never overrun
+            for p in self.rows:
+                p["stream"].end("length")
+            _publish([p["stream"] for p in self.rows])
+        else:
+            nxt = self.pick(self.sm.backend.next_logits(self.state))
+            self.state.append(nxt)
+            self._push(self.rows, nxt)
+
+    def _admit(self) -> None:
+        """Prefill the waiting prompts that fit (together, left-padded), send their first tokens,
+        then merge them into the running rows."""
+        self._refill()
+        n = self._fits()
+        if n == 0:
+            return
+        group, self.waiting = self.waiting[:n], self.waiting[n:]
+        new = _left_padded(group, self.sm.pad)
+        nxt = self.pick(self.sm.backend.next_logits(new))
+        new.append(nxt)
+        self._push(group, nxt)
+        self.state = new if self.state is None else merge(self.state, new, self.sm.pad)
+        self.rows += group
+        self._drop_finished()
+
+    def _refill(self) -> None:
+        """The streams queued meanwhile become the waiting ones, if none wait still (else they stay
+        in the queue, behind them); a waiting one whose client went away leaves."""
+        if self.joining is not None and not self.waiting:
+            self.waiting = self.joining.take(len(self.rows))
+        waiting, self.waiting = self.waiting, []
+        for p in waiting:
+            if p["stream"].done:
+                self._finish(p)
+            else:
+                self.waiting.append(p)
+
+    def _fits(self) -> int:
+        """How many of the waiting prompts, in order, can join now: after the merge, every row must
+        still get all of its max_tokens within the context (a short prompt padded to a long one
+        included); the first that cannot waits, and so do those behind it (first come, first served)."""
+        limit = self.sm.config.max_position
+        length = self.state.ids.size(1) if self.state is not None else 0
+        left = max((p["max_new_tokens"] - len(p["stream"].ids) for p in self.rows), default=0)
+        width = 0
+        for n, p in enumerate(self.waiting):
+            width, left = max(width, len(p["ids"])), max(left, p["max_new_tokens"] - 1)
+            if max(length, width + 1) + left > limit:   # the prompts and their first token, then the rest
+                return n
+        return len(self.waiting)
+
+    def _push(self, rows: list[dict[str, Any]], nxt: torch.Tensor) -> None:
+        """Each row's new token to its stream; every client's new text goes out in one hop."""
+        streams = [p["stream"] for p in rows]
         for stream, token in zip(streams, nxt.tolist()):
             stream.push(token)
         _publish(streams)
-        return all(s.done for s in streams)
 
-    if not all(s.done for s in streams):        # every client may have left while it queued
-        sm.backend.generate(ids, max_new_tokens=max(p["max_new_tokens"] for p in payloads),
-                            temperature=p0["temperature"], top_k=p0["top_k"], top_p=p0["top_p"],
-                            eos_token_id=sm.eos, generator=gen, attention_mask=mask, on_step=step)
-    for s in streams:
-        s.end("length")                         # the context ran out first (no-op for finished rows)
-    _publish(streams)
+    def _drop_finished(self) -> None:
+        """Rows that ended (end-of-text, a stop string, their max_tokens, their client gone) leave
+        the batch and are answered now; the rest decode on without them."""
+        ended = [p["stream"].done for p in self.rows]          # read once: a client may leave meanwhile
+        if not any(ended):
+            return
+        for p in itertools.compress(self.rows, ended):
+            self._finish(p)
+        keep = [i for i, e in enumerate(ended) if not e]
+        self.rows = [self.rows[i] for i in keep]
+        self.state = select(self.state, keep) if keep else None
+
+    def _finish(self, p: dict[str, Any]) -> None:
+        p["stream"].end("length")               # a client that left (no-op for a row that ended)
+        if self.joining is not None:
+            self.joining.finish(p, p["stream"].result())
+
+
+def _left_padded(payloads: list[dict[str, Any]], pad: int) -> Decoding:
+    width = max(len(p["ids"]) for p in payloads)
+    ids = torch.tensor([[pad] * (width - len(p["ids"])) + p["ids"] for p in payloads])
+    if all(len(p["ids"]) == width for p in payloads):
+        return Decoding(ids)
+    mask = torch.tensor([[0] * (width - len(p["ids"])) + [1] * len(p["ids"]) for p in payloads])
+    return Decoding(ids, mask)
