@@ -349,6 +349,28 @@ def test_int8_vectors_stay_within_cosine_099_of_fp32(tmp_path, embed_dir, files,
     assert F.cosine_similarity(fp32, int8, dim=-1).min().item() > 0.99
 
 
+def test_bench_times_embedding_models_without_baseline_rows_and_scores_them_as_evaluate(tmp_path, embed_dir,
+                                                                                         files, capsys):
+    """plmkit bench takes embed models (fp32 and INT8): no transformers row (no head class computes
+    the vectors; the note says so), the metric the data's (MRR@10 here, Spearman for scored pairs)."""
+    pytest.importorskip("onnxruntime")
+    assert main(["quantize", "--model", str(embed_dir), "--out", str(tmp_path / "q")]) == 0
+    want = _evaluate(capsys, embed_dir, files["eval"])
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--models", str(embed_dir), str(tmp_path / "q"), "--data", str(files["eval"]),
+                 "--batch-sizes", "1", "8", "--repeats", "1", "--warmup", "1", "--latency-examples", "4",
+                 "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["kind"] for r in result["rows"]] == ["torch", "onnx"] and result["metric_name"] == "mrr@10"
+    assert "no baseline rows" in result["notes"][0]
+    assert result["rows"][0]["metric"] == pytest.approx(want["mrr@10"], abs=1e-6)
+    scored = tmp_path / "scored.tsv"
+    scored.write_text("".join(f"what does {n} like\t{n} likes boats\t{i % 5}\n" for i, n in enumerate(NAMES[:12])))
+    assert main(["bench", "--models", str(embed_dir), "--data", str(scored), "--batch-sizes", "8", "--repeats", "1",
+                 "--warmup", "1", "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metric_name"] == "spearman"
+
+
 def test_sentence_transformers_export_loads_with_equal_vectors(tmp_path, embed_dir):
     st = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed "
                                                               "(pip install 'plmkit[hf]')")

@@ -16,6 +16,9 @@ from ..tokenizer import load_tokenizer
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx.data", ".bin")
 EVAL_BATCH = 64          # plmkit evaluate's default batch size: same batches, same metric
+# What bench times: the tasks with a transformers baseline, and sentence embeddings (plmkit's rows
+# only: transformers has no head class that computes them, so no baseline or peer rows).
+TIMED_TASKS = (*BENCH_TASKS, "embed")
 
 
 @dataclass
@@ -24,7 +27,7 @@ class Variant:
     path: str                     # the directory the row measures
     kind: str                     # a key of RUNNERS: transformers | torch | onnx | openvino-ir | optimum-ort | openvino
     precision: str                # fp32 | bf16 | int8
-    task: str                     # classify | ner | qa
+    task: str                     # classify | ner | qa | embed
     features_from: str            # checkpoint whose tokenizer and preprocessing encode the data
     baseline: bool = False
 
@@ -61,9 +64,9 @@ def bench_task(path: Path) -> str:
     """The task a model directory is benchmarked on, from its config files alone (nothing loaded)."""
     saved = peek(path)
     task = task_of(path, saved.task, saved.head_config)
-    if task is None or task.name not in BENCH_TASKS:
+    if task is None or task.name not in TIMED_TASKS:
         raise PlmkitError(f"{path}: a '{saved.task}' model has no task to benchmark (fine-tune it first; "
-                          f"bench runs {', '.join(BENCH_TASKS)} models)")
+                          f"bench runs {', '.join(TIMED_TASKS)} models)")
     return task.name
 
 
@@ -79,8 +82,8 @@ def row_of(v: Variant, s: Settings, by_batch: dict[str, dict[str, float]], param
             "params": int(params), "size_mb": round(size_bytes / 2**20, 3),
             "latency_p50_ms": small["latency_p50_ms"], "latency_p95_ms": small["latency_p95_ms"],
             "throughput": large["throughput"], "peak_rss_mb": round(rss_kb / 1024, 1),
-            "metric": float(metrics[metric]), "metrics": metrics, "baseline": v.baseline, "speedup": None,
-            "examples": examples, "by_batch": by_batch}
+            "metric": float(metrics[metric]), "metric_name": metric, "metrics": metrics, "baseline": v.baseline,
+            "speedup": None, "examples": examples, "by_batch": by_batch}
 
 
 def encoding(path: str, task_name: str) -> tuple[TaskSpec, Prep, Any, dict[str, Any]]:

@@ -86,8 +86,8 @@ def run_worker(v: Variant, s: Settings) -> dict[str, Any]:
                              "throughput": round(len(feats) / statistics.median(per_pass), 2),
                              "examples": len(feats), "pass_spread": pass_spread(per_pass)}
     metrics = task.evaluate(model, TaskData(examples, features, tok, head_config, Infer(EVAL_BATCH, precision)))
-    return row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics, task.metric,
-                  len(examples))
+    return row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics,
+                  task.metric_of(examples), len(examples))
 
 
 def worker_main(spec_file: str, out_file: str) -> int:

@@ -29,6 +29,7 @@ from ..io import check_out_file, work_dir, write_json
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS, resolve
+from ..tasks import TASKS
 
 
 @dataclass
@@ -111,6 +112,9 @@ def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | N
                           + ", ".join(f"{v.path} ({v.task})" for v in variants))
     bench.unique_names(variants)
     names, note = _baselines(cfg), None
+    if names and TASKS[variants[0].task].hf_auto is None:
+        names, note = [], (f"no baseline rows: transformers has no head class for '{variants[0].task}' models; "
+                           "speedups are relative to the first row")
     if "hf" in names and importlib.util.find_spec("transformers") is None:
         names.remove("hf")
         note = ("no transformers baseline row: transformers is not installed (pip install 'plmkit[hf]'); "
@@ -186,7 +190,7 @@ def run(cfg: Config) -> int:
     machine["load_avg_after"] = list(os.getloadavg())
     machine["other_cpu_cores"] = bench.other_cores(start)
     task = variants[-1].task
-    result = {"data": cfg.data, "task": task, "metric_name": bench.metric_name(task),
+    result = {"data": cfg.data, "task": task, "metric_name": rows[-1].get("metric_name", bench.metric_name(task)),
               "batch_sizes": settings.batch_sizes, "examples": n, "machine": machine,
               "speedup_reference": reference, "config": to_dict(cfg), "rows": rows}
     warnings = bench.trust_warnings(rows, machine, cfg.repeats)

@@ -60,8 +60,8 @@ class TaskSpec(Protocol):
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK, embed.TASK)}
 
-# The tasks plmkit bench measures (and compress, which benches its candidates): those with a
-# transformers baseline.
+# The tasks with a transformers baseline: what compress takes (it benches its candidates) and what
+# plmkit bench measures with baseline rows (it also times embed, without them: bench/rows.py).
 BENCH_TASKS = tuple(name for name, t in TASKS.items() if t.hf_auto)
 
 
