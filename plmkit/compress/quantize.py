@@ -31,7 +31,7 @@ node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on 
 ``SLOW_FUSIONS``): ``MultiHeadAttention`` with per-token ranges (the Q/K/V MatMuls stay, and are
 quantized), ``Attention`` -> ``QAttention`` (Q/K/V in one INT8 GEMM) with per-tensor ranges.
 This needs the attention pattern the encoder emits under export (see ``attend`` in
-models/encoder.py); a layer whose pattern does not match (a layer pruned to zero heads) simply
+models/layers.py); a layer whose pattern does not match (a layer pruned to zero heads) simply
 stays unfused.
 """
 from __future__ import annotations
