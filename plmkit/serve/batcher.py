@@ -206,10 +206,7 @@ class MicroBatcher:
             results = self.run(endpoint, [payload for _, _, _, payload in batch])
         except Exception as e:  # noqa: BLE001 - a failed batch must fail its callers, never the model thread
             log.exception("batch of %d on %s failed", len(batch), endpoint)
-            failed = list({id(job): job for _, job, _, _ in batch}.values())
-            for job in failed:
-                job.left = -1                              # never answered with results now
-            loop.call_soon_threadsafe(_answer, [(job, e) for job in failed], (self.on_batch, endpoint, len(batch)))
+            _fail(loop, [job for _, job, _, _ in batch], e, (self.on_batch, endpoint, len(batch)))
             return
         done = []
         for (_, job, i, _), r in zip(batch, results):
@@ -260,12 +257,9 @@ class Joining:
 
     def fail(self, error: BaseException) -> None:
         """The batch failed: every job with a row not yet answered gets ``error``."""
-        failed = list({id(job): job for job, _, _ in self._open.values()}.values())
+        jobs = [job for job, _, _ in self._open.values()]
         self._open.clear()
-        for job in failed:
-            job.left = -1                                       # never answered with results now
-        self._loop.call_soon_threadsafe(_answer, [(job, error) for job in failed],
-                                        (self._batcher.on_batch, self._endpoint, self.size))
+        _fail(self._loop, jobs, error, (self._batcher.on_batch, self._endpoint, self.size))
 
 
 def _prepared(loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[tuple[Job, list[WorkItem]]]:
@@ -286,6 +280,14 @@ def _prepared(loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> list[tuple[Jo
     if refused:
         loop.call_soon_threadsafe(_answer, refused)
     return ready
+
+
+def _fail(loop: asyncio.AbstractEventLoop, jobs: list[Job], error: BaseException, observe: tuple) -> None:
+    """A batch failed: each of its jobs (once, however many rows it had there) gets ``error``."""
+    failed = list({id(job): job for job in jobs}.values())
+    for job in failed:
+        job.left = -1                                      # never answered with results now
+    loop.call_soon_threadsafe(_answer, [(job, error) for job in failed], observe)
 
 
 def _common_join(batch: list[tuple[int, Job, int, Any]]) -> Hashable:
