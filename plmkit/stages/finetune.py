@@ -52,6 +52,9 @@ RUN_FILE = "finetune.yaml"
 SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "matryoshka_dims")
 
 
+MAX_LENGTH = 128
+
+
 @dataclass
 class _Options:
     model: str = option(help="pre-trained model: plmkit checkpoint or local HF BERT/GPT-2 directory")
@@ -75,7 +78,9 @@ class _Options:
     group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
                                           "padding, faster); off: random batches, as transformers' Trainer "
                                           "by default (default: on, except for ner, where it costs accuracy)")
-    max_length: int = option(128, help="tokens per example (see --long-text for longer texts)", ge=8)
+    max_length: int | None = option(None, help=f"tokens per example (default {MAX_LENGTH}; --task embed on a "
+                                    "sentence-transformers model: its own max_seq_length; see --long-text for "
+                                    "longer texts)", ge=8)
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
                             "split into overlapping windows whose predictions are averaged (windows)",
@@ -125,7 +130,7 @@ def run(cfg: Config) -> int:
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
     _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
-    fit_defaults(cfg, len(train_ex))         # resolved here, so finetune.yaml and plmkit.json record them
+    fit_defaults(cfg, task, len(train_ex))   # resolved here, so finetune.yaml and plmkit.json record them
     args = pick(TrainArgs, cfg)
     work = run_dir(out, "train", cfg.resume, cfg.overwrite)
     tok = load_tokenizer(cfg.model)
@@ -177,11 +182,16 @@ def run(cfg: Config) -> int:
     return 0
 
 
-def fit_defaults(cfg: Config, examples: int) -> None:
-    """Fill the unset batch size, passes and learning rate for ``examples`` training examples."""
+def fit_defaults(cfg: Config, task: TaskSpec, examples: int) -> None:
+    """Fill the unset batch size, passes and learning rate for ``examples`` training examples: the
+    task's own defaults, else the data-size rule."""
     fit = fit_to_data(examples, default_lr(cfg.strategy), batch_size=cfg.batch_size, epochs=cfg.epochs,
-                      lr=cfg.lr)
-    if fit.fitted:
+                      lr=cfg.lr, task=task.train_defaults)
+    unset = cfg.batch_size is None or cfg.epochs is None or cfg.lr is None
+    if task.train_defaults is not None and unset:
+        print(f"{task.train_defaults.describe(task.name)}: batch {fit.batch_size}, {fit.epochs:g} epochs, "
+              f"lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, --epochs or --lr to choose)")
+    elif fit.fitted:
         print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
               f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, "
               "--epochs or --lr to choose)")
@@ -195,15 +205,19 @@ def help_for(argv: list[str]) -> str:
         pre.add_argument(flag)
     ns, _ = pre.parse_known_args(argv)
     if not ns.train:
-        return RULE + " Add --train FILE to --help to see the values for your data."
+        own = " ".join(t.train_defaults.describe(t.name) + "." for t in TASKS.values() if t.train_defaults)
+        return f"{RULE} {own} Add --train FILE to --help to see the values for your data."
     try:
-        examples = len(TASKS[ns.task or "classify"].read(ns.train, Prep()))
+        task = TASKS[ns.task or "classify"]
+        examples = len(task.read(ns.train, Prep()))
         fit = fit_to_data(examples, default_lr(ns.strategy or "full"),
                           batch_size=int(ns.batch_size) if ns.batch_size else None,
-                          epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None)
+                          epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None,
+                          task=task.train_defaults)
     except (PlmkitError, OSError, KeyError, ValueError) as e:
         return f"{RULE} (--train {ns.train}: {e})"
-    return (f"{RULE} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, "
+    rule = task.train_defaults.describe(task.name) + "." if task.train_defaults else RULE
+    return (f"{rule} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, "
             f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
 
 
@@ -220,6 +234,10 @@ def _check_backbone(saved: Saved, task: TaskSpec) -> None:
 
 
 def _prep(cfg: Config) -> Prep:
+    if cfg.max_length is None:    # resolved once, so finetune.yaml records it
+        defaults = TASKS[cfg.task].train_defaults
+        own = (st_settings(cfg.model) or {}).get("max_seq_length") if defaults and defaults.model_length else None
+        cfg.max_length = own or MAX_LENGTH
     if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
         raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":

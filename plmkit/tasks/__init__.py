@@ -24,6 +24,7 @@ from ..errors import PlmkitError
 from ..loading import load
 from ..models.st import st_settings
 from ..tokenizer import load_tokenizer
+from ..train.defaults import TaskDefaults
 from . import classify, embed, generate, ner, qa
 from .common import Infer, Prep, TaskData
 
@@ -40,6 +41,7 @@ class TaskSpec(Protocol):
     on_graph: bool            # evaluate runs on an exported graph (ONNX / OpenVINO): quantize measures it
     file_layout: str          # how its files hold examples, for carving slices: "lines" (one per line), "blocks"
                               # (CoNLL: blank-line separated; .json/.jsonl a line each), "squad" (one JSON document)
+    train_defaults: TaskDefaults | None   # its own batch, passes and lr; None: the data-size rule (train/defaults.py)
     hf_auto: str | None       # the transformers Auto class of its HF export (bench's baseline); None: not benched
     what: str                 # the model in words ("a classification model"), for refusals
 

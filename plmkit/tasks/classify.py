@@ -28,6 +28,7 @@ class ClassifyTask:
     detailed = True
     on_graph = True
     file_layout = "lines"
+    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
     hf_auto = "AutoModelForSequenceClassification"
     what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"

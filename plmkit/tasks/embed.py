@@ -22,6 +22,7 @@ from ..config import option
 from ..data.pairs import PairExample, encode_pairs, passage_keys, read_pairs
 from ..errors import PlmkitError
 from ..eval.metrics import pearson, retrieval_scores, spearman
+from ..train.defaults import TaskDefaults
 from .common import Prep, TaskData, forward_batches
 
 TOP_K = 10
@@ -67,6 +68,13 @@ class EmbedTask:
     detailed = False
     on_graph = True
     file_layout = "lines"
+    # One pass at batch 32 and a fifth of the strategy's rate (full: 2e-5, sentence-transformers'
+    # own), whatever the data's size: the models it starts from are sentence encoders already, so
+    # the data-size rule's extra passes at a higher rate undo their training, and a smaller batch
+    # leaves the in-batch loss fewer negatives. And the texts are cut where the model's own
+    # sentence-transformers config cuts them (all-MiniLM-L6-v2: 256 tokens), as its evaluation reads
+    # them. Measured: benchmarks/embed_defaults.py.
+    train_defaults = TaskDefaults(batch_size=32, epochs=1.0, lr_scale=0.2, model_length=True)
     hf_auto = None
     what = "a sentence-embedding model"
     help = ("pairs (anchor, positive) or triplets (+ negative) in TSV/CSV/JSONL, scored pairs (text, text, "

@@ -42,6 +42,7 @@ class GenerateTask:
     detailed = False
     on_graph = False            # its evaluation needs the loss and a KV cache
     file_layout = "lines"
+    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
     hf_auto = None
     what = "a language model"
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "

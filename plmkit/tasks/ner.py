@@ -52,6 +52,7 @@ class NerTask:
     detailed = True
     on_graph = True
     file_layout = "blocks"
+    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
     hf_auto = "AutoModelForTokenClassification"
     what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"

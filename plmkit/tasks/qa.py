@@ -28,6 +28,7 @@ class QATask:
     detailed = False
     on_graph = True
     file_layout = "squad"
+    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
     hf_auto = "AutoModelForQuestionAnswering"
     what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"

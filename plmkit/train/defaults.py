@@ -8,6 +8,11 @@ the passes grow (up to ``MAX_EPOCHS``); the strategy's learning rate is scaled b
 sqrt(batch / 32), the square-root rule for Adam, so a smaller batch takes smaller, noisier
 steps. From ~5,300 examples up (3 epochs of batch 32 reach MIN_STEPS) nothing changes. What
 the user sets is kept; the rule only fills what is unset.
+
+A task whose models arrive already trained for it can name fixed defaults instead
+(``TaskDefaults``): sentence embeddings (measured: benchmarks/embed_defaults.py, RESULTS.md "Embed
+defaults"), where more passes at a higher rate move all-MiniLM-L6-v2 away from its own training
+and a smaller batch leaves the in-batch loss fewer negatives.
 """
 from __future__ import annotations
 
@@ -27,6 +32,20 @@ RULE = (f"Batch size, epochs and lr fit the data: the batch shrinks from {BATCH}
 
 
 @dataclass(frozen=True)
+class TaskDefaults:
+    """A task's own batch, passes and rate (a fraction of the strategy's), used instead of the
+    data-size rule whatever the data's size."""
+    batch_size: int
+    epochs: float
+    lr_scale: float     # times the strategy's rate at batch 32 (full: 1e-4 x 0.2 = 2e-5)
+    model_length: bool = False   # without --max-length: a sentence-transformers model's own max_seq_length
+
+    def describe(self, task: str) -> str:
+        return (f"--task {task}: batch {self.batch_size}, {self.epochs:g} epoch(s), {self.lr_scale:g} x the "
+                "strategy's lr (the task's measured defaults; the data-size rule does not apply)")
+
+
+@dataclass(frozen=True)
 class DataFit:
     """What a fine-tuning run on ``examples`` examples trains with; ``fitted``: the rule chose a
     batch or passes other than those of large data."""
@@ -39,12 +58,17 @@ class DataFit:
 
 
 def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None, epochs: float | None = None,
-                lr: float | None = None, min_steps: int = MIN_STEPS) -> DataFit:
+                lr: float | None = None, min_steps: int = MIN_STEPS, task: TaskDefaults | None = None) -> DataFit:
     """The batch size, passes and learning rate for ``examples`` training examples.
 
     ``base_lr`` is the strategy's rate at batch 32; ``batch_size``/``epochs``/``lr`` given by the
-    user are kept as they are."""
+    user are kept as they are; ``task``: the task's own defaults fill the rest instead of the rule."""
     n = max(int(examples), 1)
+    if task is not None:
+        batch = batch_size or task.batch_size
+        passes = task.epochs if epochs is None else epochs
+        rate = lr if lr is not None else base_lr * task.lr_scale
+        return DataFit(n, batch, passes, rate, _steps(n, batch, passes), False)
     passes = EPOCHS if epochs is None else epochs
     batch = batch_size
     if batch is None:
