@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from plmkit.errors import PlmkitError
-from plmkit.serve.batcher import MicroBatcher
+from plmkit.serve.batcher import MicroBatcher, cut_by_length
 
 
 def _serve(batcher: MicroBatcher, requests: list[tuple[str, list[str]]]) -> list:
@@ -53,9 +53,21 @@ def test_a_haul_is_tokenised_and_run_on_the_model_thread_in_length_sorted_batche
     assert got[3] == ["classify:dd", "classify:eeeee", "classify:f", "classify:gggggg"]
     # tokenising and the model both ran on the one model thread, never on the event loop
     assert set(THREADS) == {c[1] for c in calls} and all(n.startswith("plmkit-model") for n in THREADS)
-    # one haul: the 7 classify texts sorted by length and cut into batches of 3, embed apart
-    assert [(ep, p) for ep, _, p in calls] == [("classify", ["b", "f", "dd"]), ("classify", ["ccc", "aaaa", "eeeee"]),
-                                               ("classify", ["gggggg"]), ("embed", ["y", "xx"])]
+    # one haul: the 7 classify texts sorted by length and cut into batches of at most 3 (3 calls, as
+    # fixed cuts, but 26 padded rows instead of 27), embed apart
+    assert [(ep, p) for ep, _, p in calls] == [("classify", ["b", "f", "dd"]), ("classify", ["ccc", "aaaa"]),
+                                               ("classify", ["eeeee", "gggggg"]), ("embed", ["y", "xx"])]
+
+
+def test_cuts_trade_padding_against_calls():
+    lengths = lambda batches: [[item[0] for item in b] for b in batches]   # noqa: E731
+    mixed = [(n,) for n in [10] * 5 + [50] * 3]
+    # one batch pads 8 x 50 = 400 rows; two pad 5 x 10 + 3 x 50 = 200, worth a call of 8 rows
+    assert lengths(cut_by_length(mixed, 8, 8)) == [[10] * 5, [50] * 3]
+    assert lengths(cut_by_length(mixed, 8, 1000)) == [[10] * 5 + [50] * 3]       # a call dearer than the padding
+    assert lengths(cut_by_length(mixed, 4, 8)) == [[10] * 4, [10], [50] * 3]     # max_batch holds
+    assert [len(b) for b in cut_by_length([(7,)] * 20, 8, 8)] == [8, 8, 4]        # one length: fixed cuts
+    assert cut_by_length([], 8, 8) == []
 
 
 def test_max_batch_one_runs_every_item_alone_with_the_same_answers():

@@ -285,7 +285,8 @@ def _undecodable(e: UnicodeDecodeError) -> str:
 def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metrics | None = None) -> FastAPI:
     limits = limits or Limits()
     metrics = metrics or Metrics()
-    batcher = MicroBatcher(served.run, limits.max_batch, limits.max_wait_ms, metrics.observe_batch)
+    batcher = MicroBatcher(served.run, limits.max_batch, limits.max_wait_ms, metrics.observe_batch,
+                           served.backend.call_rows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
