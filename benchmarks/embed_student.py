@@ -11,10 +11,9 @@ Data and scoring are embed_vs_st.py's (imported, not copied): ../shared/data/squ
 paragraphs, scored by ``plmkit evaluate --task embed --precision fp32`` (MRR@10, recall@1,
 recall@10, nDCG@10). The commands, as a user types them:
 
-1. teacher: ``plmkit finetune --model all-MiniLM-L6-v2 --task embed --train train.json`` with
-   embed_vs_st.py's plmkit settings (its ``plmkit_side``: lr 2e-5, batch 32, 1 epoch, max length 256,
-   10% warmup, weight decay 0, scale 20, bf16 autocast), the teacher of goal 3. ``--teacher zero-shot``:
-   MiniLM untouched.
+1. teacher: ``plmkit finetune --model all-MiniLM-L6-v2 --task embed --train train.json`` at the embed
+   task's defaults (one pass, batch 32, lr 2e-5, the model's max length 256, bf16 autocast), the
+   teacher of goal 3. ``--teacher zero-shot``: MiniLM untouched.
 2. student: ``plmkit distill --task embed --teacher TEACHER --train train.json --student-layers 0,2,4``,
    every other setting at distill's defaults (3 epochs, lr 1e-4, batch 32, the teacher's max length,
    alpha 0.5: half in-batch ranking, half MSE to the teacher's vectors, no hidden-state loss). Task
@@ -71,9 +70,11 @@ def teacher_model(arg: str, train: Path, work: Path, smoke: bool, precision: str
         return minilm, "all-MiniLM-L6-v2 untouched"
     if arg != "finetune":
         return Path(arg), f"given: {arg}"
-    cfg = E.SMOKE if smoke else E.TRAIN
-    seconds = E.plmkit_side(minilm, train, work / "teacher", cfg, precision)
-    return work / "teacher", f"plmkit finetune --task embed ({json.dumps(cfg)}, {precision}): {seconds:.0f} s"
+    t = time.perf_counter()
+    plmkit("finetune", "--model", str(minilm), "--task", "embed", "--train", str(train), "--out", str(work / "teacher"),
+           "--overwrite", "--precision", precision, *(["--max-length", "128"] if smoke else []))
+    return work / "teacher", (f"plmkit finetune --task embed (the task's defaults, --precision {precision}): "
+                              f"{time.perf_counter() - t:.0f} s")
 
 
 def student_model(teacher: Path, train: Path, work: Path, extra: list[str]) -> tuple[Path, str]:

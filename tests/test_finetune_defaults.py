@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from plmkit.cli import main
+from plmkit.data.pairs import PairExample
 from plmkit.tasks import TASKS
+from plmkit.tasks.embed import RANKING_DEFAULTS
 from plmkit.train.defaults import TaskDefaults, fit_to_data
 
 
@@ -65,8 +67,10 @@ def test_a_task_with_its_own_defaults_skips_the_rule():
         assert fit.lr == pytest.approx(2e-5) and fit.steps == math.ceil(examples / 32)
     fit = fit_to_data(4125, 3e-3, batch_size=64, epochs=2, task=own)     # what the user sets is kept
     assert (fit.batch_size, fit.epochs, fit.steps) == (64, 2, 130) and fit.lr == pytest.approx(6e-4)
-    assert TASKS["embed"].train_defaults is not None
-    assert all(t.train_defaults is None for name, t in TASKS.items() if name != "embed")
+    pairs = [PairExample("q", "p"), PairExample("q2", "p2", negative="n")]
+    assert TASKS["embed"].train_defaults(pairs) == RANKING_DEFAULTS == own
+    assert TASKS["embed"].train_defaults([PairExample("a", "b", score=0.5)]) is None   # scored pairs: the rule
+    assert all(t.train_defaults(pairs) is None for name, t in TASKS.items() if name != "embed")
 
 
 def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(tmp_path, capsys):
@@ -78,7 +82,7 @@ def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(t
     with pytest.raises(SystemExit):
         main(["finetune", "--help", "--train", str(train), "--task", "embed"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--task embed: batch 32, 1 epoch(s), 0.2 x the strategy's lr" in out
+    assert "--task embed on this data: batch 32, 1 epoch(s), 0.2 x the strategy's lr" in out
     assert "(40 examples, embed, strategy full): batch 32, 1 epochs, lr 2e-05, 2 optimizer steps" in out
     assert main(["finetune", "--model", str(minilm), "--task", "embed", "--train", str(train),
                  "--out", str(tmp_path / "m"), "--max-steps", "1"]) == 0
@@ -88,3 +92,12 @@ def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(t
                  str(tmp_path / "m2"), "--max-steps", "1", "--max-length", "64", "--lr", "1e-4"]) == 0
     cfg = json.loads((tmp_path / "m2" / "plmkit.json").read_text())["config"]
     assert (cfg["lr"], cfg["max_length"]) == (1e-4, 64)
+
+
+def test_finetune_embed_on_scored_pairs_keeps_the_rule(tmp_path, capsys):
+    scored = tmp_path / "scored.tsv"
+    scored.write_text("".join(f"text {i}\tother text {i}\t{i % 2}\n" for i in range(300)))
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help", "--train", str(scored), "--task", "embed"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(300 examples, embed, strategy full): batch 8, 5 epochs, lr 5e-05, 190 optimizer steps" in out

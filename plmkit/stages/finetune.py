@@ -39,7 +39,7 @@ from ..models.heads import CLASSIFY_POOLINGS, HEAD_CAUSAL, default_pooling
 from ..models.model import PlmModel
 from ..models.st import st_settings
 from ..tasks import TASKS, Infer, Prep, TaskData, TaskSpec, evaluate_detailed, selection_metric
-from ..tasks.embed import EmbedSettings
+from ..tasks.embed import RANKING_DEFAULTS, EmbedSettings
 from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
 from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable,
@@ -53,6 +53,9 @@ SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "m
 
 
 MAX_LENGTH = 128
+EMBED_RULE = (f"--task embed on pairs or triplets (measured): batch {RANKING_DEFAULTS.batch_size}, "
+              f"{RANKING_DEFAULTS.epochs:g} epoch, {RANKING_DEFAULTS.lr_scale:g} x the strategy's lr, whatever the "
+              "data's size; on scored pairs, the rule.")
 
 
 @dataclass
@@ -130,7 +133,7 @@ def run(cfg: Config) -> int:
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
     _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
-    fit_defaults(cfg, task, len(train_ex))   # resolved here, so finetune.yaml and plmkit.json record them
+    fit_defaults(cfg, task, train_ex)        # resolved here, so finetune.yaml and plmkit.json record them
     args = pick(TrainArgs, cfg)
     work = run_dir(out, "train", cfg.resume, cfg.overwrite)
     tok = load_tokenizer(cfg.model)
@@ -182,14 +185,15 @@ def run(cfg: Config) -> int:
     return 0
 
 
-def fit_defaults(cfg: Config, task: TaskSpec, examples: int) -> None:
-    """Fill the unset batch size, passes and learning rate for ``examples`` training examples: the
-    task's own defaults, else the data-size rule."""
+def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
+    """Fill the unset batch size, passes and learning rate for the training examples: the task's
+    own defaults for such data, else the data-size rule."""
+    own, examples = task.train_defaults(train_ex), len(train_ex)
     fit = fit_to_data(examples, default_lr(cfg.strategy), batch_size=cfg.batch_size, epochs=cfg.epochs,
-                      lr=cfg.lr, task=task.train_defaults)
+                      lr=cfg.lr, task=own)
     unset = cfg.batch_size is None or cfg.epochs is None or cfg.lr is None
-    if task.train_defaults is not None and unset:
-        print(f"{task.train_defaults.describe(task.name)}: batch {fit.batch_size}, {fit.epochs:g} epochs, "
+    if own is not None and unset:
+        print(f"{own.describe(f'--task {task.name} on this data')}: batch {fit.batch_size}, {fit.epochs:g} epochs, "
               f"lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, --epochs or --lr to choose)")
     elif fit.fitted:
         print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
@@ -205,18 +209,18 @@ def help_for(argv: list[str]) -> str:
         pre.add_argument(flag)
     ns, _ = pre.parse_known_args(argv)
     if not ns.train:
-        own = " ".join(t.train_defaults.describe(t.name) + "." for t in TASKS.values() if t.train_defaults)
-        return f"{RULE} {own} Add --train FILE to --help to see the values for your data."
+        return f"{RULE} {EMBED_RULE} Add --train FILE to --help to see the values for your data."
     try:
         task = TASKS[ns.task or "classify"]
-        examples = len(task.read(ns.train, Prep()))
+        train_ex = task.read(ns.train, Prep())
+        examples, own = len(train_ex), task.train_defaults(train_ex)
         fit = fit_to_data(examples, default_lr(ns.strategy or "full"),
                           batch_size=int(ns.batch_size) if ns.batch_size else None,
                           epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None,
-                          task=task.train_defaults)
+                          task=own)
     except (PlmkitError, OSError, KeyError, ValueError) as e:
         return f"{RULE} (--train {ns.train}: {e})"
-    rule = task.train_defaults.describe(task.name) + "." if task.train_defaults else RULE
+    rule = own.describe(f"--task {task.name} on this data") + "." if own else RULE
     return (f"{rule} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, "
             f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
 
@@ -235,8 +239,7 @@ def _check_backbone(saved: Saved, task: TaskSpec) -> None:
 
 def _prep(cfg: Config) -> Prep:
     if cfg.max_length is None:    # resolved once, so finetune.yaml records it
-        defaults = TASKS[cfg.task].train_defaults
-        own = (st_settings(cfg.model) or {}).get("max_seq_length") if defaults and defaults.model_length else None
+        own = (st_settings(cfg.model) or {}).get("max_seq_length") if TASKS[cfg.task].length_from_model else None
         cfg.max_length = own or MAX_LENGTH
     if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
         raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")

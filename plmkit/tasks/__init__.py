@@ -41,7 +41,7 @@ class TaskSpec(Protocol):
     on_graph: bool            # evaluate runs on an exported graph (ONNX / OpenVINO): quantize measures it
     file_layout: str          # how its files hold examples, for carving slices: "lines" (one per line), "blocks"
                               # (CoNLL: blank-line separated; .json/.jsonl a line each), "squad" (one JSON document)
-    train_defaults: TaskDefaults | None   # its own batch, passes and lr; None: the data-size rule (train/defaults.py)
+    length_from_model: bool   # --max-length's default: a sentence-transformers model's max_seq_length (else 128)
     hf_auto: str | None       # the transformers Auto class of its HF export (bench's baseline); None: not benched
     what: str                 # the model in words ("a classification model"), for refusals
 
@@ -49,6 +49,8 @@ class TaskSpec(Protocol):
              require_labels: bool = True) -> list[Any]: ...
 
     def head_config(self, examples: list[Any], prep: Prep) -> dict[str, Any]: ...
+
+    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None: ...   # None: the data-size rule
 
     def encode(self, tok: Tokenizer, examples: list[Any], head_config: dict[str, Any],
                prep: Prep) -> list[dict[str, Any]]: ...

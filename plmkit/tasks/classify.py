@@ -15,6 +15,7 @@ from ..data.features import encode_classification
 from ..data.readers import TextExample, build_label_map, read_classification
 from ..errors import PlmkitError
 from ..eval.metrics import accuracy, confusion_matrix, macro_f1
+from ..train.defaults import TaskDefaults
 from .common import Prep, TaskData, forward_batches
 
 
@@ -28,10 +29,13 @@ class ClassifyTask:
     detailed = True
     on_graph = True
     file_layout = "lines"
-    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
+    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
     hf_auto = "AutoModelForSequenceClassification"
     what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"
+
+    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+        return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[TextExample]:

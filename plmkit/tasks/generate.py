@@ -27,6 +27,7 @@ from ..precision import autocast
 from ..tokenizer import pad_id, special_ids
 from ..tokenizer.chat import ChatTemplate, chat_template, end_ids, special_prefix
 from ..train.logging import progress_enabled
+from ..train.defaults import TaskDefaults
 from .common import Prep, TaskData
 
 SEP = "\n"   # between prompt and completion, as in encode_generation
@@ -42,11 +43,14 @@ class GenerateTask:
     detailed = False
     on_graph = False            # its evaluation needs the loss and a KV cache
     file_layout = "lines"
-    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
+    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
     hf_auto = None
     what = "a language model"
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "
             "(predict: the prompt, or the conversation so far, is enough)")
+
+    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+        return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[GenExample | ChatExample]:

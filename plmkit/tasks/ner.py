@@ -15,6 +15,7 @@ from ..data.features import encode_ner, word_predictions
 from ..data.readers import TokenExample, build_label_map, read_ner
 from ..errors import InputError
 from ..eval.metrics import entity_prf, entity_report, get_entities
+from ..train.defaults import TaskDefaults
 from .common import Prep, TaskData, forward_batches
 
 
@@ -52,10 +53,13 @@ class NerTask:
     detailed = True
     on_graph = True
     file_layout = "blocks"
-    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
+    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
     hf_auto = "AutoModelForTokenClassification"
     what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"
+
+    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+        return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[TokenExample]:

@@ -15,6 +15,7 @@ from torch import nn
 from ..data.qa import postprocess_qa, prepare_qa_features
 from ..data.readers import QAExample, read_squad
 from ..eval.metrics import squad_em_f1
+from ..train.defaults import TaskDefaults
 from .common import Prep, TaskData, forward_batches
 
 
@@ -28,10 +29,13 @@ class QATask:
     detailed = False
     on_graph = True
     file_layout = "squad"
-    train_defaults = None      # batch, passes and lr from the data-size rule (train/defaults.py)
+    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
     hf_auto = "AutoModelForQuestionAnswering"
     what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
+
+    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+        return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,
              require_labels: bool = True) -> list[QAExample]:

@@ -9,10 +9,11 @@ sqrt(batch / 32), the square-root rule for Adam, so a smaller batch takes smalle
 steps. From ~5,300 examples up (3 epochs of batch 32 reach MIN_STEPS) nothing changes. What
 the user sets is kept; the rule only fills what is unset.
 
-A task whose models arrive already trained for it can name fixed defaults instead
-(``TaskDefaults``): sentence embeddings (measured: benchmarks/embed_defaults.py, RESULTS.md "Embed
-defaults"), where more passes at a higher rate move all-MiniLM-L6-v2 away from its own training
-and a smaller batch leaves the in-batch loss fewer negatives.
+A task can name fixed defaults for data its models were already trained for (``TaskDefaults``):
+sentence embeddings on ranking pairs (measured: benchmarks/embed_defaults.py, RESULTS.md
+"`finetune --task embed` as a user types it"), where more passes at a higher rate move
+all-MiniLM-L6-v2 away from its own training and a smaller batch leaves the in-batch loss fewer
+negatives.
 """
 from __future__ import annotations
 
@@ -38,11 +39,10 @@ class TaskDefaults:
     batch_size: int
     epochs: float
     lr_scale: float     # times the strategy's rate at batch 32 (full: 1e-4 x 0.2 = 2e-5)
-    model_length: bool = False   # without --max-length: a sentence-transformers model's own max_seq_length
 
-    def describe(self, task: str) -> str:
-        return (f"--task {task}: batch {self.batch_size}, {self.epochs:g} epoch(s), {self.lr_scale:g} x the "
-                "strategy's lr (the task's measured defaults; the data-size rule does not apply)")
+    def describe(self, what: str) -> str:
+        return (f"{what}: batch {self.batch_size}, {self.epochs:g} epoch(s), {self.lr_scale:g} x the strategy's lr "
+                "(measured defaults; the data-size rule does not apply)")
 
 
 @dataclass(frozen=True)
