@@ -3,7 +3,9 @@ grouping by key and length, bad input failing only its own request."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -68,6 +70,15 @@ def test_cuts_trade_padding_against_calls():
     assert lengths(cut_by_length(mixed, 4, 8)) == [[10] * 4, [10], [50] * 3]     # max_batch holds
     assert [len(b) for b in cut_by_length([(7,)] * 20, 8, 8)] == [8, 8, 4]        # one length: fixed cuts
     assert cut_by_length([], 8, 8) == []
+    assert lengths(cut_by_length(mixed * 2, 12, math.inf)) == [[10] * 5 + [50] * 3 + [10] * 4, [10, 50, 50, 50]]
+
+
+def test_decoding_endpoints_are_never_cut_to_save_padding():
+    from plmkit.serve.backend import DECODING, ServedModel
+    served = SimpleNamespace(backend=SimpleNamespace(call_rows=16))
+    assert ServedModel.call_rows(served, "embed") == 16
+    assert set(DECODING) == {"generate", "stream"}
+    assert all(math.isinf(ServedModel.call_rows(served, e)) for e in DECODING)
 
 
 def test_max_batch_one_runs_every_item_alone_with_the_same_answers():

@@ -286,7 +286,7 @@ def create_app(served: ServedModel, limits: Limits | None = None, metrics: Metri
     limits = limits or Limits()
     metrics = metrics or Metrics()
     batcher = MicroBatcher(served.run, limits.max_batch, limits.max_wait_ms, metrics.observe_batch,
-                           served.backend.call_rows)
+                           served.call_rows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,6 +331,11 @@ class ServedModel:
             return RUNNERS[endpoint](self, payloads, joining)
         return RUNNERS[endpoint](self, payloads)
 
+    def call_rows(self, endpoint: str) -> float:
+        """What one more call of ``endpoint`` costs in padded token rows, for the batcher's cuts: the
+        backend's, or infinite for a decoding (a second batch would wait for the first's last token)."""
+        return math.inf if endpoint in DECODING else self.backend.call_rows
+
     def _batch(self, feats: list[dict[str, Any]]) -> dict[str, Tensor]:
         batch = collate(feats, self.pad)
         return {k: v for k, v in batch.items() if k in INPUT_KEYS}
@@ -446,3 +452,4 @@ RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "classify": _run_classify, "embed": _run_embed, "ner": _run_ner, "qa": _run_qa, "generate": _run_generate,
     # the protocol routes' own (serve/openai.py, serve/tei.py): not endpoints of their own
     "stream": run_streams, "scores": _run_scores, "tokenize": _run_tokenize}
+DECODING = ("generate", "stream")     # endpoints whose call runs a whole decoding

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ log = logging.getLogger("plmkit.serve")
 GROUP_WINDOW = 16
 
 # What one more model call costs, in padded token rows (a row: one token of one text), when the
-# backend does not say (``call_rows`` of serve/backend.py's backends).
+# server does not say (``ServedModel.call_rows``: the backend's, infinite for decoding).
 CALL_ROWS = 8
 
 RunBatch = Callable[[str, list[Any]], list[Any]]          # (endpoint, payloads) -> one result per payload
@@ -75,7 +76,8 @@ class ServerClosing(Exception):
 
 class MicroBatcher:
     def __init__(self, run: RunBatch, max_batch: int = 32, max_wait_ms: float = 5.0,
-                 on_batch: Callable[[str, int], None] | None = None, call_rows: float = CALL_ROWS):
+                 on_batch: Callable[[str, int], None] | None = None,
+                 call_rows: Callable[[str], float] = lambda endpoint: CALL_ROWS):
         self.run = run
         self.max_batch = max_batch
         self.call_rows = call_rows
@@ -164,7 +166,7 @@ class MicroBatcher:
         batches = []
         for (endpoint, _), group in by_key.items():
             group.sort(key=lambda g: g[0])
-            batches += [(endpoint, batch) for batch in cut_by_length(group, self.max_batch, self.call_rows)]
+            batches += [(endpoint, b) for b in cut_by_length(group, self.max_batch, self.call_rows(endpoint))]
         for n, (endpoint, batch) in enumerate(batches):
             batch = [b for b in batch if not b[1].future.done()]
             join = _common_join(batch) if n == len(batches) - 1 else None     # none of the haul waits behind it
@@ -323,8 +325,11 @@ def cut_by_length(group: list[tuple[int, Any, Any, Any]], max_batch: int, call_r
     ``max_batch`` waste the most where lengths spread: on 256 waiting SST-2 sentences (13 tokens on
     average) they run 1.27x the real token rows, these cuts 1.02x at ``call_rows`` 8, in 2.7x the
     calls. Items of one length (a generation batch key) get the fixed cuts, full batches first. Dynamic programming
-    over the cut points: O(len(group) x max_batch)."""
+    over the cut points: O(len(group) x max_batch). An infinite ``call_rows`` (a call that decodes:
+    cutting it would run a second decoding after the first) gives the fixed cuts."""
     n = len(group)
+    if math.isinf(call_rows):
+        return [group[i:i + max_batch] for i in range(0, n, max_batch)]
     best = [0.0] + [float("inf")] * n          # best[j]: the least work for the first j items
     start = [0] * (n + 1)
     for j in range(1, n + 1):
