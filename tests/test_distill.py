@@ -439,6 +439,17 @@ def test_hidden_weight_defaults_to_the_tasks_measured_one(root, tmp_path, task, 
     assert f"hidden_weight: {weight}" in (out / "distill.yaml").read_text()
 
 
+def test_embed_resolves_its_measured_loss_and_lr_and_what_the_user_sets_stays():
+    from plmkit.stages import distill as stage
+    base = dict(teacher="t", train="x", out="o", student_layers="0")
+    got = stage.resolved(stage.Config(task="embed", **base))
+    assert (got.alpha, got.vector_loss, got.lr, got.hidden_weight) == (0.0, "cosine", 5e-4, 0.0)
+    got = stage.resolved(stage.Config(task="classify", **base))
+    assert (got.alpha, got.vector_loss, got.lr, got.hidden_weight) == (0.5, "mse", 1e-4, 1.0)
+    got = stage.resolved(stage.Config(task="embed", alpha=0.3, vector_loss="mse", lr=2e-4, **base))
+    assert (got.alpha, got.vector_loss, got.lr) == (0.3, "mse", 2e-4)
+
+
 def test_token_batches_carry_label_norm_and_follow_the_tasks_grouping(root):
     """distill (and prune) form batches as finetune: NER random batches whose every labelled token
     weighs the same (label_norm), classification length buckets without it."""

@@ -74,7 +74,8 @@ class _Options:
     student_model: str | None = option(None, help="pre-trained student directory (plmkit or HF) sharing the "
                                        "teacher's tokenizer, e.g. a smaller model of the same family")
     temperature: float = option(2.0, help="softmax temperature of the soft targets")
-    alpha: float = option(0.5, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft targets")
+    alpha: float | None = option(None, help="weight of the hard-label loss; 1 - alpha weighs the teacher's soft "
+                                 "targets (default: the task's measured one: 0.5, embed 0)", ge=0, le=1)
     hidden_weight: float | None = option(None, help="weight of the hidden-state MSE of mapped layers (0: off; "
                                          f"default: the task's measured weight, {measured.described()}; 0 with "
                                          "--cache-teacher; 1 with --corpus)", ge=0)
@@ -86,9 +87,9 @@ class _Options:
     embedding_weight: float = option(0.0, help="weight of the embedding-output MSE (0: off)")
     layer_map: str | None = option(None, help="student:teacher layer pairs for the hidden/attention losses, "
                                    "e.g. 0:1,1:3,2:5 (default: uniform, the last layer to the last)")
-    vector_loss: str = option("mse", help="embed: how student vectors are pulled to the teacher's: squared "
-                              "distance or cosine distance (weight 1 - alpha; alpha weighs in-batch ranking)",
-                              choices=list(D.VECTOR_LOSSES))
+    vector_loss: str | None = option(None, help="embed: how student vectors are pulled to the teacher's: "
+                                     "squared distance or cosine distance (weight 1 - alpha; alpha weighs in-batch "
+                                     "ranking; default: cosine, measured)", choices=list(D.VECTOR_LOSSES))
     cache_teacher: bool = option(False, help="run the teacher once and reuse its logits every epoch "
                                  "(only without hidden/attention/embedding losses)")
     eval: str | None = option(None, help="evaluation data: teacher and student scores, best checkpoint")
@@ -107,11 +108,11 @@ class _Options:
 # layer-wise lr decay are left out (the student is saved alone; it has no layer map here).
 # Given none of --max-steps, --epochs, --budget: 3 epochs of --train, 1 pass over --corpus
 # (--budget alone plans the schedule in time, as for pretrain).
-# The peak lr likewise: 1e-4 for --train, 1e-3 for --corpus (the best of 1e-4, 3e-4 and 1e-3 by the
+# The peak lr likewise: the task's for --train (1e-4; embed 5e-4), 1e-3 for --corpus (the best of 1e-4, 3e-4 and 1e-3 by the
 # held-out distillation loss after 150 s from all-MiniLM-L6-v2, benchmarks/RESULTS.md).
 TRAIN_DEFAULTS = {"lr": None, "warmup_ratio": 0.1, "keep_last": 1}
 EPOCHS = {"task": 3.0, "corpus": 1.0}
-LR = {"task": 1e-4, "corpus": 1e-3}
+LR = {"task": None, "corpus": 1e-3}       # None: the task's measured lr (compress/measured.py: 1e-4, embed 5e-4)
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "layerwise_lr_decay"))
 
@@ -136,7 +137,10 @@ def resolved(cfg: Config) -> Config:
     if hidden is None:
         hidden = 1.0 if mode == "corpus" else 0.0 if cfg.cache_teacher or cfg.task is None \
             else measured.hidden_weight(cfg.task)
-    return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden, lr=cfg.lr or LR[mode])
+    task = measured.defaults(cfg.task)
+    return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden, lr=cfg.lr or LR[mode] or task.lr,
+                               alpha=task.alpha if cfg.alpha is None else cfg.alpha,
+                               vector_loss=cfg.vector_loss or task.vector_loss)
 
 
 def run(cfg: Config) -> int:
