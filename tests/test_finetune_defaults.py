@@ -11,7 +11,7 @@ from plmkit.cli import main
 from plmkit.data.pairs import PairExample
 from plmkit.tasks import TASKS
 from plmkit.tasks.embed import RANKING_DEFAULTS
-from plmkit.train.defaults import TaskDefaults, fit_to_data
+from plmkit.train.defaults import FixedTraining, fit_to_data
 
 
 @pytest.mark.parametrize("examples, batch, epochs, steps", [
@@ -60,7 +60,7 @@ def test_help_shows_the_values_for_the_data(tmp_path, capsys):
 
 
 def test_a_task_with_its_own_defaults_skips_the_rule():
-    own = TaskDefaults(batch_size=32, epochs=1.0, lr_scale=0.2)
+    own = FixedTraining(batch_size=32, epochs=1.0, lr_scale=0.2)
     for examples in (100, 4125, 100_000):                  # whatever the size: one pass, batch 32, 0.2 x lr
         fit = fit_to_data(examples, 1e-4, task=own)
         assert (fit.batch_size, fit.epochs, fit.fitted) == (32, 1.0, False)

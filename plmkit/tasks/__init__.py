@@ -24,7 +24,7 @@ from ..errors import PlmkitError
 from ..loading import load
 from ..models.st import st_settings
 from ..tokenizer import load_tokenizer
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from . import classify, embed, generate, ner, qa
 from .common import Infer, Prep, TaskData
 
@@ -50,7 +50,7 @@ class TaskSpec(Protocol):
 
     def head_config(self, examples: list[Any], prep: Prep) -> dict[str, Any]: ...
 
-    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None: ...   # None: the data-size rule
+    def train_defaults(self, examples: list[Any]) -> FixedTraining | None: ...   # None: the data-size rule
 
     def encode(self, tok: Tokenizer, examples: list[Any], head_config: dict[str, Any],
                prep: Prep) -> list[dict[str, Any]]: ...

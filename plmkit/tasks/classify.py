@@ -15,7 +15,7 @@ from ..data.features import encode_classification
 from ..data.readers import TextExample, build_label_map, read_classification
 from ..errors import PlmkitError
 from ..eval.metrics import accuracy, confusion_matrix, macro_f1
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
 
@@ -34,7 +34,7 @@ class ClassifyTask:
     what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"
 
-    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+    def train_defaults(self, examples: list[Any]) -> FixedTraining | None:
         return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,

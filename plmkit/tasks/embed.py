@@ -22,13 +22,13 @@ from ..config import option
 from ..data.pairs import PairExample, encode_pairs, passage_keys, read_pairs
 from ..errors import PlmkitError
 from ..eval.metrics import pearson, retrieval_scores, spearman
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
 TOP_K = 10
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 GROUP = "sentence embeddings (--task embed)"
-RANKING_DEFAULTS = TaskDefaults(batch_size=32, epochs=1.0, lr_scale=0.2)
+RANKING_DEFAULTS = FixedTraining(batch_size=32, epochs=1.0, lr_scale=0.2)
 
 
 @dataclass
@@ -75,7 +75,7 @@ class EmbedTask:
     help = ("pairs (anchor, positive) or triplets (+ negative) in TSV/CSV/JSONL, scored pairs (text, text, "
             "score), or SQuAD JSON (each question -> its paragraph)")
 
-    def train_defaults(self, examples: list[PairExample]) -> TaskDefaults | None:
+    def train_defaults(self, examples: list[PairExample]) -> FixedTraining | None:
         """Ranking pairs and triplets: one pass at batch 32 and a fifth of the strategy's rate (full:
         2e-5, sentence-transformers' own), whatever the data's size; scored pairs (CoSENT): the
         data-size rule. Measured (benchmarks/embed_defaults.py, all-MiniLM-L6-v2): on SQuAD's

@@ -27,7 +27,7 @@ from ..precision import autocast
 from ..tokenizer import pad_id, special_ids
 from ..tokenizer.chat import ChatTemplate, chat_template, end_ids, special_prefix
 from ..train.logging import progress_enabled
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from .common import Prep, TaskData
 
 SEP = "\n"   # between prompt and completion, as in encode_generation
@@ -49,7 +49,7 @@ class GenerateTask:
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "
             "(predict: the prompt, or the conversation so far, is enough)")
 
-    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+    def train_defaults(self, examples: list[Any]) -> FixedTraining | None:
         return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,

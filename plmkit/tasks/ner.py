@@ -15,7 +15,7 @@ from ..data.features import encode_ner, word_predictions
 from ..data.readers import TokenExample, build_label_map, read_ner
 from ..errors import InputError
 from ..eval.metrics import entity_prf, entity_report, get_entities
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
 
@@ -58,7 +58,7 @@ class NerTask:
     what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"
 
-    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+    def train_defaults(self, examples: list[Any]) -> FixedTraining | None:
         return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,

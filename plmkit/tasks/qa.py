@@ -15,7 +15,7 @@ from torch import nn
 from ..data.qa import postprocess_qa, prepare_qa_features
 from ..data.readers import QAExample, read_squad
 from ..eval.metrics import squad_em_f1
-from ..train.defaults import TaskDefaults
+from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
 
@@ -34,7 +34,7 @@ class QATask:
     what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
 
-    def train_defaults(self, examples: list[Any]) -> TaskDefaults | None:
+    def train_defaults(self, examples: list[Any]) -> FixedTraining | None:
         return None            # batch, passes and lr from the data-size rule (train/defaults.py)
 
     def read(self, path: str, prep: Prep, labels: list[str] | None = None,

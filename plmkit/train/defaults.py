@@ -9,7 +9,7 @@ sqrt(batch / 32), the square-root rule for Adam, so a smaller batch takes smalle
 steps. From ~5,300 examples up (3 epochs of batch 32 reach MIN_STEPS) nothing changes. What
 the user sets is kept; the rule only fills what is unset.
 
-A task can name fixed defaults for data its models were already trained for (``TaskDefaults``):
+A task can name fixed defaults for data its models were already trained for (``FixedTraining``):
 sentence embeddings on ranking pairs (measured: benchmarks/embed_defaults.py, RESULTS.md
 "`finetune --task embed` as a user types it"), where more passes at a higher rate move
 all-MiniLM-L6-v2 away from its own training and a smaller batch leaves the in-batch loss fewer
@@ -33,7 +33,7 @@ RULE = (f"Batch size, epochs and lr fit the data: the batch shrinks from {BATCH}
 
 
 @dataclass(frozen=True)
-class TaskDefaults:
+class FixedTraining:
     """A task's own batch, passes and rate (a fraction of the strategy's), used instead of the
     data-size rule whatever the data's size."""
     batch_size: int
@@ -58,7 +58,7 @@ class DataFit:
 
 
 def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None, epochs: float | None = None,
-                lr: float | None = None, min_steps: int = MIN_STEPS, task: TaskDefaults | None = None) -> DataFit:
+                lr: float | None = None, min_steps: int = MIN_STEPS, task: FixedTraining | None = None) -> DataFit:
     """The batch size, passes and learning rate for ``examples`` training examples.
 
     ``base_lr`` is the strategy's rate at batch 32; ``batch_size``/``epochs``/``lr`` given by the
