@@ -43,6 +43,7 @@ MEASURED: dict[str, TaskDefaults] = {
     # SQuAD questions, a fine-tuned all-MiniLM-L6-v2 teacher, a 3-layer student: at alpha 0.5, MSE,
     # lr 1e-4 the student's vectors reached cosine ~0.67 with the teacher's (MRR@10 -13.5 points);
     # the vectors alone by cosine at lr 5e-4 (with the top layer kept: --student-layers 0,2,5): -5.2.
+    # Its pruning ratios are qa's, not measured (compress does not take embed: no bench baseline).
     "embed": TaskDefaults(0.0, ((0.33, 0.5), (0.5, 0.5), (0.5, 0.75)), 1,
                           "benchmarks/RESULTS.md, A half-depth embedding student, 2026-12-07", alpha=0.0, lr=5e-4,
                           vector_loss="cosine"),

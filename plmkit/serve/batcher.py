@@ -326,8 +326,9 @@ def cut_by_length(group: list[tuple[int, Any, Any, Any]], max_batch: int, call_r
     ``max_batch`` waste the most where lengths spread: on 256 waiting SST-2 sentences (13 tokens on
     average) they run 1.27x the real token rows, these cuts 1.04x at ``call_rows`` 16 (1.02x at 8,
     in 2.7x the calls). Items of one length (a generation batch key) get the fixed cuts, full
-    batches first. Dynamic programming over the cut points: O(len(group) x max_batch). An infinite ``call_rows`` (a call that decodes:
-    cutting it would run a second decoding after the first) gives the fixed cuts."""
+    batches first. Dynamic programming over the cut points: O(len(group) x max_batch). An infinite
+    ``call_rows`` (a call that decodes: cutting it would run a second decoding after the first)
+    gives the fixed cuts."""
     n = len(group)
     if math.isinf(call_rows):
         return [group[i:i + max_batch] for i in range(0, n, max_batch)]

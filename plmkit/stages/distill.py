@@ -112,7 +112,7 @@ class _Options:
 # held-out distillation loss after 150 s from all-MiniLM-L6-v2, benchmarks/RESULTS.md).
 TRAIN_DEFAULTS = {"lr": None, "warmup_ratio": 0.1, "keep_last": 1}
 EPOCHS = {"task": 3.0, "corpus": 1.0}
-LR = {"task": None, "corpus": 1e-3}       # None: the task's measured lr (compress/measured.py: 1e-4, embed 5e-4)
+CORPUS_LR = 1e-3                          # --train: the task's measured lr (compress/measured.py: 1e-4, embed 5e-4)
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "layerwise_lr_decay"))
 
@@ -133,12 +133,12 @@ def resolved(cfg: Config) -> Config:
     0 with --cache-teacher, which keeps no hidden states; 1 with --corpus)."""
     mode = "corpus" if cfg.corpus else "task"
     epochs = cfg.epochs if cfg.max_steps or cfg.epochs or cfg.budget else EPOCHS[mode]
+    task = measured.defaults(cfg.task)
     hidden = cfg.hidden_weight
     if hidden is None:
-        hidden = 1.0 if mode == "corpus" else 0.0 if cfg.cache_teacher or cfg.task is None \
-            else measured.hidden_weight(cfg.task)
-    task = measured.defaults(cfg.task)
-    return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden, lr=cfg.lr or LR[mode] or task.lr,
+        hidden = 1.0 if mode == "corpus" else 0.0 if cfg.cache_teacher or cfg.task is None else task.hidden_weight
+    return dataclasses.replace(cfg, epochs=epochs, hidden_weight=hidden,
+                               lr=cfg.lr or (CORPUS_LR if mode == "corpus" else task.lr),
                                alpha=task.alpha if cfg.alpha is None else cfg.alpha,
                                vector_loss=cfg.vector_loss or task.vector_loss)
 

@@ -44,7 +44,7 @@ from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
 from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable,
                      run_dir, save_trainable, train)
-from ..train.defaults import EPOCHS, MIN_STEPS, RULE, fit_to_data
+from ..train.defaults import EPOCHS, MIN_STEPS, RULE, DataFit, fit_to_data
 from ..train.logging import METRICS_FILE, copy_logs
 
 RUN_FILE = "finetune.yaml"
@@ -53,9 +53,7 @@ SAME_HEAD = ("labels", "num_labels", "normalize", "scale", "learnable_scale", "m
 
 
 MAX_LENGTH = 128
-EMBED_RULE = (f"--task embed on pairs or triplets (measured): batch {RANKING_DEFAULTS.batch_size}, "
-              f"{RANKING_DEFAULTS.epochs:g} epoch, {RANKING_DEFAULTS.lr_scale:g} x the strategy's lr, whatever the "
-              "data's size; on scored pairs, the rule.")
+EMBED_RULE = RANKING_DEFAULTS.describe("--task embed on pairs or triplets") + "; on scored pairs, the rule."
 
 
 @dataclass
@@ -185,16 +183,24 @@ def run(cfg: Config) -> int:
     return 0
 
 
+def _fit(task: TaskSpec, train_ex: list[Any], strategy: str, batch_size: int | None, epochs: float | None,
+         lr: float | None) -> tuple[DataFit, str | None]:
+    """The batch size, passes and lr for these training examples (the task's own defaults for such
+    data, else the data-size rule; what is given is kept), and the task's defaults in words (None:
+    the rule)."""
+    own = task.train_defaults(train_ex)
+    fit = fit_to_data(len(train_ex), default_lr(strategy), batch_size=batch_size, epochs=epochs, lr=lr, task=own)
+    return fit, own.describe(f"--task {task.name} on this data") if own is not None else None
+
+
 def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
-    """Fill the unset batch size, passes and learning rate for the training examples: the task's
-    own defaults for such data, else the data-size rule."""
-    own, examples = task.train_defaults(train_ex), len(train_ex)
-    fit = fit_to_data(examples, default_lr(cfg.strategy), batch_size=cfg.batch_size, epochs=cfg.epochs,
-                      lr=cfg.lr, task=own)
+    """Fill the unset batch size, passes and learning rate for the training examples."""
+    fit, own = _fit(task, train_ex, cfg.strategy, cfg.batch_size, cfg.epochs, cfg.lr)
+    examples = len(train_ex)
     unset = cfg.batch_size is None or cfg.epochs is None or cfg.lr is None
     if own is not None and unset:
-        print(f"{own.describe(f'--task {task.name} on this data')}: batch {fit.batch_size}, {fit.epochs:g} epochs, "
-              f"lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, --epochs or --lr to choose)")
+        print(f"{own}: batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set "
+              "--batch-size, --epochs or --lr to choose)")
     elif fit.fitted:
         print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
               f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, "
@@ -213,15 +219,12 @@ def help_for(argv: list[str]) -> str:
     try:
         task = TASKS[ns.task or "classify"]
         train_ex = task.read(ns.train, Prep())
-        examples, own = len(train_ex), task.train_defaults(train_ex)
-        fit = fit_to_data(examples, default_lr(ns.strategy or "full"),
-                          batch_size=int(ns.batch_size) if ns.batch_size else None,
-                          epochs=float(ns.epochs) if ns.epochs else None, lr=float(ns.lr) if ns.lr else None,
-                          task=own)
+        fit, own = _fit(task, train_ex, ns.strategy or "full", int(ns.batch_size) if ns.batch_size else None,
+                        float(ns.epochs) if ns.epochs else None, float(ns.lr) if ns.lr else None)
     except (PlmkitError, OSError, KeyError, ValueError) as e:
         return f"{RULE} (--train {ns.train}: {e})"
-    rule = own.describe(f"--task {task.name} on this data") + "." if own else RULE
-    return (f"{rule} For {ns.train} ({examples:,} examples, {ns.task or 'classify'}, "
+    rule = f"{own}." if own else RULE
+    return (f"{rule} For {ns.train} ({fit.examples:,} examples, {ns.task or 'classify'}, "
             f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
 
 
