@@ -170,6 +170,7 @@ def test_refusals_are_one_line_and_write_nothing(root, capsys, tmp_path):
         (root / "bert", ["--arch", "gpt"], "--arch gpt contradicts --init"),
         (root / "bert", ["--size", "base", "--pre-ln"], "--size base, --pre-ln contradict --init"),
         (root / "bert", ["--vocab-size", "500"], "--vocab-size 500 contradicts"),
+        (root / "bert", ["--embedding-init", "ppmi"], "--embedding-init ppmi contradicts --init"),
         (root / "bert", ["--tokenizer", str(other)], f"--tokenizer {other} contradicts --init"),
         (None, ["--add-tokens", str(root / "corpus.txt")], "--add-tokens grows the vocabulary of an --init"),
         (None, ["--arch", "gpt", "--embedding-size", "16"],
@@ -296,9 +297,10 @@ def test_budget_recipe_trains_on_a_time_schedule(root, capsys):
     assert peak <= 1e-3 and recs[-1]["lr"] < 0.3 * peak         # decayed towards 0 as the budget ran out
     saved = (root / "budget" / "pretrain.yaml").read_text()
     assert "recipe: budget" in saved and "grad_accum: 2" in saved and "lr: 0.001" in saved
-    # with --init the checkpoint's architecture wins over the recipe's pre-LN
+    assert "embedding_init: ppmi" in saved and "start at the corpus's PPMI-SVD word vectors" in capsys.readouterr().out
+    # with --init the checkpoint's architecture (and embeddings) win over the recipe's
     assert pretrain(root, root / "bert", "budget-init", "--recipe", "budget", "--max-steps", "1") == 0
-    assert "note: --recipe budget: pre_ln True not applied" in capsys.readouterr().out
+    assert "note: --recipe budget: embedding_init ppmi, pre_ln True, vocab_size 8000 not applied" in capsys.readouterr().out
     assert not load_model(root / "budget-init").config.pre_ln
 
 

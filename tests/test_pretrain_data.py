@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from plmkit.data.cooccurrence import _cooccurrence, ppmi_vectors
 from plmkit.data.corpus import check_text_files, iter_documents
 from plmkit.data.masking import IGNORE_INDEX, is_continuation, mask_tokens, word_starts
 from plmkit.data.pretrain import (ClmBlocks, DocStream, MlmPacked, SentencePairs, TokenIds,
@@ -418,3 +419,37 @@ def test_reading_in_pieces_keeps_documents_and_text(parts, limit):
         p = Path(d) / "c.txt"
         p.write_bytes("".join(parts).encode("utf-8"))
         assert docs(p, limit) == docs(p, 1 << 20)
+
+
+# ---------------------------------------------------------------------------- PPMI-SVD word vectors
+
+def test_ppmi_vectors_put_words_of_the_same_contexts_together(tmp_path):
+    """Two word groups, each used only with its own context words: vectors of one group point the
+    same way, across groups they do not; counts never cross a line; rows the corpus lacks are zero."""
+    rng = random.Random(0)
+    groups = {"pos": (["good", "great", "fine"], ["fun", "warm", "lovely"]),
+              "neg": (["bad", "awful", "poor"], ["dull", "cold", "ugly"])}
+    lines = ["start alone"]                  # "end" (last word of every line) is never before "start"
+    for _ in range(600):
+        words, contexts = groups[rng.choice(["pos", "neg"])]
+        lines.append(" ".join([rng.choice(contexts), rng.choice(words), rng.choice(contexts), "end"]))
+    path = tmp_path / "c.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(SPECIALS + sorted(set(" ".join(lines).split())))},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    shards = open_shards(build_shards([path], tok, tmp_path / "cache", val_fraction=0), "train")
+    V = tok.get_vocab_size()
+    counts, ctx_ids = _cooccurrence(shards, V, 5, 10 ** 6, V * V)
+    i = tok.token_to_id
+    counts = counts[:, np.argsort(ctx_ids)]         # columns in token-id order (all tokens are contexts here)
+    assert counts[i("end"), i("start")] == 0 and counts[i("start"), i("alone")] == 1.0
+    assert counts[i("good"), i("end")] == pytest.approx(counts[i("end"), i("good")])   # symmetric, 1/distance
+    assert counts[i("good"), i("end")] == pytest.approx(0.5 * int(sum(" good " in f" {x} " for x in lines)))
+    vectors, seen = ppmi_vectors(shards, V, 8)
+    assert not seen[i("[MASK]")] and vectors[i("[MASK]")].abs().sum() == 0
+    assert vectors[seen].std().item() == pytest.approx(1.0, abs=1e-4)
+    cos = torch.nn.functional.cosine_similarity
+    same = min(cos(vectors[i(a)], vectors[i(b)], dim=0) for a, b in [("good", "great"), ("bad", "awful")])
+    across = max(cos(vectors[i(a)], vectors[i(b)], dim=0) for a, b in [("good", "bad"), ("great", "awful")])
+    assert same > 0.8 and across < same - 0.5

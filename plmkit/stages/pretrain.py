@@ -3,7 +3,8 @@ continuing a checkpoint (``--init DIR``, see ``tasks/pretrain.py``).
 
 Reads top to bottom: check inputs (the --init checkpoint loaded and checked here) -> tokenizer
 (the checkpoint's, given, or trained and stored in the run) -> token shards (cached; the share
-of unknown tokens reported) -> model (a size preset, or the checkpoint's) -> batch sources ->
+of unknown tokens reported) -> model (a size preset, its token embeddings from the corpus's
+PPMI-SVD vectors with --embedding-init ppmi; or the checkpoint's) -> batch sources ->
 the shared training loop -> final checkpoint in --out. The run directory also holds resumable
 checkpoints (``checkpoints/step-N``), ``metrics.jsonl`` and the resolved ``pretrain.yaml``.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +42,7 @@ from ..train.state import load_safetensors
 from ..tasks import pretrain as I
 
 # what the options left unset (None, so that "given" shows) mean for a new model
-NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000}
+NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000, "embedding_init": "random"}
 RUN_FILE = "pretrain.yaml"
 
 
@@ -71,9 +73,14 @@ class _Options:
                                        "(ALBERT; on for --arch albert)")
     dropout: float | None = option(None, help="hidden and attention dropout (default: the preset's, or the "
                                    "--init checkpoint's); fine-tuning inherits it", ge=0, lt=1)
+    embedding_init: str | None = option(None, help="a new model's token embeddings: random (the default) or ppmi: "
+                                        "word vectors from the corpus's co-occurrence counts (PPMI + SVD, "
+                                        "seconds; --recipe budget's choice, measured)",
+                                        choices=["random", "ppmi"])
     tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus "
                                    "(with --init: the checkpoint's)")
-    vocab_size: int | None = option(None, help="vocabulary size when training the tokenizer (default 16000)", ge=1)
+    vocab_size: int | None = option(None, help="vocabulary size when training the tokenizer (default 16000; "
+                                    "--recipe budget: 8000)", ge=1)
     seq_len: int = option(128, help="tokens per sequence", ge=8)
     batch_size: int = option(32, help="sequences per micro-batch (per rank)", ge=1)
     mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM", gt=0, lt=1)
@@ -95,9 +102,12 @@ TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
 # it learns MLM more slowly in 30 CPU minutes but fine-tuned better, benchmarks/RESULTS.md), lr 1e-3,
 # and, given only --budget, the schedule in wall-clock time (warmup, then linear decay to 0 when the
 # budget ends). Sparse prediction (the vocabulary projection only on masked tokens) is always on.
-RECIPES = {"budget": {"dropout": 0.0, "pre_ln": True, "objective": "mlm", "mlm_prob": 0.15, "seq_len": 128,
-                      "batch_size": 32, "grad_accum": 4, "lr": 1e-3, "schedule": "linear", "warmup_ratio": 0.06,
-                      "betas": [0.9, 0.98]}}
+# Token embeddings start at the corpus's PPMI-SVD word vectors (seconds; alone, +5.1 points at 1,000
+# SST-2 labels over random weights, benchmarks/RESULTS.md); a tokenizer of 8,000 pieces (what every
+# budget measurement used; small vocabularies suit small corpora, Krishna et al. 2023).
+RECIPES = {"budget": {"dropout": 0.0, "pre_ln": True, "objective": "mlm", "embedding_init": "ppmi",
+                      "vocab_size": 8000, "mlm_prob": 0.15, "seq_len": 128, "batch_size": 32, "grad_accum": 4,
+                      "lr": 1e-3, "schedule": "linear", "warmup_ratio": 0.06, "betas": [0.9, 0.98]}}
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",),
                  recipes=RECIPES)
 
@@ -144,7 +154,7 @@ def _run(cfg: Config, info: D.DistInfo) -> int:
                   f"on {mb:.1f} MB of text: {said}{added}")
         else:
             print(f"pre-training {_arch(cfg)}-{cfg.size or NEW_MODEL['size']} ({n_params / 1e6:.1f}M parameters) "
-                  f"with {task} on {mb:.1f} MB of text")
+                  f"with {task} on {mb:.1f} MB of text{': ' + said if said else ''}")
 
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, seed=cfg.seed,
                   short_seq_prob=cfg.short_seq_prob, mlm_prob=cfg.mlm_prob, whole_word=cfg.whole_word_mask,
@@ -199,25 +209,28 @@ def _settle_recipe(cfg: Config, info: D.DistInfo, recipe_keys: frozenset[str],
                    parent: I.Parent | None = None) -> Config:
     """A recipe's settings that do not apply to this run are dropped, saying so: architecture
     settings with --init (the checkpoint's architecture is kept), and an objective or a setting the
-    architecture lacks or fixes (a GPT is always pre-LN and trains with clm). Called before the
-    --init checkpoint is read, and again with it (its kind decides the objective)."""
+    architecture lacks or fixes (a GPT is always pre-LN and trains with clm), and the vocabulary size
+    when --tokenizer is given. Called before the --init checkpoint is read, and again with it (its
+    kind decides the objective)."""
     family = (parent.objectives if parent else None) if cfg.init else _record(cfg).objectives
     fixed = () if cfg.init else (*_record(cfg).fixed, *_record(cfg).forbidden)
-    dropped = {}
+    decided = f"--init {cfg.init} decides" if cfg.init else f"not for --arch {_arch(cfg)}"
+    dropped: dict[str, tuple[Any, str]] = {}       # name -> (the recipe's value, why it is not applied)
     for name in sorted(recipe_keys):
         value = getattr(cfg, name)
         if value is None:
             continue
-        if (cfg.init and name in I.ARCH_OPTIONS) or name in fixed:
-            dropped[name] = value
-        elif name == "objective" and family is not None and value not in family:
-            dropped[name] = value
+        if (cfg.init and name in I.ARCH_OPTIONS) or name in fixed or \
+                (name == "objective" and family is not None and value not in family):
+            dropped[name] = (value, decided)
+        elif name == "vocab_size" and cfg.tokenizer:
+            dropped[name] = (value, f"--tokenizer {cfg.tokenizer} is given")
     if not dropped:
         return cfg
     if info.is_main:
-        shown = ", ".join(f"{k} {v}" for k, v in dropped.items())
-        why = f"--init {cfg.init} decides" if cfg.init else f"not for --arch {_arch(cfg)}"
-        print(f"note: --recipe {cfg.recipe}: {shown} not applied ({why})")
+        for why in dict.fromkeys(w for _, w in dropped.values()):
+            shown = ", ".join(f"{k} {v}" for k, (v, w) in dropped.items() if w == why)
+            print(f"note: --recipe {cfg.recipe}: {shown} not applied ({why})")
     return dataclasses.replace(cfg, **{k: None for k in dropped})
 
 
@@ -268,6 +281,7 @@ def _settled(cfg: Config, task: str) -> Config:
     # an option the architecture fixes stays unset (null in pretrain.yaml); pre-LN is the preset's otherwise
     pre_ln = cfg.pre_ln if cfg.pre_ln is not None or "pre_ln" in record.fixed else record.defaults.pre_ln
     return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"], pre_ln=pre_ln,
+                               embedding_init=cfg.embedding_init or NEW_MODEL["embedding_init"],
                                vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
 
 
@@ -290,9 +304,13 @@ def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
     if not model_cfg.causal and tok.token_to_id("[PAD]") is not None:
         model_cfg.pad_token_id = tok.token_to_id("[PAD]")
     torch.manual_seed(cfg.seed)
-    if task == "rtd":
-        return RTDPretrainer.new(discriminator_config(model_cfg)), ""
-    return PlmModel(model_cfg, task), ""
+    model = RTDPretrainer.new(discriminator_config(model_cfg)) if task == "rtd" else PlmModel(model_cfg, task)
+    if cfg.embedding_init != "ppmi":
+        return model, ""
+    t0 = time.time()
+    rows = I.ppmi_embeddings(model, open_shards(shard_dir, "train"))
+    return model, (f"its token embeddings start at the corpus's PPMI-SVD word vectors ({rows:,} of "
+                   f"{model_cfg.vocab_size:,} rows, {time.time() - t0:.0f} s)")
 
 
 def _check_out_dir(out: Path, cfg: Config) -> None:

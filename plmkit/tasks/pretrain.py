@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..data.cooccurrence import ppmi_vectors
 from ..data.shards import TokenShards, token_counts
 from ..errors import PlmkitError
 from ..loading import load, peek
@@ -36,8 +37,10 @@ from ..tokenizer import load_tokenizer
 CONTINUED = ("mlm", "mlm+nsp", "mlm+sop", "clm")
 # where an MLM head's weights live under each pre-training head
 MLM_PREFIX = {"mlm": "head.", "mlm+nsp": "head.mlm.", "mlm+sop": "head.mlm."}
-# options that describe a new model's architecture or tokenizer: with --init they come from it
-ARCH_OPTIONS = ("arch", "size", "tokenizer", "vocab_size", "pre_ln", "embedding_size", "share_layers")
+# options that describe a new model's architecture, tokenizer or first weights: with --init they come
+# from it (a recipe's value is dropped, a given one is refused unless equal)
+ARCH_OPTIONS = ("arch", "size", "tokenizer", "vocab_size", "pre_ln", "embedding_size", "share_layers",
+                "embedding_init")
 
 
 @dataclass
@@ -118,6 +121,8 @@ def _check_agrees(cfg: Any, parent: Parent) -> None:
             wrong.append(f"--{flag}" if value else f"--no-{flag}")
     if cfg.embedding_size is not None and cfg.embedding_size != m.embedding_width:
         wrong.append(f"--embedding-size {cfg.embedding_size}")
+    if cfg.embedding_init == "ppmi":
+        wrong.append("--embedding-init ppmi")
     if wrong:
         raise PlmkitError(f"{', '.join(wrong)} contradict{'s' if len(wrong) == 1 else ''} --init {parent.path}: "
                           f"{kind} with {m.num_layers} layers of {m.hidden_size}, vocabulary {m.vocab_size}"
@@ -185,6 +190,19 @@ def unigram_head(model: PlmModel, shards: TokenShards) -> None:
     counts = token_counts(shards, mlm.decoder.bias.numel())
     with torch.no_grad():
         mlm.decoder.bias.copy_(torch.from_numpy(np.log((counts + 1.0) / (counts + 1.0).sum())).float())
+
+
+def ppmi_embeddings(model: torch.nn.Module, shards: TokenShards) -> int:
+    """Start a new model's token embeddings at the corpus's PPMI-SVD word vectors
+    (``data/cooccurrence.py``), at the standard deviation of their random start; tokens the corpus
+    never shows (special tokens among them) keep their random rows. An RTD pre-trainer's generator
+    reads the same table. Returns how many rows were set."""
+    backbone = model.discriminator.backbone if hasattr(model, "discriminator") else model.backbone
+    word = backbone.embeddings.word.weight
+    vectors, seen = ppmi_vectors(shards, word.shape[0], word.shape[1])
+    with torch.no_grad():
+        word[seen] = (vectors[seen] * word.std()).to(word.dtype)
+    return int(seen.sum())
 
 
 def _head_state(src: PlmModel, task: str) -> tuple[dict[str, torch.Tensor], str]:
