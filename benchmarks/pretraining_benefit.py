@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -231,6 +232,28 @@ def table(title: str, outcomes: list[Outcome], task: Task) -> str:
 
 
 RESULTS: list[dict] = []        # every table's numbers, written to results.json
+
+
+def self_pretraining_args(p: argparse.ArgumentParser,
+                          default_out: str) -> Callable[[list[str] | None], argparse.Namespace]:
+    """The options the self-pre-training scripts share (their budget, this protocol's fine-tuning,
+    --smoke); returns their parser, which also fills --out under runs/."""
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--minutes", type=float, default=30.0, help="each pre-training's wall-clock budget")
+    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--select-seeds", type=int, default=1)
+    p.add_argument("--epochs", type=float, default=5.0)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--smoke", action="store_true", help="the whole path in minutes; measures nothing")
+
+    def parse(argv: list[str] | None) -> argparse.Namespace:
+        args = p.parse_args(argv)
+        if args.smoke:
+            args.lr, args.seeds, args.epochs, args.max_length, args.minutes = args.lr[:1], args.seeds[:1], 1.0, 32, 0.5
+        args.out = args.out or REPO / "runs" / (f"{default_out}-smoke" if args.smoke else default_out)
+        return args
+    return parse
 
 
 # ----------------------------------------------------------------------------- rows

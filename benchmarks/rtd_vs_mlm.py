@@ -37,19 +37,7 @@ def pretrain(out: Path, text: Path, objective: str, args: argparse.Namespace) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--select-seeds", type=int, default=1)
-    p.add_argument("--epochs", type=float, default=5.0)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--smoke", action="store_true")
-    args = p.parse_args(argv)
-    if args.smoke:
-        args.lr, args.seeds, args.epochs, args.max_length, args.minutes = args.lr[:1], args.seeds[:1], 1.0, 32, 0.5
-    args.out = args.out or PB.REPO / "runs" / ("rtd-vs-mlm-smoke" if args.smoke else "rtd-vs-mlm")
+    args = PB.self_pretraining_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]), "rtd-vs-mlm")(argv)
     t0 = time.time()
     text = unlabelled_sst2(args.out / "data" / "sst2-unlabelled.txt", args.smoke)
     tag = f"{args.minutes:g}m"

@@ -71,24 +71,13 @@ def run_task(name: str, args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--tasks", default="sst2,chn")
     p.add_argument("--arms", default="budget", help=f"comma-separated, from {', '.join(ARMS)}")
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--lr", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--select-seeds", type=int, default=1)
-    p.add_argument("--epochs", type=float, default=5.0)
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--smoke", action="store_true")
-    args = p.parse_args(argv)
+    args = PB.self_pretraining_args(p, "self-pretrain")(argv)
     args.tasks, args.arms = args.tasks.split(","), args.arms.split(",")
     bad = [a for a in args.arms if a not in ARMS] + [t for t in args.tasks if t not in TASKS]
     if bad:
         p.error(f"unknown arm or task: {', '.join(bad)}")
-    if args.smoke:
-        args.lr, args.seeds, args.epochs, args.max_length, args.minutes = args.lr[:1], args.seeds[:1], 1.0, 32, 0.5
-    args.out = args.out or PB.REPO / "runs" / ("self-pretrain-smoke" if args.smoke else "self-pretrain")
     t0 = time.time()
     tables = []
     for name in args.tasks:
