@@ -5,8 +5,9 @@
     python benchmarks/rtd_vs_mlm.py --minutes 10       # shorter budgets
     python benchmarks/rtd_vs_mlm.py --smoke            # the whole path in minutes; measures nothing
 
-Both pre-trainings are ``plmkit pretrain --recipe budget --size mini --vocab-size 8000 --budget Nm``
-on the same text, one with the recipe's objective (mlm), one with ``--objective rtd``; the text is
+Both pre-trainings are ``plmkit pretrain --recipe budget --budget Nm`` (self_pretrain.py's arms
+``budget`` and ``rtd``: BERT-mini, 8,000 pieces, PPMI-SVD embeddings since 2026-12-07) on the same
+text, one with the recipe's objective (mlm), one with ``--objective rtd``; the text is
 SST-2's train file without the protocol's dev and test slices (sentences 60,000-65,000), one sentence
 a line: self-pre-training on the task's unlabelled text (Krishna et al. 2023). Each start, and each
 architecture with random weights, then goes through the fine-tuning protocol of
@@ -24,16 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretraining_benefit as PB   # noqa: E402
 from general_distill import unlabelled_sst2   # noqa: E402
+from self_pretrain import pretrain   # noqa: E402
 
 
-def pretrain(out: Path, text: Path, objective: str, args: argparse.Namespace) -> Path:
-    if not (out / "config.json").is_file():
-        small = ["--size", "tiny", "--vocab-size", "500", "--max-steps", "3", "--batch-size", "4",
-                 "--grad-accum", "1", "--eval-batches", "0"] if args.smoke else []
-        PB.plmkit_subprocess("pretrain", "--recipe", "budget", "--size", "mini", "--vocab-size", "8000",
-                             "--objective", objective, "--corpus", str(text), "--budget", f"{args.minutes:g}m",
-                             "--out", str(out), "--overwrite", *small)
-    return out
+# objective -> self_pretrain.py's arm (the recipe as typed: mlm; or --objective rtd)
+ARM = {"mlm": "budget", "rtd": "rtd"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = f"{args.minutes:g}m"
     starts = []
     for objective in ("mlm", "rtd"):
-        model = pretrain(args.out / f"{objective}-{tag}", text, objective, args)
+        model = pretrain(args.out / f"{objective}-{tag}", text, ARM[objective], args)
         starts += [PB.Start(f"{objective}-{tag}", model, "pre-trained"),
                    PB.Start(f"random-{objective}", PB.reinit(model, args.out / f"random-{objective}"), "random")]
     task = PB.sst2_task(args.out / "data", 1000, args.smoke)

@@ -36,8 +36,8 @@ def ppmi_vectors(shards: TokenShards, vocab_size: int, dim: int, *, window: int 
     cols = counts.sum(0) ** SMOOTHING
     total = counts.sum()
     expected = (rows / total)[:, None] * (cols / cols.sum().clamp_min(1e-30))[None, :]
+    # a zero count's log is far below 0, so the clamp zeroes it too
     ppmi = torch.log((counts / total).clamp_min(1e-30) / expected.clamp_min(1e-30)).clamp_min_(0)
-    ppmi[counts == 0] = 0
     del counts, expected
     k = min(dim, *ppmi.shape)
     u, s, _ = torch.svd_lowrank(ppmi, q=k, niter=4)
