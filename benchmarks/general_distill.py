@@ -60,7 +60,8 @@ def bench_pair(a: Path, b: Path, data: Path, work: Path, i: int, args: argparse.
     return {Path(r["path"]).resolve(): r for r in rows}
 
 
-def speed(student_ft: Path, teacher_ft: Path, data: Path, work: Path, args: argparse.Namespace) -> str:
+def speed(student_ft: Path, teacher_ft: Path, data: Path, work: Path, args: argparse.Namespace,
+          teacher_name: str = "MiniLM") -> str:
     """Interleaved ratios student / teacher, PyTorch and INT8."""
     work.mkdir(parents=True, exist_ok=True)
     pairs = {}
@@ -79,7 +80,8 @@ def speed(student_ft: Path, teacher_ft: Path, data: Path, work: Path, args: argp
             lat.append(ra["latency_p50_ms"] / rb["latency_p50_ms"])
             print(f"  {kind} pair {i}: throughput x{thr[-1]:.2f}, batch-1 latency x{lat[-1]:.2f}", file=sys.stderr)
         pairs[kind] = (thr, lat)
-    lines = ["| engine | batch-32 throughput, student / MiniLM (median, range) | batch-1 latency, MiniLM / student |",
+    lines = [f"| engine | batch-32 throughput, student / {teacher_name} (median, range) | "
+             f"batch-1 latency, {teacher_name} / student |",
              "|---|---|---|"]
     for kind, (thr, lat) in pairs.items():
         lines.append(f"| {kind} | **{statistics.median(thr):.2f}x** ({min(thr):.2f}-{max(thr):.2f}) | "

@@ -248,6 +248,12 @@ def test_compress_chooses_by_max_drop_or_target_speedup_and_caches(teacher, monk
     # the smallest within 2 points would have been 0.75: a speed target does not mean the smallest
     assert compress(teacher, "small2", "--max-drop", "2", *shared) == 0
     assert read_json(teacher / "small2" / "compress.json")["choice"]["name"] == "pruned-h0.75-f0.75/torch"
+    # the same teacher named by a relative path reuses every step
+    monkeypatch.chdir(teacher)
+    assert cli.main(["compress", "--model", "teacher", "--train", "train.tsv", "--out", "small3", "--max-drop", "2",
+                     *BASE, *shared]) == 0
+    assert trained == []
+    assert read_json(teacher / "small3" / "compress.json")["choice"]["name"] == "pruned-h0.75-f0.75/torch"
 
 
 def test_a_killed_compress_run_resumes_where_it_stopped(teacher, monkeypatch):

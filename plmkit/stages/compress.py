@@ -154,7 +154,7 @@ def run(cfg: Config) -> int:
         req.ratios, req.start = measured.defaults(data.task).ratios, measured.defaults(data.task).start
     steps.todo, steps.recover_steps = _initial_plan(cfg, req), cfg.recover_steps
     print(f"steps cached in {work} (each step's output: {work / recipe.STATE_DIR / 'logs'})", flush=True)
-    cands = _measure(steps, cfg, data, req, "teacher", Path(cfg.model).resolve(), None)
+    cands = _measure(steps, cfg, data, req, "teacher", Path(_teacher_dir(cfg)), None)
     teacher = cands[0]
     student, loss = _distil(steps, cfg, data)
     cands += _measure(steps, cfg, data, req, "student", student, student.name)
@@ -225,6 +225,11 @@ def _prepare(cfg: Config, work: Path) -> _Data:
           f"{info['needed']:,}); teacher {task.metric} {score:.4f}")
     return _Data(task.name, task.metric, train, dev, calibration, score, teacher.config.hidden_size,
                  teacher.config.num_layers, info)
+
+
+def _teacher_dir(cfg: Config) -> str:
+    """The teacher as the steps name it: resolved, so that ./teacher and /abs/teacher hit the same cache."""
+    return str(Path(cfg.model).resolve())
 
 
 def _teacher_saw(cfg: Config) -> bool:
@@ -418,7 +423,7 @@ def _distil(steps: _Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, An
     tried = []
     for hidden, attention in losses:
         name = f"student-h{hidden:g}-a{attention:g}"
-        values = {"teacher": cfg.model, "task": data.task, "train": str(data.train), "student_layers": layers,
+        values = {"teacher": _teacher_dir(cfg), "task": data.task, "train": str(data.train), "student_layers": layers,
                   "student_size": cfg.student_size, "hidden_weight": hidden, "attention_weight": attention,
                   "cache_teacher": not (hidden or attention), "epochs": cfg.distill_epochs, "lr": cfg.distill_lr,
                   "temperature": cfg.temperature, "alpha": cfg.alpha, "batch_size": cfg.batch_size, "seed": cfg.seed}
@@ -469,7 +474,7 @@ def _walk(steps: _Steps, cfg: Config, data: _Data, req: _Request, student: Path,
         label = f"pruned-h{heads:g}-f{ffn:g}"
         values = {"model": str(student), "task": data.task, "train": str(data.train), "heads": heads, "ffn": ffn,
                   "importance_batches": cfg.importance_batches, "max_steps": cfg.recover_steps,
-                  "lr": cfg.recover_lr, "distill": True, "teacher": cfg.model, "temperature": cfg.temperature,
+                  "lr": cfg.recover_lr, "distill": True, "teacher": _teacher_dir(cfg), "temperature": cfg.temperature,
                   "alpha": cfg.alpha, "hidden_weight": recovery_hidden, "batch_size": cfg.batch_size,
                   "seed": cfg.seed}
         path = steps.run(label, "prune", values, [student.name], [Path(cfg.model), data.train])
