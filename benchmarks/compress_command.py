@@ -132,10 +132,9 @@ def run_task(task: str, a: argparse.Namespace) -> None:
             (work / "dev").mkdir(exist_ok=True)
             dev = sst2_slices(work / "dev", 0, (62_000, 62_200) if a.quick else (62_000, 66_000))[1]
     else:
-        n_held = 100 if a.quick else TASKS[task]["held_n"]
-        train, held = conll_slices(work, 200 if a.quick else TASKS[task]["train_n"], n_held)
+        n, n_held = (200, 100) if a.quick else (TASKS[task]["train_n"], TASKS[task]["held_n"])
+        train, held = conll_slices(work, n, n_held)
         if a.eval_dev:   # train sentences after the training ones (valid's 2,250 left hold too few entities)
-            n = 200 if a.quick else TASKS[task]["train_n"]
             dev = work / "dev.txt"
             dev.write_text("\n\n".join(conll_sentences(DATA / "conll2003" / "train.txt")[n:n + 4_000]) + "\n")
     models = build(task, work, train, a, dev)

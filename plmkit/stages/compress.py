@@ -517,7 +517,7 @@ def _summary(cfg: Config, data: _Data, cands: list[P.Candidate], teacher: P.Cand
     rows = [{**c.as_dict(), "drop_points": round(P.drop(teacher, c), 3),
              "speedup": round(P.speedup(teacher, c, cfg.speed), 3), "pareto": f,
              "chosen": c is choice.candidate} for c, f in zip(cands, front)]
-    return {"teacher": str(Path(cfg.model).resolve()), "task": data.task, "metric": data.metric,
+    return {"teacher": _teacher_dir(cfg), "task": data.task, "metric": data.metric,
             "teacher_score": teacher.score, "dev": data.info,
             "rule": {"max_drop": cfg.max_drop, "target_speedup": cfg.target_speedup, "speed": cfg.speed,
                      "text": "the most accurate at the target speedup within --max-drop; equal scores to the "
