@@ -113,6 +113,20 @@ def test_bench_without_baseline_uses_the_first_row(models, capsys):
     assert result["rows"][0]["precision"] == "fp32" and result["rows"][0]["examples"] == 16
 
 
+def test_unit_stats_score_each_example_and_add_up_to_the_metric(models):
+    """--unit-stats: each plmkit row also keeps every example's score, replayed from the pass that
+    computed the metric; their mean is the metric, and they differ where the models disagree."""
+    stage.run(_cfg(models, hf_baseline=False, unit_stats=True))
+    rows = json.loads((models["dir"] / "bench.json").read_text())["rows"]
+    for r in rows:
+        stats = r["unit_stats"]
+        assert len(stats) == 48 and {tuple(s) for s in stats} <= {(0.0,), (1.0,)}
+        assert sum(s[0] for s in stats) / 48 == pytest.approx(r["metric"])
+    assert 0.0 < rows[0]["metric"] < 1.0          # some right, some wrong: the stats are not constant
+    stage.run(_cfg(models, hf_baseline=False))
+    assert "unit_stats" not in json.loads((models["dir"] / "bench.json").read_text())["rows"][0]
+
+
 def test_baseline_defaults_to_the_checkpoint_an_onnx_model_came_from(models):
     from plmkit import bench
 

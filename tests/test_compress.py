@@ -10,6 +10,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,6 +116,39 @@ def test_schedule_search_walks_to_the_boundary():
     assert walk(4, 3, lambda i: i >= 1, True) == [3, 2, 1, 0]
 
 
+def test_the_margin_keeps_out_a_candidate_the_dev_slice_may_have_flattered():
+    # pruned-b/openvino: -0.75 points with a paired standard error of 0.4 -> bound 1.15 > 1.0
+    noisy = [c if c.model != "pruned-b" else P.Candidate(**{**c.as_dict(), "se": 0.4}) for c in CANDS]
+    assert P.select(noisy, TEACHER, 1.0, margin=0.0).candidate.name == "pruned-b/openvino"
+    choice = P.select(noisy, TEACHER, 1.0, margin=1.0)
+    assert choice.candidate.name == "pruned-a/ort-token"              # -0.50, no error: the smallest within
+    assert "paired difference" in choice.reasons[0] and "pruned-b/openvino -0.75 ± 0.40" in " ".join(choice.reasons)
+    assert P.bound(TEACHER, noisy[-2], 2.0) == pytest.approx(0.75 + 0.8)
+
+
+def test_paired_standard_error_is_that_of_the_mean_difference():
+    """Two classifiers right or wrong on 2,000 examples, disagreeing on about 5% of them: the
+    bootstrap error of their accuracy difference is sd(d) / sqrt(n), far below the unpaired
+    sqrt(2 p (1 - p) / n); a model against itself has none."""
+    rng = np.random.default_rng(0)
+    a = (rng.random(2000) < 0.85).astype(float)
+    b = np.where(rng.random(2000) < 0.05, 1.0 - a, a)
+    d = b - a
+    paired = P.Paired(TASKS["classify"].score_of_sums)
+    assert paired.score(a[:, None]) == (pytest.approx(a.mean()), 0.0)
+    score, se = paired.score(b[:, None])
+    assert score == pytest.approx(b.mean())
+    assert se == pytest.approx(100 * d.std() / math.sqrt(2000), rel=0.1)
+    assert se < 0.6 * 100 * math.sqrt(2 * 0.85 * 0.15 / 2000)
+    # NER's stats (correct, predicted, gold per sentence) through its F1
+    ner = TASKS["ner"].score_of_sums
+    stats = np.array([[1, 2, 2], [1, 2, 1], [0, 0, 0]], dtype=float)
+    assert float(ner(stats.sum(0), 3)) == pytest.approx(4 / 7)
+    assert ner(np.zeros((2, 3)), 0).tolist() == [0.0, 0.0]
+    with pytest.raises(PlmkitError, match="cannot be paired"):
+        P.paired_se(a[:, None], b[:10, None], TASKS["classify"].score_of_sums, paired.counts)
+
+
 def test_ratios_must_be_a_chain():
     assert P.parse_ratios("0.5:0.75, 0.5:0.9,0.67:0.9") == ((0.5, 0.75), (0.5, 0.9), (0.67, 0.9))
     for bad, message in [("0.5:0.9,0.67:0.75", "mild to aggressive"), ("0.5", "not HEADS:FFN"),
@@ -182,16 +216,20 @@ FAKE = {"teacher": (0.900, 100.0), "student": (0.898, 160.0), "pruned-h0.25-f0.2
         "pruned-h0.5-f0.5": (0.894, 260.0), "pruned-h0.75-f0.75": (0.885, 330.0)}
 
 
-def fake_bench(calls: list[str]):
-    """``plmkit bench``'s place: one row with the model's real parameter count and FAKE's numbers."""
+def fake_bench(calls: list[str], noise: dict[str, float] | None = None):
+    """``plmkit bench``'s place: one row with the model's real parameter count and FAKE's numbers. Every
+    dev example is scored at the model's score (paired differences without error), or at the score
+    plus and minus ``noise[model]`` in turn (the same mean, an error of noise / sqrt(n))."""
     def run(cfg) -> int:
         path = Path(cfg.models[0])
         calls.append(path.name)
         params = safetensors_params(path / "model.safetensors")
         score, throughput = FAKE["student" if path.name.startswith("student") else path.name]
+        n, a = len(TASKS["classify"].read(cfg.data, Prep())), (noise or {}).get(path.name, 0.0)
+        stats = [[score + (a if i % 2 else -a)] for i in range(n)]
         write_json(cfg.out, {"rows": [{"name": path.name, "params": params, "size_mb": params * 4 / 2**20,
                                        "metric": score, "latency_p50_ms": 100 / throughput,
-                                       "throughput": throughput}]})
+                                       "throughput": throughput, "unit_stats": stats}]})
         return 0
     return run
 
@@ -254,6 +292,24 @@ def test_compress_chooses_by_max_drop_or_target_speedup_and_caches(teacher, monk
                      *BASE, *shared]) == 0
     assert trained == []
     assert read_json(teacher / "small3" / "compress.json")["choice"]["name"] == "pruned-h0.75-f0.75/torch"
+
+
+def test_the_margin_sends_the_search_past_a_ratio_whose_pass_is_within_its_error(teacher, monkeypatch):
+    """Heads/FFN 0.5 is 0.6 points down on the dev slice, but its 24 examples disagree with the
+    teacher's by +-3 points each (a paired error of ~0.6): with the default margin it fails 1.0, the
+    search goes on to the milder 0.25 (-0.4, no error) and keeps that; --margin 0 keeps 0.5."""
+    from plmkit.stages import bench
+
+    monkeypatch.setattr(bench, "run", fake_bench([], noise={"pruned-h0.5-f0.5": 0.03}))
+    work = ["--work", str(teacher / "margin-work")]
+    assert compress(teacher, "guarded", *work) == 0
+    summary = read_json(teacher / "guarded" / "compress.json")
+    assert [e.get("passed") for e in summary["schedule"]] == [True, False, None]
+    assert summary["choice"]["name"] == "pruned-h0.25-f0.25/torch" and summary["rule"]["margin"] == 1.0
+    noisy = next(c for c in summary["candidates"] if c["name"] == "pruned-h0.5-f0.5/torch")
+    assert noisy["drop_points"] == pytest.approx(0.6) and noisy["se"] == pytest.approx(3 / math.sqrt(24), rel=0.1)
+    assert compress(teacher, "raw", *work, "--margin", "0") == 0
+    assert read_json(teacher / "raw" / "compress.json")["choice"]["name"] == "pruned-h0.5-f0.5/torch"
 
 
 def test_a_killed_compress_run_resumes_where_it_stopped(teacher, monkeypatch):

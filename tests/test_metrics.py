@@ -6,8 +6,9 @@ from types import SimpleNamespace
 import pytest
 
 from plmkit.errors import PlmkitError
-from plmkit.eval.metrics import (accuracy, confusion_matrix, entity_prf, entity_report, get_entities,
-                                 macro_f1, normalize_answer, per_class_prf, squad_em_f1, squad_f1)
+from plmkit.eval.metrics import (accuracy, confusion_matrix, entity_counts, entity_prf, entity_report, get_entities,
+                                 macro_f1, normalize_answer, per_class_prf, squad_em_f1, squad_f1,
+                                 squad_question_scores)
 
 # ---------------------------------------------------------------- classification
 
@@ -65,6 +66,11 @@ def test_entity_prf_by_hand():
     # gold {PER, LOC, ORG}; pred {PER, ORG(wrong span), ORG, LOC(wrong span)}: 2 correct
     assert entity_prf(true, pred) == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 4 / 7})
     assert entity_prf([["O"]], [["O"]]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # per sentence (compress pairs models sentence by sentence): the sums give the same F1
+    counts = entity_counts(true, pred)
+    assert counts == [(1, 2, 2), (1, 2, 1)]
+    tp, n_pred, n_gold = map(sum, zip(*counts))
+    assert 2 * tp / (n_pred + n_gold) == pytest.approx(4 / 7)
 
 
 def _random_tags(rng: random.Random, n: int) -> list[str]:
@@ -120,6 +126,7 @@ def test_squad_aggregate_max_over_golds_and_missing_predictions():
     # a: EM 1 (matches "Broncos"); b: EM 0, F1 p=1/4 (in,1990,and,1991) r=1 -> 0.4
     assert scores["exact_match"] == pytest.approx(100 / 3)
     assert scores["f1"] == pytest.approx(100 * (1 + 0.4 + 0) / 3)
+    assert squad_question_scores(preds, examples) == [(1.0, 1.0), (0.0, pytest.approx(0.4)), (0.0, 0.0)]
 
 
 def test_squad_impossible_question_needs_empty_prediction():

@@ -16,7 +16,7 @@ Why pre-encoded token ids rather than plmkit on that environment's path: plmkit 
 FILE once with the checkpoint's own tokenizer and preprocessing and collates the batches exactly
 as the plmkit rows get them (the same padded ``int64`` arrays, as ``.npz``); the peer times only
 the model call on those arrays and hands back its logits for the batches ``plmkit evaluate``
-forms, which plmkit scores with the task's own ``evaluate`` (``_Replay``). So every row sees the
+forms, which plmkit scores with the task's own ``evaluate`` (``Replay``, bench/replay.py). So every row sees the
 same token ids and is scored by the same code, and the peer environment needs no plmkit
 dependency at the versions plmkit pins (its transformers may be 4.x, its tokenizers older).
 """
@@ -93,56 +93,12 @@ def _arrays(batches: list[dict[str, Any]], prefix: str) -> dict[str, np.ndarray]
             for k, v in b.items() if k in INPUT_KEYS}
 
 
-class _Recorder:
-    """Stands in for the model in ``task.evaluate``: keeps the batches it is given, answers zeros."""
-
-    def __init__(self, head: str, num_labels: int):
-        import torch
-
-        self.head, self.num_labels, self.batches = head, num_labels, []
-        self.anchor = torch.nn.Parameter(torch.zeros(0))
-
-    def parameters(self):              # forward_batches asks the first parameter for the device
-        yield self.anchor
-
-    def eval(self) -> "_Recorder":
-        return self
-
-    def __call__(self, **batch: Any) -> Any:
-        import torch
-
-        from ..models.heads import ModelOutput
-
-        self.batches.append({k: v.numpy() for k, v in batch.items()})
-        b, t = batch["input_ids"].shape
-        if self.head == "span":
-            return ModelOutput(start_logits=torch.zeros(b, t), end_logits=torch.zeros(b, t))
-        return ModelOutput(logits=torch.zeros((b, t, self.num_labels) if self.head == "token" else (b, self.num_labels)))
-
-
-class _Replay(_Recorder):
-    """Answers ``task.evaluate`` with the peer's outputs for the same batches, in the same order."""
-
-    def __init__(self, outputs: list[dict[str, np.ndarray]]):
-        super().__init__("", 0)
-        self.outputs = iter(outputs)
-
-    def __call__(self, **batch: Any) -> Any:
-        import torch
-
-        from ..models.heads import ModelOutput
-
-        out = next(self.outputs)
-        if next(iter(out.values())).shape[0] != batch["input_ids"].shape[0]:
-            raise PlmkitError("peer outputs do not match the evaluation batches (internal error)")
-        return ModelOutput(**{k: torch.from_numpy(v).float() for k, v in out.items()})
-
-
 def _eval_batches(data: "TaskData", task_name: str) -> list[dict[str, np.ndarray]]:
     from ..tasks import TASKS
+    from .replay import Recorder
 
     task = TASKS[task_name]
-    recorder = _Recorder(task.head, len(data.head_config.get("labels") or []))
+    recorder = Recorder(task.head, len(data.head_config.get("labels") or []))
     task.evaluate(recorder, data)
     return recorder.batches
 
@@ -208,13 +164,14 @@ class PeerEngine:
     def finish(self, result: dict[str, Any], v: Variant, s: Settings) -> dict[str, Any]:
         """The peer's timings + plmkit's score of the peer's logits -> a row like every other."""
         from ..tasks import TASKS
+        from .replay import Replay
 
         data = _task_data(v.features_from, v.task, s.data, s.max_examples)
         with np.load(result["outputs"]) as z:
             n = 1 + max(int(k.split("/")[1]) for k in z.files)
             outputs = [{k.split("/")[2]: z[k] for k in z.files if k.startswith(f"eval/{i}/")} for i in range(n)]
         task = TASKS[v.task]
-        metrics = {k: float(x) for k, x in task.evaluate(_Replay(outputs), data).items()}
+        metrics = {k: float(x) for k, x in task.evaluate(Replay(outputs), data).items()}
         row = row_of(v, s, result["by_batch"], result["params"], weights_size(Path(v.path)), result["peak_rss_kb"],
                      metrics, task.metric, len(data.examples))
         return {**row, "engine": result["engine"]}

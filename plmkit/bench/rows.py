@@ -46,6 +46,7 @@ class Settings:
     calibration: str | None = None   # peer rows that calibrate (OpenVINO): labelled file of the task (default: data)
     calibration_examples: int = 300  # its first N examples (optimum's default sample count)
     peer_input: str = "hf"           # what the peers quantize: the HF export, or plmkit's fp32 ONNX export (onnx)
+    unit_stats: bool = False         # plmkit rows: also each example's score (the task's unit_stats)
 
 
 def hf_export(source: Path, work: Path, settings: Settings | None = None) -> Path:

@@ -17,8 +17,10 @@ from ..io import read_json, write_json
 from ..tasks import Infer, TaskData
 from ..precision import autocast
 from ..tokenizer import INPUT_KEYS, pad_id
+from .replay import Replay, Tap
 from .rows import EVAL_BATCH, Settings, Variant, encoding, row_of, weights_size
 from .runners import RUNNERS
+
 
 def peak_rss_kb() -> int:
     """This process's peak resident memory, in KiB.
@@ -85,9 +87,14 @@ def run_worker(v: Variant, s: Settings) -> dict[str, Any]:
                              "latency_p95_ms": round(1000 * _percentile(per_batch, 0.95), 3),
                              "throughput": round(len(feats) / statistics.median(per_pass), 2),
                              "examples": len(feats), "pass_spread": pass_spread(per_pass)}
-    metrics = task.evaluate(model, TaskData(examples, features, tok, head_config, Infer(EVAL_BATCH, precision)))
-    return row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics,
-                  task.metric_of(examples), len(examples))
+    data = TaskData(examples, features, tok, head_config, Infer(EVAL_BATCH, precision))
+    tap = Tap(model) if s.unit_stats else None
+    metrics = task.evaluate(tap or model, data)
+    row = row_of(v, s, by_batch, params, weights_size(Path(v.path)), peak_rss_kb(), metrics,
+                 task.metric_of(examples), len(examples))
+    if tap is not None:        # the same outputs scored example by example: no second pass of the model
+        row["unit_stats"] = task.unit_stats(Replay(tap.outputs), data).round(6).tolist()
+    return row
 
 
 def worker_main(spec_file: str, out_file: str) -> int:

@@ -121,6 +121,18 @@ def entity_prf(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[
     return {"precision": p, "recall": r, "f1": f}
 
 
+def entity_counts(true_tags: Sequence[Sequence[str]],
+                  pred_tags: Sequence[Sequence[str]]) -> list[tuple[int, int, int]]:
+    """(correct, predicted, gold) entities of each sentence: their column sums give ``entity_prf``
+    (entities never cross a sentence boundary)."""
+    _entity_sets(true_tags, pred_tags)                     # the same length checks
+    counts = []
+    for gold_tags, predicted in zip(true_tags, pred_tags):
+        gold, pred = set(get_entities([gold_tags])), set(get_entities([predicted]))
+        counts.append((len(gold & pred), len(pred), len(gold)))
+    return counts
+
+
 def entity_report(true_tags: Sequence[Sequence[str]],
                   pred_tags: Sequence[Sequence[str]]) -> dict[str, dict[str, float]]:
     """{entity type: {precision, recall, f1, support}} for every type in gold or predictions."""
@@ -162,30 +174,32 @@ def squad_f1(prediction: str, gold: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def squad_em_f1(predictions: Mapping[str, str], examples: Iterable) -> dict[str, float]:
-    """{"exact_match", "f1"} in 0-100: max over each question's gold answers, averaged over questions.
-
-    ``examples``: QAExample-like objects (``id``, ``answers`` [{text, ...}]). A question
-    missing from ``predictions`` scores 0 (as in the official script). A question with no
-    gold answer (SQuAD 2.0 impossible) counts as correct only when the prediction is empty.
-    """
-    em = f1 = 0.0
-    total = 0
+def squad_question_scores(predictions: Mapping[str, str], examples: Iterable) -> list[tuple[float, float]]:
+    """(exact match, F1) of each question in 0-1, max over its gold answers, as the official script
+    scores it. A question missing from ``predictions`` scores 0. A question with no gold answer
+    (SQuAD 2.0 impossible) counts as correct only when the prediction is empty."""
+    scores = []
     for ex in examples:
-        total += 1
         if ex.id not in predictions:
+            scores.append((0.0, 0.0))
             continue
         pred = predictions[ex.id]
         golds = [a["text"] for a in ex.answers]
         if not golds:
             hit = float(normalize_answer(pred) == "")
-            em, f1 = em + hit, f1 + hit
+            scores.append((hit, hit))
             continue
-        em += max(squad_exact(pred, g) for g in golds)
-        f1 += max(squad_f1(pred, g) for g in golds)
-    if total == 0:
+        scores.append((max(squad_exact(pred, g) for g in golds), max(squad_f1(pred, g) for g in golds)))
+    return scores
+
+
+def squad_em_f1(predictions: Mapping[str, str], examples: Iterable) -> dict[str, float]:
+    """{"exact_match", "f1"} in 0-100: ``squad_question_scores`` averaged over the questions."""
+    scores = squad_question_scores(predictions, examples)
+    if not scores:
         raise PlmkitError("cannot score an empty evaluation set")
-    return {"exact_match": 100.0 * em / total, "f1": 100.0 * f1 / total}
+    return {"exact_match": 100.0 * sum(s[0] for s in scores) / len(scores),
+            "f1": 100.0 * sum(s[1] for s in scores) / len(scores)}
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from ..io import check_out_file, work_dir, write_json
 from ..precision import DEFAULT as PRECISION_DEFAULT
 from ..precision import HELP as PRECISION_HELP
 from ..precision import PRECISIONS, resolve
-from ..tasks import TASKS
+from ..tasks import BENCH_TASKS, TASKS
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Config:
     threads: int | None = option(None, help="intra-op threads for every row (default: all cores)")
     precision: str = option(PRECISION_DEFAULT, help="PyTorch rows: plmkit's inference precision, as in evaluate; "
                             + PRECISION_HELP, choices=PRECISIONS)
+    unit_stats: bool = option(False, help="plmkit rows also record each example's score (unit_stats: correct or "
+                              "not; NER: entities right, predicted, gold), so two rows can be compared example by "
+                              "example (plmkit compress does)")
 
 
 def _check(cfg: Config) -> None:
@@ -111,6 +114,9 @@ def _variants(cfg: Config, precision: str) -> tuple[list[bench.Variant], str | N
         raise PlmkitError("--models: all models must do the same task, got "
                           + ", ".join(f"{v.path} ({v.task})" for v in variants))
     bench.unique_names(variants)
+    if cfg.unit_stats and variants[0].task not in BENCH_TASKS:
+        raise PlmkitError(f"--unit-stats: '{variants[0].task}' models are not scored example by example "
+                          f"(tasks that are: {', '.join(BENCH_TASKS)})")
     names, note = _baselines(cfg), None
     if names and TASKS[variants[0].task].hf_auto is None:
         names, note = [], (f"no baseline rows: transformers has no head class for '{variants[0].task}' models; "
@@ -170,7 +176,7 @@ def run(cfg: Config) -> int:
     threads = cfg.threads or os.cpu_count() or 1
     settings = bench.Settings(cfg.data, sorted(set(cfg.batch_sizes)), cfg.repeats, cfg.warmup,
                               cfg.latency_examples, cfg.max_examples, threads, precision, peer_python,
-                              cfg.calibration, cfg.calibration_examples, cfg.peer_input)
+                              cfg.calibration, cfg.calibration_examples, cfg.peer_input, cfg.unit_stats)
     machine = bench.machine_info(threads)
     if peer_versions:
         machine["peers"] = {"python": peer_python, **peer_versions}

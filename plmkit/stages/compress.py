@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ..compress import measured
 from ..compress import plan as P
 from ..compress.engines import CANDIDATES, ENGINE_NAMES, Candidate
@@ -77,6 +79,9 @@ class Config:
                                "refused, saying how many examples it needs", gt=0)
     max_drop: float = option(1.0, help="accuracy budget: points below the teacher's dev score a candidate may lose",
                              ge=0)
+    margin: float = option(P.MARGIN, help="standard errors of a candidate's paired dev difference from the teacher "
+                           "added to its drop before --max-drop applies, so that a candidate the dev slice flattered "
+                           "is not kept (0: the raw dev drop)", ge=0)
     target_speedup: float | None = option(None, help="instead of the smallest model: the most accurate one within "
                                           "--max-drop at this many times the teacher's speed (--speed)", gt=0)
     speed: str = option("throughput", help="what faster means: batch-32 throughput or batch-1 p50 latency",
@@ -139,6 +144,7 @@ class _Data:
     dev: Path
     calibration: Path
     teacher_score: float             # in-process, fp32, on the dev slice
+    paired: P.Paired                 # candidates' dev scores and paired errors from their unit stats
     hidden_size: int
     layers: int
     info: dict[str, Any] = field(default_factory=dict)
@@ -159,7 +165,7 @@ def run(cfg: Config) -> int:
     student, loss = _distil(steps, cfg, data)
     cands += _measure(steps, cfg, data, req, "student", student, student.name)
     schedule = _walk(steps, cfg, data, req, student, teacher, cands, loss["hidden_weight"])
-    choice = P.select(cands, teacher, cfg.max_drop, cfg.target_speedup, cfg.speed)
+    choice = P.select(cands, teacher, cfg.max_drop, cfg.target_speedup, cfg.speed, cfg.margin)
     summary = _summary(cfg, data, cands, teacher, choice, loss, schedule, steps)
     _write_output(out, cfg, choice.candidate, summary)
     _print_result(summary, out)
@@ -207,7 +213,8 @@ def _prepare(cfg: Config, work: Path) -> _Data:
         dev_examples = task.read(str(dev), prep, labels=teacher.head_config.get("labels"))
         data = TaskData(dev_examples, task.encode(tok, dev_examples, teacher.head_config, prep), tok,
                         teacher.head_config, Infer(64, "fp32"))
-        score = float(task.evaluate(teacher, data)[task.metric])
+        paired = P.Paired(task.score_of_sums, cfg.seed)
+        score = float(task.score_of_sums(task.unit_stats(teacher, data).sum(0), len(dev_examples)))
         units = _units(task.name, dev_examples)
         P.check_dev(units, score, task.name, str(cfg.eval or f"the dev slice of {cfg.train}"),
                     units / len(dev_examples), cfg.resolution)
@@ -223,7 +230,7 @@ def _prepare(cfg: Config, work: Path) -> _Data:
               "choice, often a larger model than needed); --eval FILE with data it never saw measures them exactly")
     print(f"dev slice: {len(dev_examples):,} examples ({units:,} {P.UNITS[task.name]}; the rule needs "
           f"{info['needed']:,}); teacher {task.metric} {score:.4f}")
-    return _Data(task.name, task.metric, train, dev, calibration, score, teacher.config.hidden_size,
+    return _Data(task.name, task.metric, train, dev, calibration, score, paired, teacher.config.hidden_size,
                  teacher.config.num_layers, info)
 
 
@@ -376,7 +383,7 @@ def _initial_plan(cfg: Config, req: _Request) -> list[str]:
 
 def _bench_values(cfg: Config, data: _Data, model: Path) -> dict[str, Any]:
     return {"models": [str(model)], "data": str(data.dev), "batch_sizes": [1, 32], "baselines": "none",
-            "precision": "fp32", "repeats": cfg.repeats, "latency_examples": cfg.latency_examples,
+            "precision": "fp32", "unit_stats": True, "repeats": cfg.repeats, "latency_examples": cfg.latency_examples,
             "threads": cfg.threads}
 
 
@@ -392,7 +399,7 @@ def _measure(steps: _Steps, cfg: Config, data: _Data, req: _Request, label: str,
     deps, inputs = ([dep], [data.dev]) if dep else ([], [data.dev, path])
     torch_row = _row(steps.run(f"{label}-torch", "bench", _bench_values(cfg, data, path), deps, inputs))
     params = int(torch_row["params"])       # the model's size in every engine: its parameters
-    cands = [_candidate(label, "torch", path, torch_row, params)]
+    cands = [_candidate(label, "torch", path, torch_row, params, data.paired)]
     for engine in req.engines:
         name = f"{label}-{engine.name}"
         values: dict[str, Any] = {"model": str(path), **engine.settings}
@@ -404,13 +411,17 @@ def _measure(steps: _Steps, cfg: Config, data: _Data, req: _Request, label: str,
         except PlmkitError as e:
             steps.failed(name, e)
             continue
-        cands.append(_candidate(label, engine.name, quantized, row, params))
+        cands.append(_candidate(label, engine.name, quantized, row, params, data.paired))
     return cands
 
 
-def _candidate(label: str, engine: str, path: Path, row: dict[str, Any], params: int) -> P.Candidate:
-    return P.Candidate(f"{label}/{engine}", label, engine, str(path), params, float(row["size_mb"]),
-                       float(row["metric"]), float(row["latency_p50_ms"]), float(row["throughput"]))
+def _candidate(label: str, engine: str, path: Path, row: dict[str, Any], params: int,
+               paired: P.Paired) -> P.Candidate:
+    """A bench row as a candidate: its dev score and paired error from its unit stats (every task's
+    score in 0-1, QA's F1 included)."""
+    score, se = paired.score(np.asarray(row["unit_stats"], dtype=np.float64))
+    return P.Candidate(f"{label}/{engine}", label, engine, str(path), params, float(row["size_mb"]), score,
+                       float(row["latency_p50_ms"]), float(row["throughput"]), round(se, 4))
 
 
 def _distil(steps: _Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, Any]]:
@@ -492,16 +503,16 @@ def _passes(cfg: Config, teacher: P.Candidate, mine: list[P.Candidate]) -> bool:
     """The search's criterion: some engine of this ratio is within --max-drop (or reaches the speedup)."""
     if cfg.target_speedup is not None:
         return any(P.speedup(teacher, c, cfg.speed) >= cfg.target_speedup for c in mine)
-    return any(P.drop(teacher, c) <= cfg.max_drop + 1e-9 for c in mine)
+    return any(P.bound(teacher, c, cfg.margin) <= cfg.max_drop + 1e-9 for c in mine)
 
 
 def _no_pruning(cfg: Config, teacher: P.Candidate, student: list[P.Candidate]) -> str | None:
     """Why pruning cannot help (None: it may): the student already misses the budget, or already
     reaches the target speedup (pruning only trades accuracy for more speed)."""
-    best = max(student, key=lambda c: c.score)
-    if cfg.target_speedup is None and P.drop(teacher, best) > cfg.max_drop + 1e-9:
+    best = min(student, key=lambda c: P.bound(teacher, c, cfg.margin))
+    if cfg.target_speedup is None and P.bound(teacher, best, cfg.margin) > cfg.max_drop + 1e-9:
         return (f"skipped: the unpruned student is already {P.drop(teacher, best):.2f} points below the teacher "
-                f"(--max-drop {cfg.max_drop:g})")
+                f"(± {best.se:.2f}; --max-drop {cfg.max_drop:g}, --margin {cfg.margin:g})")
     fast = [c for c in student if P.speedup(teacher, c, cfg.speed) >= (cfg.target_speedup or float("inf"))]
     if fast:
         return f"skipped: the unpruned student reaches {cfg.target_speedup:g}x already ({fast[0].name})"
@@ -519,10 +530,12 @@ def _summary(cfg: Config, data: _Data, cands: list[P.Candidate], teacher: P.Cand
              "chosen": c is choice.candidate} for c, f in zip(cands, front)]
     return {"teacher": _teacher_dir(cfg), "task": data.task, "metric": data.metric,
             "teacher_score": teacher.score, "dev": data.info,
-            "rule": {"max_drop": cfg.max_drop, "target_speedup": cfg.target_speedup, "speed": cfg.speed,
-                     "text": "the most accurate at the target speedup within --max-drop; equal scores to the "
-                             "faster" if cfg.target_speedup else
-                             "the smallest within --max-drop; equal sizes to the faster"},
+            "rule": {"max_drop": cfg.max_drop, "margin": cfg.margin, "target_speedup": cfg.target_speedup,
+                     "speed": cfg.speed,
+                     "text": ("the most accurate at the target speedup within --max-drop; equal scores to the "
+                              "faster" if cfg.target_speedup else
+                              "the smallest within --max-drop; equal sizes to the faster")
+                             + f" (within: dev drop + {cfg.margin:g} x its paired standard error <= --max-drop)"},
             "choice": {"name": choice.candidate.name, "path": choice.candidate.path, "met": choice.met,
                        "reasons": choice.reasons},
             "candidates": rows, "loss": loss, "schedule": schedule, "steps": steps.log,
@@ -544,13 +557,13 @@ def _write_output(out: Path, cfg: Config, chosen: P.Candidate, summary: dict[str
 
 def _print_result(summary: dict[str, Any], out: Path) -> None:
     metric, rows = summary["metric"], sorted(summary["candidates"], key=lambda r: (r["params"], -r["throughput"]))
-    print(f"\n{'candidate':<34} {'params':>11} {'MB':>7} {metric:>9} {'pts':>6} {'p50 ms':>8} {'ex/s':>9} "
-          f"{'speedup':>7}")
+    print(f"\n{'candidate':<34} {'params':>11} {'MB':>7} {metric:>9} {'pts':>6} {'±se':>5} {'p50 ms':>8} "
+          f"{'ex/s':>9} {'speedup':>7}")
     for r in rows:
         mark = " <- chosen" if r["chosen"] else (" *" if r["pareto"] else "")
         points = 0.0 - r["drop_points"] + 0.0
         print(f"{r['name']:<34} {r['params']:>11,} {r['size_mb']:>7.1f} {r['score']:>9.4f} {points:>+6.2f} "
-              f"{r['latency_ms']:>8.3f} {r['throughput']:>9.1f} {r['speedup']:>6.2f}x{mark}")
+              f"{r['se']:>5.2f} {r['latency_ms']:>8.3f} {r['throughput']:>9.1f} {r['speedup']:>6.2f}x{mark}")
     print("(* on the Pareto front of dev score and speed)")
     for reason in summary["choice"]["reasons"]:
         print(f"  {reason}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -60,6 +61,15 @@ class TaskSpec(Protocol):
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]: ...
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]: ...
+
+
+class ScoredTask(TaskSpec, Protocol):
+    """The tasks of ``BENCH_TASKS`` also score each unit (example, sentence, question) apart, so that
+    two models scored on the same data are compared unit by unit (compress's paired differences)."""
+
+    def unit_stats(self, model: nn.Module, data: TaskData) -> np.ndarray: ...   # [N, k], one row per example
+
+    def score_of_sums(self, sums: np.ndarray, n: int) -> np.ndarray: ...  # [..., k] column sums -> metric in 0-1
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in (classify.TASK, ner.TASK, qa.TASK, generate.TASK, embed.TASK)}

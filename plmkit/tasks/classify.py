@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch import nn
@@ -83,6 +84,16 @@ class ClassifyTask:
         if detailed:
             metrics.update(labels=list(labels), confusion_matrix=confusion_matrix(gold, pred, labels))
         return metrics
+
+    def unit_stats(self, model: nn.Module, data: TaskData) -> np.ndarray:
+        """[N, 1]: 1 where the example's prediction is its label (``score_of_sums``: the accuracy)."""
+        labels = data.head_config["labels"]
+        pred = self._probs(model, data).argmax(-1).tolist()
+        return np.array([[float(labels[i] == ex.label)] for ex, i in zip(data.examples, pred)]).reshape(-1, 1)
+
+    def score_of_sums(self, sums: np.ndarray, n: int) -> np.ndarray:
+        """The accuracy from ``unit_stats`` summed over n examples (any leading dimensions)."""
+        return sums[..., 0] / max(n, 1)
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
         labels = data.head_config["labels"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 from tokenizers import Tokenizer
 from torch import nn
 
 from ..data.features import encode_ner, word_predictions
 from ..data.readers import TokenExample, build_label_map, read_ner
 from ..errors import InputError
-from ..eval.metrics import entity_prf, entity_report, get_entities
+from ..eval.metrics import entity_counts, entity_prf, entity_report, get_entities
 from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
@@ -104,6 +105,16 @@ class NerTask:
         if detailed:
             metrics["per_entity"] = entity_report(gold, pred)
         return metrics
+
+    def unit_stats(self, model: nn.Module, data: TaskData) -> np.ndarray:
+        """[N, 3] per sentence: correct, predicted and gold entities (``score_of_sums``: the F1)."""
+        counts = entity_counts([ex.tags for ex in data.examples], self._tags(model, data))
+        return np.array(counts, dtype=np.float64).reshape(-1, 3)
+
+    def score_of_sums(self, sums: np.ndarray, n: int) -> np.ndarray:
+        """Micro F1 from ``unit_stats`` summed over sentences (any leading dimensions): 2 TP / (P + G)."""
+        both = sums[..., 1] + sums[..., 2]
+        return np.divide(2.0 * sums[..., 0], both, out=np.zeros_like(both, dtype=np.float64), where=both > 0)
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
         rows = []

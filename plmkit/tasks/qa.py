@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.qa import postprocess_qa, prepare_qa_features
 from ..data.readers import QAExample, read_squad
-from ..eval.metrics import squad_em_f1
+from ..eval.metrics import squad_em_f1, squad_question_scores
 from ..train.defaults import FixedTraining
 from .common import Prep, TaskData, forward_batches
 
@@ -63,6 +63,15 @@ class QATask:
 
     def evaluate(self, model: nn.Module, data: TaskData) -> dict[str, float]:
         return squad_em_f1(self._answers(model, data), data.examples)
+
+    def unit_stats(self, model: nn.Module, data: TaskData) -> np.ndarray:
+        """[N, 1]: each question's F1 in 0-1 (``score_of_sums``: the F1 / 100)."""
+        scores = squad_question_scores(self._answers(model, data), data.examples)
+        return np.array([[f1] for _, f1 in scores], dtype=np.float64).reshape(-1, 1)
+
+    def score_of_sums(self, sums: np.ndarray, n: int) -> np.ndarray:
+        """The F1 in 0-1 from ``unit_stats`` summed over n questions (any leading dimensions)."""
+        return sums[..., 0] / max(n, 1)
 
     def predict(self, model: nn.Module, data: TaskData) -> list[dict[str, Any]]:
         answers = self._answers(model, data)
