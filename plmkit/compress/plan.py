@@ -114,7 +114,7 @@ def select(candidates: list[Candidate], teacher: Candidate, max_drop: float, tar
     if max_drop < 0:
         raise PlmkitError(f"--max-drop must be >= 0 points, got {max_drop}")
     within = [c for c in candidates if bound(teacher, c, margin) <= max_drop + 1e-9] or [teacher]
-    tag = f"within {max_drop:g} points of the teacher's dev score {teacher.score:.4f}"
+    tag = f"within {max_drop:g} point{'s' * (max_drop != 1)} of the teacher's dev score {teacher.score:.4f}"
     if margin:
         tag += f" (dev drop + {margin:g} standard error{'s' if margin != 1 else ''} of the paired difference)"
     if target_speedup is None:
