@@ -18,6 +18,10 @@ each step a plmkit stage run as a cached step of the work folder ``.OUT.compress
      distillation from the teacher, measured and quantized, the search stepping towards the most
      aggressive ratio within --max-drop (or the mildest reaching --target-speedup) while the
      --budget lasts;
+Every bench scores the dev slice example by example (``--unit-stats``): each candidate's dev score
+and the standard error of its paired difference from the teacher come from those (compress/plan.py
+``Paired``), and the search and the rule count a candidate within --max-drop only when its drop
+plus --margin such errors is.
 -> the rule (compress/plan.py ``select``) picks one candidate -> --out, written atomically: that
 model (evaluate, predict, serve and bench take it as is), ``compress.json`` (every candidate's dev
 score, size, latency and throughput, the Pareto front, the schedule, the steps, why this one) and
