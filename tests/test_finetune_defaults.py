@@ -11,7 +11,7 @@ from plmkit.cli import main
 from plmkit.data.pairs import PairExample
 from plmkit.tasks import TASKS
 from plmkit.tasks.embed import RANKING_DEFAULTS
-from plmkit.train.defaults import FixedTraining, fit_to_data
+from plmkit.train.defaults import FixedTraining, fit_to_data, length_from_data
 
 
 @pytest.mark.parametrize("examples, batch, epochs, steps", [
@@ -105,3 +105,67 @@ def _help(capsys, *argv: str) -> str:
         main(["finetune", "--help", *argv])
     assert e.value.code == 0
     return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("lengths, positions, chosen", [
+    ([20] * 100, 512, 128),                   # short texts: 128 as before
+    ([100] * 95 + [400] * 5, 512, 128),       # 95% fit in 128: the long 5% are cut
+    ([100] * 94 + [400] * 6, 512, 512),       # 94%: the 95th percentile is 400 tokens
+    ([200] * 100, 512, 256),
+    ([900] * 100, 512, 512),                  # longer than any choice: the longest
+    ([300] * 100, 256, 256),                  # never past the model's positions
+    ([20] * 10, 64, 64),
+    ([], 512, 128),
+])
+def test_max_length_from_the_data(lengths, positions, chosen):
+    assert length_from_data(lengths, positions) == chosen
+
+
+def test_finetune_takes_max_length_and_random_batches_from_small_long_data(tmp_path, capsys):
+    """40 texts of ~200 tokens on a model of 512 positions: max length 256 (128 would cut every one),
+    random batches (the rule shrank the batch); both recorded in the output's config and head."""
+    import random
+
+    from plmkit.io import read_json
+    from plmkit.models.checkpoint import save_checkpoint
+    from plmkit.models.config import EncoderConfig
+    from plmkit.models.model import PlmModel
+    from plmkit.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(50)]
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(" ".join(rng.choices(words, k=rng.randint(170, 230)))
+                                                  + f"\t{i % 2}\n" for i in range(40)))
+    tok = train_tokenizer([train], kind="wordpiece", vocab_size=120, show_progress=False)
+    cfg = EncoderConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_layers=1, num_heads=2,
+                        intermediate_size=32, max_position=512)
+    model = save_checkpoint(PlmModel(cfg, "mlm"), tmp_path / "m", tokenizer=tok, meta={"stage": "test"})
+    assert main(["finetune", "--model", str(model), "--task", "classify", "--train", str(train),
+                 "--out", str(tmp_path / "out"), "--max-steps", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "max length 256 tokens, from the data: 100% of the 40 training examples fit whole (0% at 128" in out
+    assert "random batches" in out
+    saved = read_json(tmp_path / "out" / "plmkit.json")["config"]
+    assert saved["max_length"] == 256 and saved["group_by_length"] is False
+    assert read_json(tmp_path / "out" / "config.json")["head_config"]["preprocess"]["max_length"] == 256
+    assert "max length 256 (from the data)" in _help(capsys, "--train", str(train), "--model", str(model))
+    # set by the user: kept as given
+    assert main(["finetune", "--model", str(model), "--task", "classify", "--train", str(train), "--out",
+                 str(tmp_path / "out2"), "--max-steps", "1", "--max-length", "64", "--group-by-length"]) == 0
+    saved = read_json(tmp_path / "out2" / "plmkit.json")["config"]
+    assert saved["max_length"] == 64 and saved["group_by_length"] is True
+
+
+def test_large_data_keeps_length_buckets():
+    from types import SimpleNamespace
+
+    from plmkit.stages.finetune import fit_defaults
+
+    for n, grouped in ((2000, False), (6000, True)):
+        cfg = SimpleNamespace(strategy="full", batch_size=None, epochs=None, lr=None, group_by_length=None)
+        fit_defaults(cfg, TASKS["classify"], [None] * n)
+        assert cfg.group_by_length is grouped
+    cfg = SimpleNamespace(strategy="full", batch_size=None, epochs=None, lr=None, group_by_length=None)
+    fit_defaults(cfg, TASKS["ner"], [None] * 6000)
+    assert cfg.group_by_length is False                       # ner: random batches whatever the size

@@ -44,7 +44,7 @@ from ..tasks.ner import check_tag_scheme
 from ..tokenizer import load_tokenizer, pad_id
 from ..train import (Hooks, IndexedBatches, TrainArgs, check_args, dropped_unless_resumable, load_trainable,
                      run_dir, save_trainable, train)
-from ..train.defaults import EPOCHS, MIN_STEPS, RULE, DataFit, fit_to_data
+from ..train.defaults import EPOCHS, LENGTHS, MIN_STEPS, RULE, DataFit, fit_to_data, length_from_data
 from ..train.logging import METRICS_FILE, copy_logs
 
 RUN_FILE = "finetune.yaml"
@@ -78,10 +78,12 @@ class _Options:
     eval_batch_size: int = option(64, help="examples per batch when evaluating", ge=1)
     group_by_length: bool | None = option(None, help="train on batches of examples of similar length (less "
                                           "padding, faster); off: random batches, as transformers' Trainer "
-                                          "by default (default: on, except for ner, where it costs accuracy)")
-    max_length: int | None = option(None, help=f"tokens per example (default {MAX_LENGTH}; --task embed on a "
-                                    "sentence-transformers model: its own max_seq_length; see --long-text for "
-                                    "longer texts)", ge=8)
+                                          "by default (default: on, except for ner and for data small enough "
+                                          "that --epochs grows or the batch shrinks, where it costs accuracy)")
+    max_length: int | None = option(None, help=f"tokens per example (default {MAX_LENGTH}; classify: the "
+                                    "smallest of 128, 256, 512 that holds 95%% of the training examples whole; "
+                                    "--task embed on a sentence-transformers model: its own max_seq_length; see "
+                                    "--long-text for longer texts)", ge=8)
     long_text: str = option("truncate", help="classify: a text longer than --max-length keeps its start "
                             "(truncate), its first quarter and last three quarters of tokens (head-tail), or is "
                             "split into overlapping windows whose predictions are averaged (windows)",
@@ -131,12 +133,14 @@ def run(cfg: Config) -> int:
     # 1. Data: read, label map, features. Bad input stops here, before anything is written.
     _check_backbone(peek(cfg.model), task)   # --model names a model directory that can carry the task
     train_ex, eval_ex = _read_data(task, prep, cfg)
-    fit_defaults(cfg, task, train_ex)        # resolved here, so finetune.yaml and plmkit.json record them
+    tok = load_tokenizer(cfg.model)
+    head_config = {**task.head_config(train_ex, prep), **_embed_head(cfg), "finetune_task": task.name}
+    # resolved here, so finetune.yaml and plmkit.json record them
+    prep = fit_length(cfg, task, prep, tok, train_ex, head_config)
+    fit_defaults(cfg, task, train_ex)
     args = pick(TrainArgs, cfg)
     work = run_dir(out, "train", cfg.resume, cfg.overwrite)
-    tok = load_tokenizer(cfg.model)
-    head_config = {**task.head_config(train_ex, prep), **_embed_head(cfg), "finetune_task": task.name,
-                   "preprocess": to_dict(prep)}
+    head_config["preprocess"] = to_dict(prep)
     train_feats = task.encode(tok, train_ex, head_config, prep)
     n_train = len(train_ex)
     del train_ex              # the features hold what training needs (1M examples: ~200 MB of text)
@@ -193,8 +197,33 @@ def _fit(task: TaskSpec, train_ex: list[Any], strategy: str, batch_size: int | N
     return fit, own.describe(f"--task {task.name} on this data") if own is not None else None
 
 
+def fit_length(cfg: Config, task: TaskSpec, prep: Prep, tok: Tokenizer, train_ex: list[Any],
+               head_config: dict[str, Any]) -> Prep:
+    """An unset --max-length the task takes from the data: the smallest of 128 / 256 / 512 tokens that
+    holds 95% of the training examples whole, within the model's positions (train/defaults.py)."""
+    if cfg.max_length is not None:
+        return prep
+    cfg.max_length, lengths = _data_length(cfg.model, task, prep, tok, train_ex, head_config)
+    if cfg.max_length != MAX_LENGTH:
+        share = {n: sum(k <= n for k in lengths) / max(len(lengths), 1) for n in (cfg.max_length, MAX_LENGTH)}
+        print(f"max length {cfg.max_length} tokens, from the data: {share[cfg.max_length]:.0%} of the "
+              f"{len(lengths):,} training examples fit whole ({share[MAX_LENGTH]:.0%} at {MAX_LENGTH}; set "
+              "--max-length to choose)")
+    return _prep(cfg)
+
+
+def _data_length(model: str, task: TaskSpec, prep: Prep, tok: Tokenizer, train_ex: list[Any],
+                 head_config: dict[str, Any]) -> tuple[int, list[int]]:
+    """(the max length from the data, the examples' token lengths up to the longest it may choose)."""
+    positions = model_config(peek(model)).max_position
+    probe = replace(prep, max_length=min(LENGTHS[-1], positions), long_text="truncate")
+    lengths = [len(f["input_ids"]) for f in task.encode(tok, train_ex, head_config, probe)]
+    return length_from_data(lengths, positions), lengths
+
+
 def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
-    """Fill the unset batch size, passes and learning rate for the training examples."""
+    """Fill the unset batch size, passes and learning rate for the training examples, and the batches:
+    random instead of length buckets where the data is small enough for the rule to change them."""
     fit, own = _fit(task, train_ex, cfg.strategy, cfg.batch_size, cfg.epochs, cfg.lr)
     examples = len(train_ex)
     unset = cfg.batch_size is None or cfg.epochs is None or cfg.lr is None
@@ -202,30 +231,46 @@ def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
         print(f"{own}: batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set "
               "--batch-size, --epochs or --lr to choose)")
     elif fit.fitted:
+        shuffled = ", random batches" if cfg.group_by_length is None and task.group_by_length else ""
         print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
-              f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g} ({fit.steps} steps; set --batch-size, "
-              "--epochs or --lr to choose)")
+              f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}{shuffled} ({fit.steps} steps; set "
+              "--batch-size, --epochs, --lr or --group-by-length to choose)")
     cfg.batch_size, cfg.epochs, cfg.lr = fit.batch_size, fit.epochs, fit.lr
+    if cfg.group_by_length is None:
+        cfg.group_by_length = task.group_by_length and not fit.fitted
 
 
 def help_for(argv: list[str]) -> str:
     """The end of ``finetune --help``: the rule, and with ``--train FILE`` what it picks for that data."""
     pre = argparse.ArgumentParser(add_help=False)
-    for flag in ("--train", "--task", "--strategy", "--batch-size", "--epochs", "--lr"):
+    for flag in ("--train", "--task", "--strategy", "--batch-size", "--epochs", "--lr", "--model"):
         pre.add_argument(flag)
     ns, _ = pre.parse_known_args(argv)
     if not ns.train:
-        return f"{RULE} {EMBED_RULE} Add --train FILE to --help to see the values for your data."
+        return f"{RULE} {EMBED_RULE} Add --train FILE (and --model DIR) to --help to see the values for your data."
     try:
         task = TASKS[ns.task or "classify"]
         train_ex = task.read(ns.train, Prep())
         fit, own = _fit(task, train_ex, ns.strategy or "full", int(ns.batch_size) if ns.batch_size else None,
                         float(ns.epochs) if ns.epochs else None, float(ns.lr) if ns.lr else None)
+        length = _help_length(task, ns.model, train_ex)
     except (PlmkitError, OSError, KeyError, ValueError) as e:
         return f"{RULE} (--train {ns.train}: {e})"
     rule = f"{own}." if own else RULE
+    batches = "random batches" if fit.fitted or not task.group_by_length else "length-bucketed batches"
     return (f"{rule} For {ns.train} ({fit.examples:,} examples, {ns.task or 'classify'}, "
-            f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, {fit.steps} optimizer steps.")
+            f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, "
+            f"{fit.steps} optimizer steps, {batches}{length}.")
+
+
+def _help_length(task: TaskSpec, model: str | None, train_ex: list[Any]) -> str:
+    """', max length N' for ``finetune --help`` where the task takes it from the data and --model names
+    the tokenizer ('' otherwise)."""
+    if task.max_length_from != "data" or not model:
+        return ""
+    prep = Prep()
+    length = _data_length(model, task, prep, load_tokenizer(model), train_ex, task.head_config(train_ex, prep))[0]
+    return f", max length {length} (from the data)"
 
 
 def _check_backbone(saved: Saved, task: TaskSpec) -> None:
@@ -241,17 +286,21 @@ def _check_backbone(saved: Saved, task: TaskSpec) -> None:
 
 
 def _prep(cfg: Config) -> Prep:
-    if cfg.max_length is None:    # resolved once, so finetune.yaml records it
-        own = (st_settings(cfg.model) or {}).get("max_seq_length") if TASKS[cfg.task].length_from_model else None
+    """The preprocessing settings; a max length the task takes from the data is MAX_LENGTH until
+    ``fit_length`` has read it (cfg.max_length stays None until then)."""
+    how = TASKS[cfg.task].max_length_from
+    if cfg.max_length is None and how != "data":    # resolved once, so finetune.yaml records it
+        own = (st_settings(cfg.model) or {}).get("max_seq_length") if how == "model" else None
         cfg.max_length = own or MAX_LENGTH
+    length = cfg.max_length or MAX_LENGTH
     if cfg.pooling != "auto" and cfg.task not in ("classify", "embed"):
         raise PlmkitError(f"--pooling is for classification and embeddings (the {cfg.task} head reads every token)")
     if cfg.long_text != "truncate" and cfg.task != "classify":
         raise PlmkitError(f"--long-text {cfg.long_text} is a classify option (qa always windows its contexts)")
     if cfg.label_scheme != "iob" and cfg.task != "ner":
         raise PlmkitError(f"--label-scheme {cfg.label_scheme} is an ner option")
-    stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, cfg.max_length // 4)
-    return Prep(max_length=cfg.max_length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
+    stride = cfg.doc_stride if cfg.doc_stride is not None else min(128, length // 4)
+    return Prep(max_length=length, doc_stride=stride, long_text=cfg.long_text, text_column=cfg.text_column,
                 text_pair_column=cfg.text_pair_column, label_column=cfg.label_column, header=cfg.header)
 
 

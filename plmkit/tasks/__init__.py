@@ -42,7 +42,8 @@ class TaskSpec(Protocol):
     on_graph: bool            # evaluate runs on an exported graph (ONNX / OpenVINO): quantize measures it
     file_layout: str          # how its files hold examples, for carving slices: "lines" (one per line), "blocks"
                               # (CoNLL: blank-line separated; .json/.jsonl a line each), "squad" (one JSON document)
-    length_from_model: bool   # --max-length's default: a sentence-transformers model's max_seq_length (else 128)
+    max_length_from: str      # --max-length's default: fixed (128), model (a sentence-transformers model's
+                              # max_seq_length, else 128), data (train/defaults.py: length_from_data)
     hf_auto: str | None       # the transformers Auto class of its HF export (bench's baseline); None: not benched
     what: str                 # the model in words ("a classification model"), for refusals
 

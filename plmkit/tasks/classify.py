@@ -30,7 +30,7 @@ class ClassifyTask:
     detailed = True
     on_graph = True
     file_layout = "lines"
-    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
+    max_length_from = "data"   # --max-length's default: from the training texts (train/defaults.py)
     hf_auto = "AutoModelForSequenceClassification"
     what = "a classification model"
     help = "TSV/CSV/JSONL with a text column (+ optional text-pair column) and a label column"

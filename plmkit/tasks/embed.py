@@ -69,7 +69,7 @@ class EmbedTask:
     detailed = False
     on_graph = True
     file_layout = "lines"
-    length_from_model = True   # texts cut where the model's sentence-transformers config cuts them (MiniLM: 256)
+    max_length_from = "model"  # texts cut where the model's sentence-transformers config cuts them (MiniLM: 256)
     hf_auto = None
     what = "a sentence-embedding model"
     help = ("pairs (anchor, positive) or triplets (+ negative) in TSV/CSV/JSONL, scored pairs (text, text, "

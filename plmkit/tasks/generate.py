@@ -43,7 +43,7 @@ class GenerateTask:
     detailed = False
     on_graph = False            # its evaluation needs the loss and a KV cache
     file_layout = "lines"
-    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
+    max_length_from = "fixed"  # --max-length's default: 128
     hf_auto = None
     what = "a language model"
     help = ("JSONL {prompt, completion}, TSV prompt<TAB>completion, or chat JSONL {messages: [{role, content}]} "

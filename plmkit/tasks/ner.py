@@ -54,7 +54,7 @@ class NerTask:
     detailed = True
     on_graph = True
     file_layout = "blocks"
-    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
+    max_length_from = "fixed"  # --max-length's default: 128 (words past it are tagged O)
     hf_auto = "AutoModelForTokenClassification"
     what = "a token-classification model"
     help = "CoNLL (token first column, tag last, blank line between sentences) or JSONL {tokens, tags}"

@@ -29,7 +29,7 @@ class QATask:
     detailed = False
     on_graph = True
     file_layout = "squad"
-    length_from_model = False  # --max-length's default: 128 (embed: a sentence-transformers model's own)
+    max_length_from = "fixed"  # --max-length's default: 128, contexts in windows (--doc-stride)
     hf_auto = "AutoModelForQuestionAnswering"
     what = "an extractive QA model"
     help = "SQuAD v1.1 JSON: data[].paragraphs[].{context, qas[].{id, question, answers[]}}"
