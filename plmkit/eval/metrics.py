@@ -104,13 +104,17 @@ def get_entities(sentences: Sequence[Sequence[str]]) -> list[tuple[str, int, int
     return chunks
 
 
-def _entity_sets(true_tags: Sequence[Sequence[str]],
-                 pred_tags: Sequence[Sequence[str]]) -> tuple[set, set]:
+def _check_lengths(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> None:
     if len(true_tags) != len(pred_tags):
         raise ValueError(f"{len(true_tags)} gold sentences but {len(pred_tags)} predicted")
     for i, (t, p) in enumerate(zip(true_tags, pred_tags)):
         if len(t) != len(p):
             raise ValueError(f"sentence {i}: {len(t)} gold tags but {len(p)} predicted")
+
+
+def _entity_sets(true_tags: Sequence[Sequence[str]],
+                 pred_tags: Sequence[Sequence[str]]) -> tuple[set, set]:
+    _check_lengths(true_tags, pred_tags)
     return set(get_entities(true_tags)), set(get_entities(pred_tags))
 
 
@@ -125,7 +129,7 @@ def entity_counts(true_tags: Sequence[Sequence[str]],
                   pred_tags: Sequence[Sequence[str]]) -> list[tuple[int, int, int]]:
     """(correct, predicted, gold) entities of each sentence: their column sums give ``entity_prf``
     (entities never cross a sentence boundary)."""
-    _entity_sets(true_tags, pred_tags)                     # the same length checks
+    _check_lengths(true_tags, pred_tags)
     counts = []
     for gold_tags, predicted in zip(true_tags, pred_tags):
         gold, pred = set(get_entities([gold_tags])), set(get_entities([predicted]))

@@ -237,7 +237,7 @@ def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
               "--batch-size, --epochs, --lr or --group-by-length to choose)")
     cfg.batch_size, cfg.epochs, cfg.lr = fit.batch_size, fit.epochs, fit.lr
     if cfg.group_by_length is None:
-        cfg.group_by_length = task.group_by_length and not fit.fitted
+        cfg.group_by_length = fit.length_buckets(task.group_by_length)
 
 
 def help_for(argv: list[str]) -> str:
@@ -257,7 +257,7 @@ def help_for(argv: list[str]) -> str:
     except (PlmkitError, OSError, KeyError, ValueError) as e:
         return f"{RULE} (--train {ns.train}: {e})"
     rule = f"{own}." if own else RULE
-    batches = "random batches" if fit.fitted or not task.group_by_length else "length-bucketed batches"
+    batches = "length-bucketed batches" if fit.length_buckets(task.group_by_length) else "random batches"
     return (f"{rule} For {ns.train} ({fit.examples:,} examples, {ns.task or 'classify'}, "
             f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, "
             f"{fit.steps} optimizer steps, {batches}{length}.")

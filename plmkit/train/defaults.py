@@ -66,6 +66,11 @@ class DataFit:
     steps: int
     fitted: bool
 
+    def length_buckets(self, task_default: bool) -> bool:
+        """Whether to train on length buckets when the user did not say: the task's default, except
+        on data small enough for the rule to have changed the batch or the passes (random batches)."""
+        return task_default and not self.fitted
+
 
 def fit_to_data(examples: int, base_lr: float, *, batch_size: int | None = None, epochs: float | None = None,
                 lr: float | None = None, min_steps: int = MIN_STEPS, task: FixedTraining | None = None) -> DataFit:
