@@ -297,11 +297,11 @@ def test_budget_recipe_trains_on_a_time_schedule(root, capsys):
     assert peak <= 1e-3 and recs[-1]["lr"] < 0.3 * peak         # decayed towards 0 as the budget ran out
     saved = (root / "budget" / "pretrain.yaml").read_text()
     assert "recipe: budget" in saved and "grad_accum: 2" in saved and "lr: 0.001" in saved
-    assert "embedding_init: ppmi" in saved
+    assert "embedding_init: ppmi" in saved and "split_cjk: false" in saved and "vocab_size: 200" in saved
     assert "start at the corpus's PPMI-SVD word vectors" in capsys.readouterr().out
     # with --init the checkpoint's architecture (and embeddings) win over the recipe's
     assert pretrain(root, root / "bert", "budget-init", "--recipe", "budget", "--max-steps", "1") == 0
-    assert "note: --recipe budget: embedding_init ppmi, pre_ln True, vocab_size 8000 not applied" in capsys.readouterr().out
+    assert "note: --recipe budget: embedding_init ppmi, pre_ln True, split_cjk False, vocab_size 16000 not applied" in capsys.readouterr().out
     assert not load_model(root / "budget-init").config.pre_ln
 
 

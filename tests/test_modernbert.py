@@ -386,6 +386,47 @@ def test_onnx_export_matches_pytorch(tmp_path, task):
             assert float((a - b).abs().max()) < 1e-4, (name, T)
 
 
+def test_rotary_attention_fuses_into_ort_contrib_ops(tmp_path):
+    """Each layer's rotation and attention become RotaryEmbedding + MultiHeadAttention, local windows
+    and padding kept (attention_bias): the fused graph gives PyTorch's outputs; BERT's graph is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from plmkit.compress.attention_fusion import fuse_attention
+    from plmkit.compress.onnx_export import example_batch, export_onnx_dir
+
+    torch.manual_seed(0)
+    theirs = transformers.ModernBertForSequenceClassification(hf_config(num_labels=3)).eval()
+    sharpen(theirs)
+    theirs.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf").eval()
+    export_onnx_dir(ours, tmp_path / "onnx", None, {"parent": "test"})
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    assert fuse_attention(graph) == 4
+    ops = [n.op_type for n in graph.graph.node]
+    assert (ops.count("MultiHeadAttention"), ops.count("RotaryEmbedding"), ops.count("Softmax")) == (4, 8, 0)
+    sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for T in (12, 40):      # 40 > the local window: local layers really mask
+        feeds = example_batch(ours, 3, T, padded=True, seed=T)
+        with torch.no_grad():
+            want = ours(**feeds).logits
+        got = torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+        assert float((got - want).abs().max()) < 1e-4, T
+    bert = onnx.load(str(_bert_onnx(tmp_path)))
+    assert fuse_attention(bert) == 0
+
+
+def _bert_onnx(tmp_path: Path) -> Path:
+    """A tiny BERT classifier's fp32 graph: attention without rotary, which ORT's own fusion takes."""
+    from plmkit.compress.onnx_export import export_onnx_dir
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, num_labels=2)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bert-hf")
+    export_onnx_dir(load_model(tmp_path / "bert-hf").eval(), tmp_path / "bert-onnx", None, {"parent": "test"})
+    return tmp_path / "bert-onnx" / "model.onnx"
+
+
 def _predict(model: Path, data: Path, out: Path) -> list[dict]:
     """plmkit predict on an ONNX directory (or a checkpoint): one row per example."""
     assert cli.main(["predict", "--model", str(model), "--input", str(data), "--output", str(out),

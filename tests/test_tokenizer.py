@@ -85,6 +85,34 @@ def test_chinese_characters_split_one_per_token(wordpiece):
     assert "[UNK]" not in wordpiece.encode("选择珠江花园的原因就是方便").tokens
 
 
+def test_no_split_cjk_learns_words_that_transformers_reads_alike(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    reviews = [r.split("\t")[0] for r in _need(DATA / "chnsenticorp" / "train.tsv").read_text(
+        encoding="utf-8").splitlines()[1:301]]
+    text = tmp_path / "zh.txt"
+    text.write_text("\n".join(reviews) + "\n", encoding="utf-8")
+    chars = train_tokenizer([text], kind="wordpiece", vocab_size=6000, show_progress=False)
+    words = train_tokenizer([text], kind="wordpiece", vocab_size=6000, show_progress=False, split_cjk=False)
+    def cjk(t: str) -> bool:
+        return "\u4e00" <= t.lstrip("#")[:1] <= "\u9fff"
+
+    sample = reviews[0]
+    by_char, by_word = (t.encode(sample, add_special_tokens=False).tokens for t in (chars, words))
+    assert all(len(t) == 1 for t in by_char if cjk(t))                        # one piece per character
+    assert len(by_word) < 0.8 * len(by_char)                                  # pieces span characters
+    assert any(len(t.lstrip("#")) >= 2 for t in by_word if cjk(t))
+    out = tmp_path / "words"
+    out.mkdir()
+    save_tokenizer(words, out)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenize_chinese_chars"] is False
+    ours, auto = load_tokenizer(out), transformers.AutoTokenizer.from_pretrained(str(out))
+    for review in reviews[:20]:
+        assert auto(review)["input_ids"] == ours.encode(review).ids == words.encode(review).ids
+    with pytest.raises(PlmkitError, match="no-split-cjk is for --kind wordpiece"):
+        from plmkit.stages.tokenizer import run
+        run(Config(corpus=[str(text)], out=str(tmp_path / "b"), kind="bpe", split_cjk=False))
+
+
 def test_pair_template_and_segment_ids(wordpiece):
     a, b = (wordpiece.encode(t, add_special_tokens=False).tokens for t in ("the lobster", "is blue"))
     enc = wordpiece.encode("the lobster", "is blue")

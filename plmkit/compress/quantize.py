@@ -32,7 +32,8 @@ node per layer, ``Gelu``; not the LayerNorm and bias fusions that are slower on 
 quantized), ``Attention`` -> ``QAttention`` (Q/K/V in one INT8 GEMM) with per-tensor ranges.
 This needs the attention pattern the encoder emits under export (see ``attend`` in
 models/layers.py); a layer whose pattern does not match (a layer pruned to zero heads) simply
-stays unfused.
+stays unfused. The attention ORT's fusion does not know (rotary positions, local windows:
+ModernBERT) is fused next by ``attention_fusion`` into ``RotaryEmbedding`` + ``MultiHeadAttention``.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..models.onnx_model import ort_errors
+from .attention_fusion import fuse_attention
 from .embedding_int8 import quantize_embeddings
 from .token_int8 import quantize_per_token
 
@@ -208,6 +210,16 @@ def quantize_embedding_file(file: Path) -> list[str]:
     return tables
 
 
+def _fuse_rotary_attention(src: Path, dst: Path) -> Path:
+    """``src`` with its rotary attention fused (``attention_fusion``), before ORT's pre-processing
+    rearranges the exporter's pattern; ``src`` itself when there is none (BERT: ORT fuses it later)."""
+    model = onnx.load(str(src))
+    if not fuse_attention(model):
+        return src
+    onnx.save(model, str(dst))
+    return dst
+
+
 def quantize_file(src: Path, dst: Path, method: str, work: Path, reader: FeatureReader | None = None,
                   options: QuantOptions | None = None) -> list[str]:
     """Pre-process ``src`` into ``work``, then quantize it into ``dst`` with ``method``.
@@ -219,6 +231,8 @@ def quantize_file(src: Path, dst: Path, method: str, work: Path, reader: Feature
         raise PlmkitError(f"unknown embeddings setting '{o.embeddings}' (choose {', '.join(EMBEDDINGS)})")
     pre = work / "model.pre.onnx"
     try:
+        if method == "dynamic" and o.fuse:
+            src = _fuse_rotary_attention(src, work / "model.attention.onnx")
         preprocess(src, pre)
         METHODS[method](pre, dst, reader, o)
     except ort_errors() as e:

@@ -42,7 +42,7 @@ from ..train.state import load_safetensors
 from ..tasks import pretrain as I
 
 # what the options left unset (None, so that "given" shows) mean for a new model
-NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000, "embedding_init": "random"}
+NEW_MODEL = {"arch": "bert", "size": "mini", "vocab_size": 16000, "embedding_init": "random", "split_cjk": True}
 RUN_FILE = "pretrain.yaml"
 
 
@@ -79,8 +79,10 @@ class _Options:
                                         choices=["random", "ppmi"])
     tokenizer: str | None = option(None, help="tokenizer or checkpoint dir; default: train one on the corpus "
                                    "(with --init: the checkpoint's)")
-    vocab_size: int | None = option(None, help="vocabulary size when training the tokenizer (default 16000; "
-                                    "--recipe budget: 8000)", ge=1)
+    vocab_size: int | None = option(None, help="vocabulary size when training the tokenizer (default 16000)", ge=1)
+    split_cjk: bool | None = option(None, help="when training a WordPiece tokenizer: each Chinese/Japanese "
+                                    "character a word of its own (BERT's rule, the default); --recipe budget: "
+                                    "off, multi-character pieces (words), measured")
     seq_len: int = option(128, help="tokens per sequence", ge=8)
     batch_size: int = option(32, help="sequences per micro-batch (per rank)", ge=1)
     mlm_prob: float = option(0.15, help="fraction of tokens selected for MLM", gt=0, lt=1)
@@ -103,11 +105,13 @@ TRAIN_DEFAULTS = {"warmup_ratio": 0.06, "eval_every": 200, "save_every": 200}
 # and, given only --budget, the schedule in wall-clock time (warmup, then linear decay to 0 when the
 # budget ends). Sparse prediction (the vocabulary projection only on masked tokens) is always on.
 # Token embeddings start at the corpus's PPMI-SVD word vectors (seconds; alone, +4.0 and +5.1 points
-# in two draws at 1,000 SST-2 labels over random weights, +2.2 on ChnSentiCorp, benchmarks/RESULTS.md);
-# a tokenizer of 8,000 pieces (what every budget measurement used; small vocabularies suit small
-# corpora, Krishna et al. 2023).
+# in two draws at 1,000 SST-2 labels over random weights, +2.2 on ChnSentiCorp, benchmarks/RESULTS.md),
+# which are better the more pieces are whole words: a tokenizer of 16,000 pieces (8,000: 0.725 on
+# SST-2, 16,000: 0.732, 32,000: 0.729) whose pieces may span Chinese characters (ChnSentiCorp 0.747
+# with one piece per character, 0.798 with words; benchmarks/RESULTS.md, 2026-12-07).
 RECIPES = {"budget": {"dropout": 0.0, "pre_ln": True, "objective": "mlm", "embedding_init": "ppmi",
-                      "vocab_size": 8000, "mlm_prob": 0.15, "seq_len": 128, "batch_size": 32, "grad_accum": 4,
+                      "vocab_size": 16000, "split_cjk": False, "mlm_prob": 0.15, "seq_len": 128, "batch_size": 32,
+                      "grad_accum": 4,
                       "lr": 1e-3, "schedule": "linear", "warmup_ratio": 0.06, "betas": [0.9, 0.98]}}
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS, omit=("layerwise_lr_decay",),
                  recipes=RECIPES)
@@ -224,8 +228,10 @@ def _settle_recipe(cfg: Config, info: D.DistInfo, recipe_keys: frozenset[str],
         if (cfg.init and name in I.ARCH_OPTIONS) or name in fixed or \
                 (name == "objective" and family is not None and value not in family):
             dropped[name] = (value, decided)
-        elif name == "vocab_size" and cfg.tokenizer:
+        elif name in ("vocab_size", "split_cjk") and cfg.tokenizer:
             dropped[name] = (value, f"--tokenizer {cfg.tokenizer} is given")
+        elif name == "split_cjk" and not cfg.init and _record(cfg).tokenizer != "wordpiece":
+            dropped[name] = (value, f"--arch {_arch(cfg)} has a byte-level tokenizer")
     if not dropped:
         return cfg
     if info.is_main:
@@ -283,7 +289,9 @@ def _settled(cfg: Config, task: str) -> Config:
     pre_ln = cfg.pre_ln if cfg.pre_ln is not None or "pre_ln" in record.fixed else record.defaults.pre_ln
     return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"], pre_ln=pre_ln,
                                embedding_init=cfg.embedding_init or NEW_MODEL["embedding_init"],
-                               vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None))
+                               vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None),
+                               split_cjk=cfg.split_cjk if cfg.split_cjk is not None or cfg.tokenizer or
+                               _record(cfg).tokenizer != "wordpiece" else NEW_MODEL["split_cjk"])
 
 
 def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
@@ -369,7 +377,13 @@ def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
         return load_tokenizer(stored)
     text = None
     if info.is_main:
-        text = train_tokenizer(cfg.corpus, kind=_record(cfg).tokenizer, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"]).to_str()
+        kind = _record(cfg).tokenizer
+        split = NEW_MODEL["split_cjk"] if cfg.split_cjk is None else cfg.split_cjk
+        if not split and kind != "wordpiece":
+            raise PlmkitError(f"--no-split-cjk is for WordPiece tokenizers; --arch {_arch(cfg)} trains a byte-level "
+                              "BPE, which never splits characters")
+        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"],
+                               split_cjk=split).to_str()
     return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 

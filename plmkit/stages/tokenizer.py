@@ -15,6 +15,7 @@ from typing import Callable
 from .. import __version__
 from ..config import dump_yaml, option
 from ..data.corpus import check_text_files
+from ..errors import PlmkitError
 from ..io import atomic_dir, atomic_write_text, check_out_dir
 from ..tokenizer.load import save_tokenizer
 from ..tokenizer.train import KINDS, default_lowercase, train_tokenizer
@@ -32,6 +33,8 @@ class Config:
     limit_alphabet: int | None = option(None, help="keep at most this many initial characters "
                                                    "(default: all characters seen)")
     bpe_pad: bool = option(True, help="bpe: add a <|pad|> token (GPT-2 has none)")
+    split_cjk: bool = option(True, help="wordpiece: each Chinese/Japanese character is a word of its own "
+                             "(BERT's rule); --no-split-cjk learns multi-character pieces (words)")
     model_max_length: int | None = option(None, help="max sequence length recorded for transformers "
                                                      "(default: 512 wordpiece, 1024 bpe)")
     overwrite: bool = option(False, help="replace an existing output directory")
@@ -46,12 +49,14 @@ def check_inputs(cfg: Config, pending: Callable[[str], bool]) -> None:
 
 def run(cfg: Config) -> int:
     check_out_dir(cfg.out, cfg.overwrite)  # fail before a long training run, not after
+    if not cfg.split_cjk and cfg.kind != "wordpiece":
+        raise PlmkitError("--no-split-cjk is for --kind wordpiece (byte-level BPE never splits characters)")
     if cfg.lowercase is None:
         cfg = dataclasses.replace(cfg, lowercase=default_lowercase(cfg.kind))
     start = time.perf_counter()
     tok = train_tokenizer(cfg.corpus, kind=cfg.kind, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase,
                           min_frequency=cfg.min_frequency, limit_alphabet=cfg.limit_alphabet,
-                          bpe_pad=cfg.bpe_pad)
+                          bpe_pad=cfg.bpe_pad, split_cjk=cfg.split_cjk)
     seconds = time.perf_counter() - start
     size = tok.get_vocab_size()
     mb = sum(Path(p).stat().st_size for p in cfg.corpus) / 1e6

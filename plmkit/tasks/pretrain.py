@@ -39,7 +39,7 @@ CONTINUED = ("mlm", "mlm+nsp", "mlm+sop", "clm")
 MLM_PREFIX = {"mlm": "head.", "mlm+nsp": "head.mlm.", "mlm+sop": "head.mlm."}
 # options that describe a new model's architecture, tokenizer or first weights: with --init they come
 # from it (a recipe's value is dropped, a given one is refused unless equal)
-ARCH_OPTIONS = ("arch", "size", "tokenizer", "vocab_size", "pre_ln", "embedding_size", "share_layers",
+ARCH_OPTIONS = ("arch", "size", "tokenizer", "vocab_size", "split_cjk", "pre_ln", "embedding_size", "share_layers",
                 "embedding_init")
 
 
@@ -123,6 +123,8 @@ def _check_agrees(cfg: Any, parent: Parent) -> None:
         wrong.append(f"--embedding-size {cfg.embedding_size}")
     if cfg.embedding_init == "ppmi":
         wrong.append("--embedding-init ppmi")
+    if cfg.split_cjk is not None:      # the checkpoint's tokenizer is kept as it is
+        wrong.append("--split-cjk" if cfg.split_cjk else "--no-split-cjk")
     if wrong:
         raise PlmkitError(f"{', '.join(wrong)} contradict{'s' if len(wrong) == 1 else ''} --init {parent.path}: "
                           f"{kind} with {m.num_layers} layers of {m.hidden_size}, vocabulary {m.vocab_size}"

@@ -119,7 +119,13 @@ def _lowercases(tok: Tokenizer) -> bool:
 def _wordpiece_config(tok: Tokenizer) -> dict[str, Any]:
     lower = _lowercases(tok)
     return {"tokenizer_class": "BertTokenizer", "do_lower_case": lower, "strip_accents": None,
-            "tokenize_chinese_chars": True, "model_max_length": 512, **BERT_SPECIALS}
+            "tokenize_chinese_chars": _splits_cjk(tok), "model_max_length": 512, **BERT_SPECIALS}
+
+
+def _splits_cjk(tok: Tokenizer) -> bool:
+    """Whether a BertNormalizer makes each CJK character a word (BertTokenizer's tokenize_chinese_chars)."""
+    norm = json.loads(tok.to_str()).get("normalizer") or {}
+    return bool(norm.get("handle_chinese_chars", True))
 
 
 def _bpe_config(tok: Tokenizer) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 Two pipelines, one registry (kind -> spec):
 
-* ``wordpiece`` (BERT): BertNormalizer (clean text, CJK characters split, lowercase + strip
-  accents), BertPreTokenizer, a WordPiece model (greedy longest-match, "##" continuation
+* ``wordpiece`` (BERT): BertNormalizer (clean text, CJK characters split unless told not to,
+  lowercase + strip accents), BertPreTokenizer, a WordPiece model (greedy longest-match, "##" continuation
   pieces) trained by ``trainers.WordPieceTrainer``, WordPiece decoder, and a
   TemplateProcessing post-processor ``[CLS] A [SEP] (B [SEP])`` with segment ids 0/1.
   Special tokens first, so [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4.
@@ -40,9 +40,14 @@ _BATCH_LINES = 1000  # lines per batch handed to the Rust trainer ...
 _BATCH_CHARS = 1 << 20  # ... and at most about this many characters
 
 
-def bert_pipeline(tok: Tokenizer, lowercase: bool) -> None:
-    """Set BERT's normaliser, pre-tokeniser and decoder on ``tok`` (model already set)."""
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+def bert_pipeline(tok: Tokenizer, lowercase: bool, split_cjk: bool = True) -> None:
+    """Set BERT's normaliser, pre-tokeniser and decoder on ``tok`` (model already set).
+
+    ``split_cjk``: BERT's rule, every CJK character a word of its own. Without it, a run of Chinese
+    or Japanese characters between punctuation is one pre-token, so the trainer learns multi-character
+    pieces (words: 失望, 不错) that the PPMI start and a small model use better (benchmarks/RESULTS.md).
+    """
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=split_cjk,
                                                 strip_accents=lowercase, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
@@ -78,11 +83,12 @@ class TrainOptions:
     limit_alphabet: int | None  # keep at most this many initial characters (None: all)
     bpe_pad: bool  # bpe only: add <|pad|>
     show_progress: bool
+    split_cjk: bool = True  # wordpiece only: each CJK character its own word (BERT's rule)
 
 
 def _wordpiece(o: TrainOptions) -> tuple[Tokenizer, trainers.Trainer]:
     tok = Tokenizer(models.WordPiece(unk_token=BERT_SPECIALS["unk_token"], max_input_chars_per_word=100))
-    bert_pipeline(tok, o.lowercase)
+    bert_pipeline(tok, o.lowercase, o.split_cjk)
     # The trainer takes "no limit" as an absent argument, not None.
     limit = {} if o.limit_alphabet is None else {"limit_alphabet": o.limit_alphabet}
     trainer = trainers.WordPieceTrainer(
@@ -164,11 +170,12 @@ def progress_enabled() -> bool:
 def train_tokenizer(files: Iterable[str | Path], kind: str = "wordpiece", vocab_size: int = 30000,
                     lowercase: bool | None = None, min_frequency: int = 2,
                     limit_alphabet: int | None = None, bpe_pad: bool = True,
-                    show_progress: bool | None = None) -> Tokenizer:
+                    show_progress: bool | None = None, split_cjk: bool = True) -> Tokenizer:
     """Train a tokenizer of ``kind`` ("wordpiece" or "bpe") on UTF-8 text files.
 
     ``lowercase=None`` means the kind's default: True for wordpiece (uncased BERT), False for
-    bpe (GPT-2 is cased). Files are validated first (``check_text_files``); bad input raises
+    bpe (GPT-2 is cased). ``split_cjk=False`` (wordpiece): pieces may span CJK characters (words);
+    byte-level BPE never splits them. Files are validated first (``check_text_files``); bad input raises
     ``PlmkitError`` before any training.
     """
     spec = _spec(kind)
@@ -180,6 +187,7 @@ def train_tokenizer(files: Iterable[str | Path], kind: str = "wordpiece", vocab_
         raise PlmkitError(f"--limit-alphabet must be >= 1, got {limit_alphabet}")
     opts = TrainOptions(vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
                         lowercase=spec.lowercase if lowercase is None else lowercase, bpe_pad=bpe_pad,
+                        split_cjk=split_cjk,
                         show_progress=progress_enabled() if show_progress is None else show_progress)
     tok, trainer = spec.build(opts)  # option errors before the (possibly long) file scan
     paths = check_text_files(files)
