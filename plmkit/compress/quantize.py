@@ -33,7 +33,8 @@ quantized), ``Attention`` -> ``QAttention`` (Q/K/V in one INT8 GEMM) with per-te
 This needs the attention pattern the encoder emits under export (see ``attend`` in
 models/layers.py); a layer whose pattern does not match (a layer pruned to zero heads) simply
 stays unfused. The attention ORT's fusion does not know (rotary positions, local windows:
-ModernBERT) is fused next by ``attention_fusion`` into ``RotaryEmbedding`` + ``MultiHeadAttention``.
+ModernBERT) is fused before all of this, on the exporter's own graph, by ``attention_fusion``
+(``RotaryEmbedding`` + ``MultiHeadAttention``).
 """
 from __future__ import annotations
 
