@@ -3,6 +3,7 @@
     python benchmarks/modernbert_int8.py              # ModernBERT-base shape, SST-2 8k fine-tune, bench
     python benchmarks/modernbert_int8.py --quick      # smoke run: tiny model, 256 sentences
     python benchmarks/modernbert_int8.py --fresh      # redo every step
+    python benchmarks/modernbert_int8.py --train-size 256 --pairs 5   # the goal's ratio: 5 interleaved runs
 
 The classifier: a random-initialised ModernBERT-base-shaped model (benchmarks/finetune_families.py
 writes it: 22 layers, hidden 768, GeGLU 1152, local window 128, real 50,368 vocabulary, a
@@ -17,6 +18,10 @@ attn_implementation="eager"), on --held-size SST-2 train sentences from 60,000: 
 and throughput at batch 32, medians of --repeats passes, each row in its own process.
 Every step is a plmkit CLI command; outputs land in bench_out/modernbert_int8/ (git-ignored) and
 are reused when the script runs again. Goal (issue 13): INT8 >= 4x transformers fp32 eager.
+
+``--pairs N`` replaces the one bench run by N short ones (--max-examples 256, one pass), each timing
+the default INT8 graph and then transformers fp32 eager, seconds apart, and reports the median of
+the N ratios and their range (this machine's timing noise is 20-35% between runs minutes apart).
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +39,8 @@ from compress_sst2 import OUT, REPO, Steps, sst2_slices  # noqa: E402
 from finetune_families import DATA, build_model_dir  # noqa: E402
 
 
-def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, repeats: int) -> dict:
+def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, repeats: int,
+             bench: bool = True) -> dict:
     n_train, held_range = (256, (60_000, 60_200)) if quick else (n_train, (60_000, 60_000 + n_held))
     train, held = sst2_slices(work, n_train, held_range)
     if not (work / "init").exists():
@@ -46,6 +53,8 @@ def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, r
                                 "--batch-size", "32", "--seed", "0"])
     steps.run("export onnx", onnx, ["export", "--model", str(clf), "--format", "onnx", "--out", str(onnx)])
     steps.run("quantize dynamic", dyn, ["quantize", "--model", str(onnx), "--method", "dynamic", "--out", str(dyn)])
+    if not bench:                  # --pairs: the default INT8 graph is all it times
+        return {}
     steps.run("quantize static", static, ["quantize", "--model", str(clf), "--method", "static", "--calibration",
                                           str(train), "--calibration-size", "256", "--out", str(static)])
     steps.run("quantize dynamic per-tensor", dyn_t, ["quantize", "--model", str(onnx), "--method", "dynamic",
@@ -59,6 +68,29 @@ def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, r
                       env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
         sys.exit("plmkit bench failed")
     return json.loads(out.read_text())
+
+
+def pairs(work: Path, n: int, threads: int) -> str:
+    """N interleaved bench runs of the default INT8 graph against transformers fp32 eager: the
+    ratios' median and range (throughput at batch 32, latency at batch 1)."""
+    held, dyn, clf = work / "held.tsv", work / "int8-dynamic", work / "classifier"
+    thr, lat = [], []
+    for i in range(n):
+        out = work / f"pair-{i}.json"
+        cmd = ["bench", "--models", str(dyn), "--baseline", str(clf), "--data", str(held), "--batch-sizes", "1",
+               "32", "--repeats", "1", "--max-examples", "256", "--threads", str(threads), "--out", str(out)]
+        if subprocess.run([sys.executable, "-m", "plmkit.cli", *cmd], text=True,
+                          env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
+            sys.exit("plmkit bench failed")
+        rows = json.loads(out.read_text())["rows"]
+        base = next(r for r in rows if r["baseline"])
+        int8 = next(r for r in rows if not r["baseline"])
+        thr.append(int8["throughput"] / base["throughput"])
+        lat.append(base["latency_p50_ms"] / int8["latency_p50_ms"])
+        print(f"  pair {i}: throughput {thr[-1]:.2f}x, latency {lat[-1]:.2f}x", flush=True)
+    fmt = lambda v: f"**{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f})"  # noqa: E731
+    return ("| INT8 (default) / transformers fp32 eager, median of " f"{n} runs (range) | batch-32 throughput "
+            "| batch-1 latency |\n|---|---|---|\n" f"| ModernBERT-base shape | {fmt(thr)} | {fmt(lat)} |\n")
 
 
 def markdown(result: dict) -> str:
@@ -89,6 +121,8 @@ def main() -> None:
                     "not depend on it: fewer make the fine-tuning step, not the benchmark, shorter)")
     ap.add_argument("--held-size", type=int, default=2000, help="SST-2 sentences measured (from 60,000)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per row (medians)")
+    ap.add_argument("--pairs", type=int, default=0, help="N short interleaved runs of INT8 vs transformers "
+                    "instead of the full bench: the median ratio and its range")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
     args = ap.parse_args()
     if not (DATA / "sst2" / "train.tsv").is_file():
@@ -98,7 +132,11 @@ def main() -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     print(f"== ModernBERT INT8: {work.relative_to(REPO)}", flush=True)
-    summary = markdown(pipeline(work, args.quick, args.threads, args.train_size, args.held_size, args.repeats))
+    if args.pairs:
+        pipeline(work, args.quick, args.threads, args.train_size, args.held_size, args.repeats, bench=False)
+        summary = pairs(work, args.pairs, args.threads)
+    else:
+        summary = markdown(pipeline(work, args.quick, args.threads, args.train_size, args.held_size, args.repeats))
     (work / "summary.md").write_text(summary)
     print(summary)
 

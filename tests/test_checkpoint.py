@@ -39,6 +39,19 @@ def test_tied_weights_stay_tied_after_reload(tmp_path, tiny_encoder_cfg):
     assert torch.equal(back.backbone.embeddings.word.weight, model.backbone.embeddings.word.weight)
 
 
+def test_reload_makes_the_saved_tensors_fp32_trainable_parameters(tmp_path, tiny_encoder_cfg):
+    """The model is built on the meta device and the loaded tensors assigned: none may stay on meta,
+    a bf16 checkpoint still loads as an fp32 model, and every parameter trains and holds the saved value."""
+    torch.manual_seed(0)
+    model = PlmModel(tiny_encoder_cfg, "mlm+nsp").to(torch.bfloat16)
+    back = load_model(save_checkpoint(model, tmp_path / "ck"))
+    params = dict(back.named_parameters())
+    assert params and all(p.device.type == "cpu" and p.dtype == torch.float32 and p.requires_grad
+                          for p in params.values())
+    for name, p in model.named_parameters():
+        assert torch.equal(params[name], p.float()), name
+
+
 def test_new_task_keeps_backbone_and_adds_fresh_head(tmp_path, tiny_encoder_cfg):
     torch.manual_seed(0)
     pre = PlmModel(tiny_encoder_cfg, "mlm+nsp")

@@ -401,6 +401,9 @@ def test_rotary_attention_fuses_into_ort_contrib_ops(tmp_path):
     ours = load_model(tmp_path / "hf").eval()
     export_onnx_dir(ours, tmp_path / "onnx", None, {"parent": "test"})
     graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    # GeGLU exports as two projections (no Slice of one [.., 2F] result): 3 FFN MatMuls a layer
+    ffn = [n.op_type for n in graph.graph.node if "/ffn/" in n.name]
+    assert (ffn.count("MatMul"), ffn.count("Slice"), ffn.count("Split")) == (3 * 4, 0, 0)
     assert fuse_attention(graph) == 4
     ops = [n.op_type for n in graph.graph.node]
     assert (ops.count("MultiHeadAttention"), ops.count("RotaryEmbedding"), ops.count("Softmax")) == (4, 8, 0)
@@ -435,6 +438,8 @@ def _predict(model: Path, data: Path, out: Path) -> list[dict]:
 
 
 def test_export_onnx_then_dynamic_and_static_int8(mb, tmp_path, capsys):
+    import onnx
+
     fp32 = tmp_path / "fp32"
     assert cli.main(["export", "--model", str(mb["clf"]), "--format", "onnx", "--out", str(fp32)]) == 0
     want = _predict(fp32, mb["dev"], tmp_path / "fp32.jsonl")
@@ -446,6 +451,10 @@ def test_export_onnx_then_dynamic_and_static_int8(mb, tmp_path, capsys):
         assert cli.main(["quantize", *args, "--out", str(tmp_path / name)]) == 0, capsys.readouterr().err
         meta = json.loads((tmp_path / name / "plmkit.json").read_text())
         assert meta["precision"] == "int8"
+        if name == "dyn":       # rotary attention fused, and then ORT's encoder fusions (Gelu) ran too
+            ops = [n.op_type for n in onnx.load(str(tmp_path / name / "model.onnx")).graph.node]
+            layers = load_model(mb["clf"]).config.num_layers
+            assert ops.count("MultiHeadAttention") == layers and "Gelu" in ops and "Erf" not in ops
         got = _predict(tmp_path / name, mb["dev"], tmp_path / f"{name}.jsonl")
         agree = sum(a["label"] == b["label"] for a, b in zip(got, want)) / len(want)
         assert len(got) == len(want) and agree >= 0.99, (name, agree)

@@ -28,7 +28,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-MS_DOMAIN = "com.microsoft"
+from .token_int8 import MS_DOMAIN, declare_ms_domain
+
+FUSED_PREFIX = "attnfuse_"      # the names of the attention nodes this pass adds start with it
 
 
 @dataclass
@@ -38,7 +40,7 @@ class _Layer:
     k: str
     v: str
     rotary: tuple[str, str]         # (cos, sin) [.., T, d] tables of q's and k's rotation
-    mask: str | None                # additive mask, [B, 1, 1|T, T]
+    mask: str                       # additive mask, [B, 1, 1|T, T]
     out: onnx.NodeProto             # the Reshape to [B, T, H] that the output projection reads
     heads: int
 
@@ -145,7 +147,7 @@ class _Builder:
         self.memo: dict[tuple[str, str], str] = {}
 
     def const(self, name: str, values: list[int]) -> str:
-        name = f"attnfuse_{name}"
+        name = f"{FUSED_PREFIX}{name}"
         self.consts.setdefault(name, numpy_helper.from_array(np.array(values, np.int64), name))
         return name
 
@@ -190,19 +192,18 @@ def fuse_attention(model: onnx.ModelProto) -> int:
     b = _Builder()
     for i, layer in enumerate(layers):
         cos, sin = (b.half_table(t) for t in layer.rotary)
-        q, k = (b.add("RotaryEmbedding", [x, b.const("zero", [0]), cos, sin], f"attnfuse_{i}_{n}",
+        q, k = (b.add("RotaryEmbedding", [x, b.const("zero", [0]), cos, sin], f"{FUSED_PREFIX}{i}_{n}",
                       domain=MS_DOMAIN, num_heads=layer.heads, interleaved=0) for x, n in ((layer.q, "q"), (layer.k, "k")))
-        bias = b.square_bias(layer.mask, layer.q) if layer.mask else ""
+        bias = b.square_bias(layer.mask, layer.q)
         b.nodes.append(helper.make_node("MultiHeadAttention", [q, k, layer.v, "", "", bias], [layer.out.output[0]],
-                                        name=f"attnfuse_{i}_mha", domain=MS_DOMAIN, num_heads=layer.heads))
+                                        name=f"{FUSED_PREFIX}{i}_mha", domain=MS_DOMAIN, num_heads=layer.heads))
     replaced = {id(layer.out) for layer in layers}    # the rest of each old chain is read by nothing now
     nodes = _prune([n for n in model.graph.node if id(n) not in replaced] + b.nodes,
                    {o.name for o in model.graph.output})
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(b.consts.values())
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    declare_ms_domain(model)
     return len(layers)
 
 

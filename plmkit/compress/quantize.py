@@ -52,7 +52,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from ..data.features import collate, length_bucketed_batches
 from ..errors import PlmkitError
 from ..models.onnx_model import ort_errors
-from .attention_fusion import fuse_attention
+from .attention_fusion import FUSED_PREFIX, fuse_attention
 from .embedding_int8 import quantize_embeddings
 from .token_int8 import quantize_per_token
 
@@ -136,8 +136,13 @@ class QuantOptions:
 
 
 def is_encoder_graph(file: Path) -> bool:
-    """plmkit's encoder graphs (and only they) take ``token_type_ids``."""
-    return any(i.name == "token_type_ids" for i in onnx.load(str(file), load_external_data=False).graph.input)
+    """An encoder's graph: plmkit's BERT-style graphs take ``token_type_ids``; a rotary encoder's
+    (ModernBERT: none) is known by the attention ``attention_fusion`` already fused in it. Either
+    takes ORT's encoder fusions (a rotary graph gains ``Gelu``: its Erf pattern is not fused by
+    ONNX Runtime's session optimizer, only by this offline pass)."""
+    graph = onnx.load(str(file), load_external_data=False).graph
+    return any(i.name == "token_type_ids" for i in graph.input) or \
+        any(n.op_type == "MultiHeadAttention" and n.name.startswith(FUSED_PREFIX) for n in graph.node)
 
 
 def fuse_encoder(src: Path, dst: Path, multi_head: bool = False) -> dict[str, int]:

@@ -114,6 +114,12 @@ def quantize_per_token(model: onnx.ModelProto, per_channel: bool = True,
     inputs = [i for i in graph.input if i.name not in dropped]  # old IRs list initializers as inputs too
     del graph.input[:]
     graph.input.extend(inputs)
-    if count and not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if count:
+        declare_ms_domain(model)
     return model, count
+
+
+def declare_ms_domain(model: onnx.ModelProto) -> None:
+    """Import ONNX Runtime's contrib operator set (com.microsoft) once, for the nodes added from it."""
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))

@@ -310,7 +310,7 @@ ARCHS: dict[str, Arch] = {
     "albert": Arch(EncoderConfig, ALBERT_PRESETS, objectives=("mlm+sop", "mlm"), tokenizer="wordpiece",
                    positions=512),
     "gpt": Arch(DecoderConfig, GPT_PRESETS, objectives=("clm",), tokenizer="bpe", positions=1024,
-                fixed={"pre_ln": True}, forbidden=("embedding_size", "share_layers"), student=True),
+                fixed={"pre_ln": True}, forbidden=("embedding_size", "share_layers", "split_cjk"), student=True),
 }
 
 

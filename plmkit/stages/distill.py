@@ -63,11 +63,11 @@ class _Options:
                                       "--hidden-weight 1")
     student_layers: str | None = option(None, help="student = these teacher layers, e.g. 0,2,4 (copies the "
                                         "embeddings, those layers, the pooler and the task head); with --corpus "
-                                        "and no student option: every second layer from 0, with --student-ffn 0.5")
+                                        f"and no student option: every second layer from 0, with --student-ffn {G.DEFAULT_STUDENT_FFN:g}")
     student_ffn: float | None = option(None, help="--corpus, a student of teacher layers: the fraction of each "
                                        "copied layer's FFN neurons it keeps, the most active on the corpus (default: "
-                                       f"{G.DEFAULT_STUDENT_FFN:g} for the default student, half the layers at a third "
-                                       "of the compute; 1 with --student-layers)", gt=0, le=1)
+                                       f"{G.DEFAULT_STUDENT_FFN:g} for the default student, half the layers at under a "
+                                       "third of the compute; 1 with --student-layers)", gt=0, le=1)
     student_size: str | None = option(None, help="fresh student of this preset size", choices=list(BERT_PRESETS))
     student_config: str | None = option(None, help="fresh student from a JSON file of model config fields "
                                         "(hidden_size, num_layers, num_heads, intermediate_size, ...)")

@@ -230,8 +230,6 @@ def _settle_recipe(cfg: Config, info: D.DistInfo, recipe_keys: frozenset[str],
             dropped[name] = (value, decided)
         elif name in ("vocab_size", "split_cjk") and cfg.tokenizer:
             dropped[name] = (value, f"--tokenizer {cfg.tokenizer} is given")
-        elif name == "split_cjk" and not cfg.init and _record(cfg).tokenizer != "wordpiece":
-            dropped[name] = (value, f"--arch {_arch(cfg)} has a byte-level tokenizer")
     if not dropped:
         return cfg
     if info.is_main:
@@ -287,11 +285,13 @@ def _settled(cfg: Config, task: str) -> Config:
     arch, record = _arch(cfg), _record(cfg)
     # an option the architecture fixes stays unset (null in pretrain.yaml); pre-LN is the preset's otherwise
     pre_ln = cfg.pre_ln if cfg.pre_ln is not None or "pre_ln" in record.fixed else record.defaults.pre_ln
+    split_cjk = cfg.split_cjk      # only a WordPiece trained here has the choice
+    if split_cjk is None and not cfg.tokenizer and "split_cjk" not in record.forbidden:
+        split_cjk = NEW_MODEL["split_cjk"]
     return dataclasses.replace(cfg, objective=task, arch=arch, size=cfg.size or NEW_MODEL["size"], pre_ln=pre_ln,
                                embedding_init=cfg.embedding_init or NEW_MODEL["embedding_init"],
                                vocab_size=cfg.vocab_size or (NEW_MODEL["vocab_size"] if not cfg.tokenizer else None),
-                               split_cjk=cfg.split_cjk if cfg.split_cjk is not None or cfg.tokenizer or
-                               _record(cfg).tokenizer != "wordpiece" else NEW_MODEL["split_cjk"])
+                               split_cjk=split_cjk)
 
 
 def _model(cfg: Config, task: str, tok: Tokenizer, parent: I.Parent | None,
@@ -377,13 +377,9 @@ def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
         return load_tokenizer(stored)
     text = None
     if info.is_main:
-        kind = _record(cfg).tokenizer
-        split = NEW_MODEL["split_cjk"] if cfg.split_cjk is None else cfg.split_cjk
-        if not split and kind != "wordpiece":
-            raise PlmkitError(f"--no-split-cjk is for WordPiece tokenizers; --arch {_arch(cfg)} trains a byte-level "
-                              "BPE, which never splits characters")
-        text = train_tokenizer(cfg.corpus, kind=kind, vocab_size=cfg.vocab_size or NEW_MODEL["vocab_size"],
-                               split_cjk=split).to_str()
+        split = NEW_MODEL["split_cjk"] if cfg.split_cjk is None else cfg.split_cjk   # (bpe: unused)
+        text = train_tokenizer(cfg.corpus, kind=_record(cfg).tokenizer, vocab_size=cfg.vocab_size or
+                               NEW_MODEL["vocab_size"], split_cjk=split).to_str()
     return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 
