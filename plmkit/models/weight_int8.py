@@ -39,19 +39,27 @@ HELP = ("weights while decoding: fp32 (as saved); bf16 (half the bytes read per 
         "one scale per output channel, bf16 activations: a quarter of the bytes)")
 KERNEL_K = 16           # the int8 kernel is wrong for input widths that are not a multiple of this
 QMAX = 127              # symmetric: -127..127, so -w and w quantise alike
+ROWS = 4096             # rows quantised at a time (bounds the float temporaries)
 
 
 def quantize_rows(w: Tensor, dtype: torch.dtype = torch.bfloat16) -> tuple[Tensor, Tensor]:
     """w [N, K] float -> (q int8 [N, K], scales [N] in ``dtype``) with |q * s - w| <= s / 2.
 
     The scale is rounded *up* to ``dtype`` before quantising, so max |w| / s <= 127 and no value is
-    clipped (rounding it to nearest could put the row's largest weight at 127.5 -> clip)."""
-    peak = w.detach().float().abs().amax(dim=1)
-    exact = torch.where(peak > 0, peak / QMAX, torch.ones_like(peak))      # an all-zero row: any scale
-    scales = exact.to(dtype)
-    scales = torch.where(scales.float() < exact, torch.nextafter(scales, torch.full_like(scales, float("inf"))),
-                         scales)
-    q = torch.round(w.detach().float() / scales.float()[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+    clipped (rounding it to nearest could put the row's largest weight at 127.5 -> clip). ``ROWS`` rows
+    at a time: the float temporaries of a whole 49,152-row LM head would be several times its size,
+    at the moment the loaded fp32 model is still in memory (the peak of ``--weights int8``)."""
+    w = w.detach()
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    scales = torch.empty(w.size(0), dtype=dtype, device=w.device)
+    for i in range(0, w.size(0), ROWS):
+        block = w[i:i + ROWS].float()
+        peak = block.abs().amax(dim=1)
+        exact = torch.where(peak > 0, peak / QMAX, torch.ones_like(peak))      # an all-zero row: any scale
+        s = exact.to(dtype)
+        s = torch.where(s.float() < exact, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
+        q[i:i + ROWS] = torch.round(block / s.float()[:, None]).clamp(-QMAX, QMAX).to(torch.int8)
+        scales[i:i + ROWS] = s
     return q, scales
 
 
@@ -86,10 +94,10 @@ def quantizable(linear: nn.Linear) -> bool:
 
 def to_int8(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
     """Replace every quantizable nn.Linear of ``model`` by an ``Int8Linear``, in place; returns how many."""
-    swaps = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+    swaps = [(parent, name) for parent in model.modules() for name, child in parent.named_children()
              if type(child) is nn.Linear and quantizable(child)]
-    for parent, name, child in swaps:
-        setattr(parent, name, Int8Linear(child, dtype))
+    for parent, name in swaps:      # names, not modules: each fp32 weight is freed once swapped (unless tied)
+        setattr(parent, name, Int8Linear(getattr(parent, name), dtype))
     return len(swaps)
 
 
