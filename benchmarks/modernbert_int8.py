@@ -20,8 +20,9 @@ Every step is a plmkit CLI command; outputs land in bench_out/modernbert_int8/ (
 are reused when the script runs again. Goal (issue 13): INT8 >= 4x transformers fp32 eager.
 
 ``--pairs N`` replaces the one bench run by N short ones (--max-examples 256, one pass), each timing
-the default INT8 graph and then transformers fp32 eager, seconds apart, and reports the median of
-the N ratios and their range (this machine's timing noise is 20-35% between runs minutes apart).
+the default INT8 graph (ONNX Runtime), the OpenVINO INT8 model (``quantize --engine openvino``, the
+same fp32 graph) in alternating order, and transformers fp32 eager, and reports the median of the
+N ratios and their range (this machine's timing noise is 20-35% between runs minutes apart).
 """
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, r
                                 "--batch-size", "32", "--seed", "0"])
     steps.run("export onnx", onnx, ["export", "--model", str(clf), "--format", "onnx", "--out", str(onnx)])
     steps.run("quantize dynamic", dyn, ["quantize", "--model", str(onnx), "--method", "dynamic", "--out", str(dyn)])
-    if not bench:                  # --pairs: the default INT8 graph is all it times
+    if not bench:                  # --pairs: the default INT8 graph and OpenVINO's are what it times
+        steps.run("quantize openvino", work / "int8-openvino", ["quantize", "--model", str(onnx), "--engine",
+                                                                "openvino", "--calibration", str(train),
+                                                                "--out", str(work / "int8-openvino")])
         return {}
     steps.run("quantize static", static, ["quantize", "--model", str(clf), "--method", "static", "--calibration",
                                           str(train), "--calibration-size", "256", "--out", str(static)])
@@ -71,26 +75,33 @@ def pipeline(work: Path, quick: bool, threads: int, n_train: int, n_held: int, r
 
 
 def pairs(work: Path, n: int, threads: int) -> str:
-    """N interleaved bench runs of the default INT8 graph against transformers fp32 eager: the
-    ratios' median and range (throughput at batch 32, latency at batch 1)."""
-    held, dyn, clf = work / "held.tsv", work / "int8-dynamic", work / "classifier"
-    thr, lat = [], []
+    """N bench runs, each timing the default INT8 graph (ONNX Runtime), the OpenVINO INT8 model and
+    transformers fp32 eager: the ratios' median and range (throughput at batch 32, latency at batch 1)."""
+    held, clf = work / "held.tsv", work / "classifier"
+    engines = {"ONNX Runtime INT8 (`quantize` default)": work / "int8-dynamic",
+               "OpenVINO INT8 (`quantize --engine openvino`)": work / "int8-openvino"}
+    thr: dict[str, list[float]] = {e: [] for e in engines}
+    lat: dict[str, list[float]] = {e: [] for e in engines}
     for i in range(n):
         out = work / f"pair-{i}.json"
-        cmd = ["bench", "--models", str(dyn), "--baseline", str(clf), "--data", str(held), "--batch-sizes", "1",
-               "32", "--repeats", "1", "--max-examples", "256", "--threads", str(threads), "--out", str(out)]
+        models = list(engines.values()) if i % 2 == 0 else list(engines.values())[::-1]   # alternate the order
+        cmd = ["bench", "--models", *map(str, models), "--baseline", str(clf), "--data", str(held), "--batch-sizes",
+               "1", "32", "--repeats", "1", "--max-examples", "256", "--threads", str(threads), "--out", str(out)]
         if subprocess.run([sys.executable, "-m", "plmkit.cli", *cmd], text=True,
                           env={**os.environ, "PLMKIT_QUIET": "1"}).returncode != 0:
             sys.exit("plmkit bench failed")
         rows = json.loads(out.read_text())["rows"]
         base = next(r for r in rows if r["baseline"])
-        int8 = next(r for r in rows if not r["baseline"])
-        thr.append(int8["throughput"] / base["throughput"])
-        lat.append(base["latency_p50_ms"] / int8["latency_p50_ms"])
-        print(f"  pair {i}: throughput {thr[-1]:.2f}x, latency {lat[-1]:.2f}x", flush=True)
+        for engine, path in engines.items():
+            r = next(r for r in rows if Path(r["path"]).resolve() == path.resolve())
+            thr[engine].append(r["throughput"] / base["throughput"])
+            lat[engine].append(base["latency_p50_ms"] / r["latency_p50_ms"])
+            print(f"  run {i}, {engine}: throughput {thr[engine][-1]:.2f}x, latency {lat[engine][-1]:.2f}x", flush=True)
     fmt = lambda v: f"**{statistics.median(v):.2f}x** ({min(v):.2f}-{max(v):.2f})"  # noqa: E731
-    return ("| INT8 (default) / transformers fp32 eager, median of " f"{n} runs (range) | batch-32 throughput "
-            "| batch-1 latency |\n|---|---|---|\n" f"| ModernBERT-base shape | {fmt(thr)} | {fmt(lat)} |\n")
+    lines = [f"| / transformers fp32 eager, median of {n} runs (range) | batch-32 throughput | batch-1 latency |",
+             "|---|---|---|"]
+    lines += [f"| {engine} | {fmt(thr[engine])} | {fmt(lat[engine])} |" for engine in engines]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(result: dict) -> str:
@@ -121,7 +132,7 @@ def main() -> None:
                     "not depend on it: fewer make the fine-tuning step, not the benchmark, shorter)")
     ap.add_argument("--held-size", type=int, default=2000, help="SST-2 sentences measured (from 60,000)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per row (medians)")
-    ap.add_argument("--pairs", type=int, default=0, help="N short interleaved runs of INT8 vs transformers "
+    ap.add_argument("--pairs", type=int, default=0, help="N short interleaved runs of both INT8 engines vs transformers "
                     "instead of the full bench: the median ratio and its range")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
     args = ap.parse_args()

@@ -467,6 +467,22 @@ def test_export_onnx_then_dynamic_and_static_int8(mb, tmp_path, capsys):
     assert rows[0]["metric"] > 0.9 and abs(rows[0]["metric"] - rows[1]["metric"]) <= 0.02
 
 
+def test_openvino_int8_of_modernbert_keeps_the_predictions(mb, tmp_path, capsys):
+    """optimum-intel refuses ModernBERT; plmkit's OpenVINO engine quantizes its fp32 graph (rotary,
+    local windows) with NNCF, and the INT8 model predicts what the fp32 graph predicts."""
+    pytest.importorskip("openvino", reason="openvino not installed (extra 'openvino')")
+    pytest.importorskip("nncf", reason="nncf not installed (extra 'openvino')")
+    fp32, ov = tmp_path / "fp32", tmp_path / "ov"
+    assert cli.main(["export", "--model", str(mb["clf"]), "--format", "onnx", "--out", str(fp32)]) == 0
+    assert cli.main(["quantize", "--model", str(fp32), "--engine", "openvino", "--calibration", str(mb["train"]),
+                     "--calibration-size", "64", "--out", str(ov)]) == 0, capsys.readouterr().err
+    assert json.loads((ov / "plmkit.json").read_text())["quantization"]["engine"] == "openvino"
+    want = _predict(fp32, mb["dev"], tmp_path / "fp32.jsonl")
+    got = _predict(ov, mb["dev"], tmp_path / "ov.jsonl")
+    agree = sum(a["label"] == b["label"] for a, b in zip(got, want)) / len(want)
+    assert len(got) == len(want) == 200 and agree >= 0.98, agree
+
+
 def test_hf_export_with_tokenizer_runs_in_transformers(mb, tmp_path):
     out = tmp_path / "hf"
     assert cli.main(["export", "--model", str(mb["clf"]), "--format", "hf", "--out", str(out)]) == 0
