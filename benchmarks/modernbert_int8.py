@@ -132,8 +132,8 @@ def main() -> None:
                     "not depend on it: fewer make the fine-tuning step, not the benchmark, shorter)")
     ap.add_argument("--held-size", type=int, default=2000, help="SST-2 sentences measured (from 60,000)")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per row (medians)")
-    ap.add_argument("--pairs", type=int, default=0, help="N short interleaved runs of both INT8 engines vs transformers "
-                    "instead of the full bench: the median ratio and its range")
+    ap.add_argument("--pairs", type=int, default=0, help="N short interleaved runs of both INT8 engines vs "
+                    "transformers instead of the full bench: the median ratio and its range")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every bench row")
     args = ap.parse_args()
     if not (DATA / "sst2" / "train.tsv").is_file():

@@ -63,7 +63,8 @@ class _Options:
                                       "--hidden-weight 1")
     student_layers: str | None = option(None, help="student = these teacher layers, e.g. 0,2,4 (copies the "
                                         "embeddings, those layers, the pooler and the task head); with --corpus "
-                                        f"and no student option: every second layer from 0, with --student-ffn {G.DEFAULT_STUDENT_FFN:g}")
+                                        "and no student option: every second layer from 0, with --student-ffn "
+                                        f"{G.DEFAULT_STUDENT_FFN:g}")
     student_ffn: float | None = option(None, help="--corpus, a student of teacher layers: the fraction of each "
                                        "copied layer's FFN neurons it keeps, the most active on the corpus (default: "
                                        f"{G.DEFAULT_STUDENT_FFN:g} for the default student, half the layers at under a "
