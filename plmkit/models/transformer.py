@@ -93,7 +93,8 @@ class Backbone(nn.Module):
         cache = []
         for i in range(cfg.num_layers):
             x, kv, probs = self.layer(i)(x, ctx, past_key_values[i] if past_key_values else None)
-            cache.append(kv)
+            if use_cache:       # else each layer's keys and values are freed with the layer's other activations
+                cache.append(kv)
             if hidden is not None:
                 hidden.append(x)
             if attns is not None:
