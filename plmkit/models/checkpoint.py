@@ -178,7 +178,8 @@ def load_model(path: str | Path, task: str | None = None, head_config: dict[str,
         model = build()
     if _missing(model, state, path, strict_head=same_task):
         model = build()
-        model.load_state_dict({k: v for k, v in state.items() if k in model.state_dict()}, strict=False)
+        expected = model.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     else:
         _assign(model, state)
     if dtype is not None:
@@ -203,7 +204,7 @@ def _missing(model: PlmModel, state: dict[str, torch.Tensor], path: Path, strict
     expected = model.state_dict()
     tied = _tied_names(model)
     missing = [k for k in expected if k not in state and k not in tied]
-    if strict_head and missing or any(not k.startswith("head.") for k in missing):
+    if (strict_head and missing) or any(not k.startswith("head.") for k in missing):
         raise PlmkitError(f"{path}: weights missing for {len(missing)} parameters, e.g. {missing[:3]}")
     for key, value in state.items():
         if key in expected and tuple(expected[key].shape) != tuple(value.shape):

@@ -377,9 +377,10 @@ def _tokenizer(cfg: Config, out: Path, info: D.DistInfo) -> Tokenizer:
         return load_tokenizer(stored)
     text = None
     if info.is_main:
-        split = NEW_MODEL["split_cjk"] if cfg.split_cjk is None else cfg.split_cjk   # (bpe: unused)
-        text = train_tokenizer(cfg.corpus, kind=_record(cfg).tokenizer, vocab_size=cfg.vocab_size or
-                               NEW_MODEL["vocab_size"], split_cjk=split).to_str()
+        # cfg is settled (``_settled``): the vocabulary size is set, and split_cjk is None only where the
+        # architecture has no such choice (byte-level BPE)
+        choice = {} if cfg.split_cjk is None else {"split_cjk": cfg.split_cjk}
+        text = train_tokenizer(cfg.corpus, kind=_record(cfg).tokenizer, vocab_size=cfg.vocab_size, **choice).to_str()
     return Tokenizer.from_str(D.broadcast_object(text, info))   # every rank gets rank 0's
 
 
