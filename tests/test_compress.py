@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from plmkit import cli
+from plmkit.compress import measured
 from plmkit.compress import plan as P
 from plmkit.config import to_dict
 from plmkit.data import synthetic
@@ -264,6 +265,7 @@ def test_compress_chooses_by_max_drop_or_target_speedup_and_caches(teacher, monk
     assert (teacher / "small" / "model.safetensors").is_file() and (teacher / "small" / "report.html").is_file()
     assert "pruned-h0.5-f0.5/torch" in (teacher / "small" / "report.html").read_text()
     assert summary["loss"]["hidden_weight"] == 1.0                    # SST-2's measured default
+    assert summary["config"]["distill_lr"] == measured.defaults("classify").lr == 1e-4   # resolved, recorded
     assert summary["dev"]["examples"] == 24 and "carved from --train" in summary["dev"]["source"]
     dev = (Path(summary["work"]) / "data" / "dev.tsv").read_text().splitlines()
     train = (Path(summary["work"]) / "data" / "train.tsv").read_text().splitlines()

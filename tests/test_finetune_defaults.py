@@ -53,7 +53,8 @@ def test_help_shows_the_values_for_the_data(tmp_path, capsys):
         main(["finetune", "--help", "--train", str(train), "--strategy", "lora"])
     assert e.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "(700 examples, classify, strategy lora): batch 8, 5 epochs, lr 0.0015, 440 optimizer steps" in out
+    assert ("(700 examples, classify, strategy lora): batch 8, 5 epochs, lr 0.0015, 440 optimizer steps, "
+            "random batches, warmup 0%") in out
     with pytest.raises(SystemExit):
         main(["finetune", "--help", "--train", str(tmp_path / "missing.tsv")])
     assert "missing.tsv: file not found" in " ".join(capsys.readouterr().out.split())
@@ -162,10 +163,17 @@ def test_large_data_keeps_length_buckets():
 
     from plmkit.stages.finetune import fit_defaults
 
-    for n, grouped in ((2000, False), (6000, True)):
-        cfg = SimpleNamespace(strategy="full", batch_size=None, epochs=None, lr=None, group_by_length=None)
+    def unset(**given):
+        return SimpleNamespace(**{"strategy": "full", "batch_size": None, "epochs": None, "lr": None,
+                                  "group_by_length": None, "warmup_ratio": None, "warmup_steps": 0, **given})
+
+    for n, grouped, warmup in ((2000, False, 0.0), (6000, True, 0.1)):
+        cfg = unset()
         fit_defaults(cfg, TASKS["classify"], [None] * n)
-        assert cfg.group_by_length is grouped
-    cfg = SimpleNamespace(strategy="full", batch_size=None, epochs=None, lr=None, group_by_length=None)
+        assert (cfg.group_by_length, cfg.warmup_ratio) == (grouped, warmup)   # small data: no warmup, as Trainer's
+    cfg = unset()
     fit_defaults(cfg, TASKS["ner"], [None] * 6000)
     assert cfg.group_by_length is False                       # ner: random batches whatever the size
+    cfg = unset(warmup_ratio=0.2)
+    fit_defaults(cfg, TASKS["classify"], [None] * 2000)
+    assert cfg.warmup_ratio == 0.2                             # what the user set is kept

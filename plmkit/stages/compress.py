@@ -109,7 +109,8 @@ class Config:
                                 "(default per task: compress/measured.py, e.g. classify "
                                 "0.5:0.75,0.5:0.9,0.67:0.9,0.75:0.9)")
     distill_epochs: float = option(3.0, help="distillation epochs", gt=0)
-    distill_lr: float = option(1e-4, help="distillation peak learning rate", gt=0)
+    distill_lr: float | None = option(None, help="distillation peak learning rate (default: the task's measured "
+                                      f"one, {measured.described('lr')})", gt=0)
     temperature: float = option(2.0, help="distillation temperature", gt=0)
     alpha: float = option(0.5, help="weight of the hard-label loss (1 - alpha: the teacher's soft targets)",
                           ge=0, le=1)
@@ -162,6 +163,7 @@ def run(cfg: Config) -> int:
     data = _prepare(cfg, work)
     if not req.ratios:
         req.ratios, req.start = measured.defaults(data.task).ratios, measured.defaults(data.task).start
+    cfg.distill_lr = cfg.distill_lr or measured.defaults(data.task).lr    # resolved: compress.json's config says it
     steps.todo, steps.recover_steps = _initial_plan(cfg, req), cfg.recover_steps
     print(f"steps cached in {work} (each step's output: {work / recipe.STATE_DIR / 'logs'})", flush=True)
     cands = _measure(steps, cfg, data, req, "teacher", Path(_teacher_dir(cfg)), None)

@@ -109,12 +109,12 @@ class _Options:
 # layer-wise lr decay are left out (the student is saved alone; it has no layer map here).
 # Given none of --max-steps, --epochs, --budget: 3 epochs of --train, 1 pass over --corpus
 # (--budget alone plans the schedule in time, as for pretrain).
-# The peak lr likewise: the task's for --train (1e-4; embed 5e-4), 1e-3 for --corpus (the best of
+# The peak lr likewise: the task's for --train (1e-4; ner 4e-4, embed 5e-4), 1e-3 for --corpus (the best of
 # 1e-4, 3e-4 and 1e-3 by the held-out distillation loss after 150 s from all-MiniLM-L6-v2,
 # benchmarks/RESULTS.md).
 TRAIN_DEFAULTS = {"lr": None, "warmup_ratio": 0.1, "keep_last": 1}
 EPOCHS = {"task": 3.0, "corpus": 1.0}
-CORPUS_LR = 1e-3                          # --train: the task's measured lr (compress/measured.py: 1e-4, embed 5e-4)
+CORPUS_LR = 1e-3                          # --train: the task's measured lr (compress/measured.py)
 Config = compose("Config", __name__, _Options, TrainArgs, defaults=TRAIN_DEFAULTS,
                  omit=("fsdp", "layerwise_lr_decay"))
 

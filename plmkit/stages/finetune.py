@@ -103,7 +103,7 @@ class _Options:
 
 # Training options (plmkit/train/args.py) with another default for fine-tuning.
 # epochs None: 3, or more for small data (train/defaults.py: fit_to_data, resolved in run()).
-TRAIN_DEFAULTS = {"epochs": None, "warmup_ratio": 0.1, "keep_last": 1}
+TRAIN_DEFAULTS = {"epochs": None, "warmup_ratio": None, "keep_last": 1}
 # The stage config: the options above, the adapter knobs (lora_r, adapter_size, ...) and the
 # training options, taken from AdapterSettings and TrainArgs so they can never disagree.
 # FSDP is left out: fine-tuning checkpoints hold only what trains (save_trainable); the lr is
@@ -232,10 +232,13 @@ def fit_defaults(cfg: Config, task: TaskSpec, train_ex: list[Any]) -> None:
               "--batch-size, --epochs or --lr to choose)")
     elif fit.fitted:
         shuffled = ", random batches" if cfg.group_by_length is None and task.group_by_length else ""
+        warm = ", no warmup" if cfg.warmup_ratio is None and not cfg.warmup_steps else ""
         print(f"{examples:,} examples: batch and passes chosen to make about {MIN_STEPS} optimizer steps: batch "
-              f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}{shuffled} ({fit.steps} steps; set "
-              "--batch-size, --epochs, --lr or --group-by-length to choose)")
+              f"{fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}{shuffled}{warm} ({fit.steps} steps; set "
+              "--batch-size, --epochs, --lr, --warmup-ratio or --group-by-length to choose)")
     cfg.batch_size, cfg.epochs, cfg.lr = fit.batch_size, fit.epochs, fit.lr
+    if cfg.warmup_ratio is None:
+        cfg.warmup_ratio = fit.warmup_ratio
     if cfg.group_by_length is None:
         cfg.group_by_length = fit.length_buckets(task.group_by_length)
 
@@ -260,7 +263,7 @@ def help_for(argv: list[str]) -> str:
     batches = "length-bucketed batches" if fit.length_buckets(task.group_by_length) else "random batches"
     return (f"{rule} For {ns.train} ({fit.examples:,} examples, {ns.task or 'classify'}, "
             f"strategy {ns.strategy or 'full'}): batch {fit.batch_size}, {fit.epochs:g} epochs, lr {fit.lr:.3g}, "
-            f"{fit.steps} optimizer steps, {batches}{length}.")
+            f"{fit.steps} optimizer steps, {batches}, warmup {fit.warmup_ratio:.0%}{length}.")
 
 
 def _help_length(task: TaskSpec, model: str | None, train_ex: list[Any]) -> str:
