@@ -310,8 +310,9 @@ def write_hf_files(model: PlmModel, directory: Path, tokenizer: Tokenizer | None
         raise PlmkitError(problem)
     task = HF_EXPORT_AS.get(model.task, model.task)
     hf_cfg = hf.config_to_hf(model.config, task, model.head_config.get("labels"))
+    tied = _tied_names(model)
     state = {k: v for k, v in model.state_dict().items()
-             if k not in _tied_names(model) and (task == model.task or not k.startswith("head."))}
+             if k not in tied and (task == model.task or not k.startswith("head."))}
     hf_state = hf.state_to_hf(state, model.config, task)
     (directory / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
     save_file(hf_state, str(directory / WEIGHTS), metadata={"format": "pt"})
