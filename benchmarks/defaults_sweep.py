@@ -13,7 +13,8 @@ types it, and scores the model on a slice held out from training:
            `tok(texts, truncation=True)` and DataCollatorWithPadding, as its docs write it;
            only checkpoint saving and logging integrations are off
   rule:S   plmkit with the data-size rule at S minimum optimizer steps (train/defaults.py), passed
-           as explicit flags: candidate rules without changing the code
+           as explicit flags (with the warmup and batching the rule picks where it fits the data):
+           candidate rules without changing the code
 Tasks (train rows taken in a fixed shuffled order, so each size is a prefix of the next):
   sst2     ../shared/data/sst2/train.tsv; test = rows 60,000-62,000
   mrpc     ../shared/data/mrpc/train.tsv (pairs); test = dev.tsv (408 pairs)
@@ -98,7 +99,8 @@ def arm_flags(arm: str, size: int) -> list[str] | None:
         return ["--batch-size", "32", "--epochs", "3", "--lr", "1e-4"]
     if arm.startswith("rule:"):
         fit = fit_to_data(size, default_lr("full"), min_steps=int(arm.split(":")[1]))
-        return ["--batch-size", str(fit.batch_size), "--epochs", f"{fit.epochs:g}", "--lr", f"{fit.lr:.4g}"]
+        fitted = ["--warmup-ratio", f"{fit.warmup_ratio:g}"] + (["--no-group-by-length"] if fit.fitted else [])
+        return ["--batch-size", str(fit.batch_size), "--epochs", f"{fit.epochs:g}", "--lr", f"{fit.lr:.4g}", *fitted]
     if arm == "trainer":
         return None
     sys.exit(f"unknown arm {arm!r}")
@@ -166,7 +168,7 @@ def sweep(args: argparse.Namespace) -> None:
         if log.exists() else {}
     arms = args.arms.split(",")
     cell = 0
-    for seed in range(args.seeds):              # seed-major: a cut-short sweep has every cell at least once
+    for seed in range(args.first_seed, args.seeds):    # seed-major: a cut-short sweep has every cell at least once
         for size in args.sizes:
             for task in args.tasks:
                 if size >= 10_000 and seed >= args.large_seeds:
@@ -217,6 +219,8 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     ap.add_argument("--sizes", nargs="+", type=int, default=[500, 1000, 2000])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="skip the seeds below this one (add seeds to cells run before, elsewhere)")
     ap.add_argument("--large-seeds", type=int, default=1, help="seeds for sizes of 10,000 and more")
     ap.add_argument("--table", action="store_true", help="print the table of --out's results and stop")
     ap.add_argument("--trainer-worker", nargs=5, help=argparse.SUPPRESS)

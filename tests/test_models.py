@@ -202,8 +202,22 @@ def test_clm_loss_is_shifted(tiny_decoder_cfg):
     labels = ids.clone()
     labels[:, :3] = -100                                          # prompt positions ignored
     out = model(ids, labels=labels)
-    expected = F.cross_entropy(out.logits[:, 2:-1].reshape(-1, 120), ids[:, 3:].reshape(-1))
+    full = model(ids).logits                                      # [B, T, V] without labels
+    expected = F.cross_entropy(full[:, 2:-1].reshape(-1, 120), ids[:, 3:].reshape(-1))
     assert torch.allclose(out.loss, expected, atol=1e-5)
+    # With labels only the positions that predict a labelled token reach the LM head: [N, V].
+    assert out.logits.shape == (ids.size(0) * 5, 120)
+    assert torch.allclose(out.logits, full[:, 2:-1].reshape(-1, 120), atol=1e-5)
+
+
+def test_clm_batch_without_labelled_tokens_has_zero_loss_and_gradient(tiny_decoder_cfg):
+    torch.manual_seed(0)
+    model = PlmModel(tiny_decoder_cfg, "clm")
+    ids, _ = batch(T=8)
+    out = model(ids, labels=torch.full_like(ids, -100))
+    assert out.logits.shape == (0, 120) and out.loss.item() == 0.0
+    out.loss.backward()                                           # a graph, with zero gradients
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])

@@ -36,7 +36,7 @@ def token_loss(logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> Tens
 @dataclass
 class ModelOutput:
     loss: Tensor | None = None
-    logits: Tensor | None = None                    # task logits; MLM with labels: [N_masked, V]
+    logits: Tensor | None = None                    # task logits; MLM / CLM with labels: [N_labelled, V]
     nsp_logits: Tensor | None = None                # [B, 2]
     start_logits: Tensor | None = None              # [B, T]
     end_logits: Tensor | None = None                # [B, T]
@@ -177,13 +177,20 @@ class CLMHead(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=0.02)
 
     def forward(self, out: BackboneOutput, batch: dict[str, Tensor]) -> ModelOutput:
-        logits = self.lm_head(out.last_hidden_state)            # [B, T, V]
+        h = out.last_hidden_state
         labels = batch.get("labels")
         if labels is None:
-            return ModelOutput(logits=logits)
-        shift_logits = logits[:, :-1].reshape(-1, logits.size(-1))
-        shift_labels = labels[:, 1:].reshape(-1)
-        loss = token_loss(shift_logits, shift_labels, batch)
+            return ModelOutput(logits=self.lm_head(h))          # [B, T, V]
+        # With labels only the positions that predict a labelled token reach the vocabulary projection
+        # ([N, V], as MLMHead does): a chat turn's prompt, the padding and the last position cost no
+        # V-wide matmul, forward or backward (SmolLM2-135M: the head is ~1/5 of a token's forward FLOPs).
+        target = labels[:, 1:]
+        sel = target != IGNORE
+        logits = self.lm_head(h[:, :-1][sel])                    # [N, V]
+        if logits.size(0) == 0:                                  # nothing labelled in this batch
+            loss = h.sum() * 0.0
+        else:
+            loss = token_loss(logits, target[sel], batch)
         return ModelOutput(loss=loss, logits=logits, aux={"clm_loss": loss.detach()})
 
 
