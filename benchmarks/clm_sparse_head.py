@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import lora_vs_peft as L  # noqa: E402  (the model, tokenizer and chat data of the LoRA benchmark)
 
 from plmkit.adapters.lora import inject_lora  # noqa: E402
+from plmkit.data.features import collate  # noqa: E402
 from plmkit.loading import load  # noqa: E402
 from plmkit.models import heads as H  # noqa: E402
 from plmkit.models.heads import ModelOutput, token_loss  # noqa: E402
@@ -44,17 +45,10 @@ def dense_forward(self, out, batch):
 
 
 def batches_of(encoded: Path, size: int = 8) -> list[dict[str, torch.Tensor]]:
-    feats = sorted((json.loads(line) for line in encoded.read_text().splitlines()),
-                   key=lambda f: len(f["input_ids"]))
-    out = []
-    for i in range(0, len(feats) - size + 1, size):
-        b = feats[i:i + size]
-        T = max(len(f["input_ids"]) for f in b)
-        pad = [T - len(f["input_ids"]) for f in b]
-        out.append({"input_ids": torch.tensor([f["input_ids"] + [0] * p for f, p in zip(b, pad)]),
-                    "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * p for f, p in zip(b, pad)]),
-                    "labels": torch.tensor([f["labels"] + [-100] * p for f, p in zip(b, pad)])})
-    return out
+    """Length-sorted batches of ``size``, padded by plmkit's own collate (labels with -100)."""
+    feats = sorted(({**f, "attention_mask": [1] * len(f["input_ids"])}
+                    for f in map(json.loads, encoded.read_text().splitlines())), key=lambda f: len(f["input_ids"]))
+    return [collate(feats[i:i + size], pad_id=0) for i in range(0, len(feats) - size + 1, size)]
 
 
 def main() -> None:
