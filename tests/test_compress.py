@@ -217,6 +217,12 @@ FAKE = {"teacher": (0.900, 100.0), "student": (0.898, 160.0), "pruned-h0.25-f0.2
         "pruned-h0.5-f0.5": (0.894, 260.0), "pruned-h0.75-f0.75": (0.885, 330.0)}
 
 
+def _fake_name(name: str) -> str:
+    """FAKE's key of a step's model: the reference scores as the teacher, a rebuilt model as its recipe."""
+    name = name.removeprefix("final-")
+    return "teacher" if name == "reference" else "student" if name.startswith("student") else name
+
+
 def fake_bench(calls: list[str], noise: dict[str, float] | None = None):
     """``plmkit bench``'s place: one row with the model's real parameter count and FAKE's numbers. Every
     dev example is scored at the model's score (paired differences without error), or at the score
@@ -225,7 +231,7 @@ def fake_bench(calls: list[str], noise: dict[str, float] | None = None):
         path = Path(cfg.models[0])
         calls.append(path.name)
         params = safetensors_params(path / "model.safetensors")
-        score, throughput = FAKE["student" if path.name.startswith("student") else path.name]
+        score, throughput = FAKE[_fake_name(path.name)]
         n, a = len(TASKS["classify"].read(cfg.data, Prep())), (noise or {}).get(path.name, 0.0)
         stats = [[score + (a if i % 2 else -a)] for i in range(n)]
         write_json(cfg.out, {"rows": [{"name": path.name, "params": params, "size_mb": params * 4 / 2**20,
@@ -354,21 +360,73 @@ def test_a_killed_compress_run_resumes_where_it_stopped(teacher, monkeypatch):
     assert not steps["pruned-h0.75-f0.75"]["cached"]
 
 
-def test_a_teacher_trained_on_the_dev_slice_is_said_and_recorded(teacher, monkeypatch, capsys):
-    """A teacher that plmkit fine-tuned on --train has seen the carved dev slice: compress says so and
-    records it; with --eval (data it never saw) it does not."""
-    from plmkit.stages import bench
-
-    root = teacher / "seen"
+def _seen_teacher(teacher: Path, name: str, config: dict) -> Path:
+    """A copy of the tiny teacher whose plmkit.json says plmkit fine-tuned it on the copy's train.tsv."""
+    root = teacher / name
     root.mkdir()
     shutil.copy(teacher / "train.tsv", root / "train.tsv")
     shutil.copytree(teacher / "teacher", root / "teacher")
     meta = read_json(root / "teacher" / "plmkit.json")
-    write_json(root / "teacher" / "plmkit.json", {**meta, "config": {"train": str(root / "train.tsv")}})
+    write_json(root / "teacher" / "plmkit.json", {**meta, "config": {**config, "train": str(root / "train.tsv")}})
+    return root
+
+
+def test_a_teacher_that_saw_the_dev_slice_is_replaced_by_a_reference_in_the_search(teacher, monkeypatch, capsys):
+    """A teacher plmkit fine-tuned on --train has seen the carved dev slice: the search runs against its
+    recipe fine-tuned on the rest (the reference), every candidate distilled from the reference; the
+    chosen recipe is then run again from the teacher, and that is the model written."""
+    from plmkit.stages import bench, finetune
+
+    recipe = to_dict(finetune.Config(model=str(teacher / "teacher"), task="classify", train="x", out="x",
+                                     max_steps=3, batch_size=16, max_length=32, seed=0))
+    root = _seen_teacher(teacher, "seen", recipe)
+    monkeypatch.setattr(bench, "run", fake_bench([]))
+    work = root / "work"
+    assert compress(root, "small", "--work", str(work)) == 0
+    assert "has seen the dev slice" in capsys.readouterr().out
+    summary = read_json(root / "small" / "compress.json")
+    stamp = lambda step: read_json(work / step / ".recipe-stage.json")["config"]   # noqa: E731
+    # the reference: the teacher's recipe on the carved training part, never the dev slice
+    assert summary["dev"]["teacher_saw_dev"] and summary["reference"]["path"] == str(work / "reference")
+    assert stamp("reference")["train"] == str(work / "data" / "train.tsv") and stamp("reference")["max_steps"] == 3
+    assert summary["candidates"][0]["name"] == "reference/torch" and summary["candidates"][0]["drop_points"] == 0
+    assert stamp("student-h1-a0")["teacher"] == stamp("pruned-h0.5-f0.5")["teacher"] == str(work / "reference")
+    # the choice (FAKE: 0.5/0.5 is the smallest within 1 point) rebuilt from the teacher itself
+    assert summary["choice"]["name"] == "pruned-h0.5-f0.5/torch"
+    real = str((root / "teacher").resolve())
+    assert stamp("final-student")["teacher"] == stamp("final-pruned-h0.5-f0.5")["teacher"] == real
+    assert stamp("final-pruned-h0.5-f0.5")["model"] == str(work / "final-student")
+    assert (stamp("final-pruned-h0.5-f0.5")["heads"], stamp("final-pruned-h0.5-f0.5")["ffn"]) == (0.5, 0.5)
+    assert summary["choice"]["path"] == summary["final"]["path"] == str(work / "final-pruned-h0.5-f0.5")
+    assert "rebuilt from the teacher" in summary["choice"]["reasons"][-1]
+    written = (root / "small" / "model.safetensors").read_bytes()
+    assert written == (work / "final-pruned-h0.5-f0.5" / "model.safetensors").read_bytes()
+    assert written != (work / "pruned-h0.5-f0.5" / "model.safetensors").read_bytes()
+    # --max-drop 0.3 keeps the student: its rebuild is the distillation the first run made (cached)
+    assert compress(root, "tight", "--work", str(work), "--max-drop", "0.3") == 0
+    tight = read_json(root / "tight" / "compress.json")
+    assert tight["choice"]["name"] == "student/torch" and tight["final"]["path"] == str(work / "final-student")
+    assert {s["step"] for s in tight["steps"] if s["cached"]} >= {"reference", "final-student", "student-h1-a0"}
+    # --max-drop 0.1 keeps the reference: what is written is the teacher itself, named so
+    assert compress(root, "keep", "--work", str(work), "--max-drop", "0.1") == 0
+    keep = read_json(root / "keep" / "compress.json")
+    assert (keep["choice"]["candidate"], keep["choice"]["name"], keep["choice"]["path"]) == (
+        "reference/torch", "teacher/torch", real)
+
+
+def test_a_seen_teacher_whose_recipe_cannot_run_here_is_said_and_measured_as_is(teacher, monkeypatch, capsys):
+    """No base model on record: the search measures drops against the teacher and says why; with
+    --eval (data it never saw) nothing is said and no reference is made."""
+    from plmkit.stages import bench
+
+    root = _seen_teacher(teacher, "seen-nobase", {})
     monkeypatch.setattr(bench, "run", fake_bench([]))
     assert compress(root, "small", "--work", str(root / "work")) == 0
-    assert "has seen the dev slice" in capsys.readouterr().out
-    assert read_json(root / "small" / "compress.json")["dev"]["teacher_saw_dev"] is True
+    out = capsys.readouterr().out
+    assert "has seen the dev slice" in out and "is not a folder here" in out
+    summary = read_json(root / "small" / "compress.json")
+    assert summary["dev"]["teacher_saw_dev"] is True and summary["reference"] is None and summary["final"] is None
+    assert summary["candidates"][0]["name"] == "teacher/torch"
     assert compress(root, "given-eval", "--work", str(root / "work2"), "--eval", str(teacher / "train.tsv")) == 0
     assert "has seen the dev slice" not in capsys.readouterr().out
     assert read_json(root / "given-eval" / "compress.json")["dev"]["teacher_saw_dev"] is False

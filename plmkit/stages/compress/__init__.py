@@ -5,7 +5,9 @@
 
 Reads top to bottom: check the request -> the teacher and the dev slice (carved from --train, which
 the student then never trains on, or --eval), the teacher's dev score, and the refusal of a dev slice
-too small to tell half a point (compress/plan.py); all bad input stops here -> every candidate,
+too small to tell half a point (compress/plan.py); all bad input stops here -> when the teacher
+was fine-tuned on --train (so it has seen the carved slice), the reference: its recipe fine-tuned
+without the slice, which stands in for the teacher below (``_reference``) -> every candidate,
 each step a plmkit stage run as a cached step of the work folder ``.OUT.compress`` beside --out:
   1. the teacher, measured by ``plmkit bench`` on the dev slice in PyTorch (the reference: dev
      score, batch-1 latency, batch-32 throughput) and INT8-quantized by every available engine
@@ -22,7 +24,8 @@ Every bench scores the dev slice example by example (``--unit-stats``): each can
 and the standard error of its paired difference from the teacher come from those (compress/plan.py
 ``Paired``), and the search and the rule count a candidate within --max-drop only when its drop
 plus --margin such errors is.
--> the rule (compress/plan.py ``select``) picks one candidate -> --out, written atomically: that
+-> the rule (compress/plan.py ``select``) picks one candidate (with a reference: its recipe is run
+again from the teacher, ``_rebuild``) -> --out, written atomically: that
 model (evaluate, predict, serve and bench take it as is), ``compress.json`` (every candidate's dev
 score, size, latency and throughput, the Pareto front, the schedule, the steps, why this one) and
 ``report.html`` (plmkit report's page of it, with the Pareto chart).
@@ -35,31 +38,30 @@ folder stays after a successful run for that reason; delete it to free the disk.
 from __future__ import annotations
 
 import filecmp
-import importlib
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..compress import measured
-from ..compress import plan as P
-from ..compress.engines import CANDIDATES, ENGINE_NAMES, Candidate
-from ..config import build, option, to_dict
-from ..data.readers import read_lines
-from ..data.split import sample_dev, split_lines, split_squad
-from ..errors import PlmkitError
-from ..eval.metrics import get_entities
-from ..io import atomic_dir, atomic_write_text, check_out_dir, read_json, write_json
-from ..models.checkpoint import read_meta
-from ..models.config import BERT_PRESETS
-from ..report.collect import collect
-from ..report.html import render
-from ..tasks import BENCH_TASKS, Infer, TaskData, load_finetuned
-from ..train import parse_budget
-from . import recipe
+from ...compress import measured
+from ...compress import plan as P
+from ...compress.engines import CANDIDATES, ENGINE_NAMES, Candidate
+from ...config import option
+from ...data.readers import read_lines
+from ...data.split import sample_dev, split_lines, split_squad
+from ...errors import PlmkitError
+from ...eval.metrics import get_entities
+from ...io import atomic_write_text, check_out_dir, read_json, write_json
+from ...models.checkpoint import read_meta
+from ...models.config import BERT_PRESETS
+from ...tasks import BENCH_TASKS, Infer, TaskData, load_finetuned
+from ...train import parse_budget
+from .. import recipe
+from . import output
+from .steps import Steps
 
 COMPRESS_TASKS = BENCH_TASKS        # compress measures its candidates with plmkit bench
 DEV_SHARE, DEV_MAX = 0.25, 10_000          # default dev slice: a quarter of --train, at most this many examples
@@ -152,29 +154,35 @@ class _Data:
     paired: P.Paired                 # candidates' dev scores and paired errors from their unit stats
     hidden_size: int
     layers: int
+    teacher: Path                    # what the search distils from and measures drops against
+    teacher_step: str | None = None  # the step that made it (the reference), None for the user's teacher
     info: dict[str, Any] = field(default_factory=dict)
+    reference: dict[str, Any] | None = None   # the teacher saw the dev slice: the search's stand-in (_reference)
 
 
 def run(cfg: Config) -> int:
     req = _check_request(cfg)
     out = check_out_dir(Path(cfg.out), cfg.overwrite)
     work = (Path(cfg.work) if cfg.work else out.with_name(f".{out.name}.compress")).resolve()
-    steps = _Steps(work, P.Clock(req.budget_s), time.perf_counter())
+    steps = Steps(work, P.Clock(req.budget_s), time.perf_counter())
     data = _prepare(cfg, work)
     if not req.ratios:
         req.ratios, req.start = measured.defaults(data.task).ratios, measured.defaults(data.task).start
     cfg.distill_lr = cfg.distill_lr or measured.defaults(data.task).lr    # resolved: compress.json's config says it
-    steps.todo, steps.recover_steps = _initial_plan(cfg, req), cfg.recover_steps
+    steps.todo, steps.recover_steps = _initial_plan(cfg, req, data), cfg.recover_steps
     print(f"steps cached in {work} (each step's output: {work / recipe.STATE_DIR / 'logs'})", flush=True)
-    cands = _measure(steps, cfg, data, req, "teacher", Path(_teacher_dir(cfg)), None)
+    if data.info["teacher_saw_dev"]:
+        data = _reference(steps, cfg, data)
+    cands = _measure(steps, cfg, data, req.engines, data.teacher_step or "teacher", data.teacher, data.teacher_step)
     teacher = cands[0]
     student, loss = _distil(steps, cfg, data)
-    cands += _measure(steps, cfg, data, req, "student", student, student.name)
+    cands += _measure(steps, cfg, data, req.engines, "student", student, student.name)
     schedule = _walk(steps, cfg, data, req, student, teacher, cands, loss["hidden_weight"])
     choice = P.select(cands, teacher, cfg.max_drop, cfg.target_speedup, cfg.speed, cfg.margin)
-    summary = _summary(cfg, data, cands, teacher, choice, loss, schedule, steps)
-    _write_output(out, cfg, choice.candidate, summary)
-    _print_result(summary, out)
+    final = _rebuild(steps, cfg, data, req, choice.candidate, loss) if data.reference else None
+    summary = output.summary(cfg, data, cands, teacher, choice, final, loss, schedule, steps)
+    output.write_output(out, cfg.overwrite, summary["choice"]["path"], summary)
+    output.print_result(summary, out)
     return 0
 
 
@@ -232,12 +240,13 @@ def _prepare(cfg: Config, work: Path) -> _Data:
                 needed=P.dev_units_needed(score, cfg.resolution), teacher_saw_dev=_teacher_saw(cfg))
     if info["teacher_saw_dev"]:
         print(f"note: the teacher was fine-tuned on {cfg.train}, so it has seen the dev slice carved from it: "
-              "its dev score is partly a training score and drops are measured against a high bar (a safe "
-              "choice, often a larger model than needed); --eval FILE with data it never saw measures them exactly")
+              "its dev score is partly a training score. The search runs against a reference, the teacher's "
+              "recipe fine-tuned without the slice, and the chosen recipe is then run from the teacher "
+              "(--eval FILE with data the teacher never saw spares both)")
     print(f"dev slice: {len(dev_examples):,} examples ({units:,} {P.UNITS[task.name]}; the rule needs "
           f"{info['needed']:,}); teacher {task.metric} {score:.4f}")
     return _Data(task.name, task.metric, train, dev, calibration, score, paired, teacher.config.hidden_size,
-                 teacher.config.num_layers, info)
+                 teacher.config.num_layers, Path(_teacher_dir(cfg)), info=info)
 
 
 def _teacher_dir(cfg: Config) -> str:
@@ -247,10 +256,7 @@ def _teacher_dir(cfg: Config) -> str:
 
 def _teacher_saw(cfg: Config) -> bool:
     """Whether plmkit fine-tuned the teacher on the --train file (the same file, or the same bytes), so
-    that a dev slice carved from it is data the teacher trained on. Measured on SST-2 (RESULTS.md,
-    compress): 0.925 on such a slice vs 0.896 on unseen sentences. Re-running the teacher's recipe
-    without the slice as the reference was tried and over-corrects (the students, distilled from the
-    teacher that saw the slice, inherit part of it), so this is reported, not corrected."""
+    that a dev slice carved from it is data the teacher trained on (_reference says what follows)."""
     meta = read_meta(cfg.model) if cfg.eval is None else {}
     seen = (meta.get("config") or {}).get("train")
     if meta.get("stage") != "finetune" or not seen or not Path(seen).is_file():
@@ -322,67 +328,72 @@ def _units(task: str, examples: list[Any]) -> int:
     return len(examples)
 
 
-# ----------------------------------------------------------------------------- cached steps
-
-FALLBACK_S = {"bench": 30.0, "quantize": 45.0, "distill": 600.0, "prune": 300.0}
-
-
-class _Steps:
-    """Runs plmkit stages as cached, resumable steps of the work folder, with the recipe runner's
-    fingerprints and stamps (stages/recipe.py), and says after each how much time is left."""
-
-    def __init__(self, work: Path, clock: P.Clock, t0: float):
-        self.work, self.clock, self.t0 = work, clock, t0
-        self.fps: dict[str, str] = {}
-        self.log: list[dict[str, Any]] = []
-        self.todo: list[str] = []              # kinds of the steps still planned, for the time left
-        self.seconds_per_step: float | None = None   # distillation's, to estimate a pruning recovery
-        self.recover_steps = 0
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def estimate(self, kind: str) -> float:
-        fallback = FALLBACK_S[kind]
-        if kind == "prune" and self.seconds_per_step:
-            fallback = 1.2 * self.seconds_per_step * self.recover_steps
-        return self.clock.estimate(kind, fallback)
-
-    def planned(self) -> float:
-        return sum(self.estimate(k) for k in self.todo)
-
-    def run(self, name: str, command: str, values: dict[str, Any], deps: list[str], inputs: list[Path]) -> Path:
-        """The step's output folder WORK/NAME, from its stamp when command and inputs are unchanged."""
-        from . import COMMANDS
-
-        module = importlib.import_module(COMMANDS[command][0])
-        folder = self.work / name
-        values = {**values, "out": str(folder / "bench.json") if command == "bench" else str(folder)}
-        cfg = build(module.Config, values, source=f"compress step '{name}'")
-        step = recipe.Step(name, command, module, cfg, deps, [Path(p).resolve() for p in inputs])
-        self.fps[name] = fp = recipe.fingerprint(step, self.work, self.fps)
-        stamp = recipe.read_stamp(folder)
-        cached = stamp.get("fingerprint") == fp
-        seconds = float(stamp.get("seconds", 0.0)) if cached else recipe.run_step(step, self.work, fp, quiet=True)
-        self.clock.record(command, seconds, cached)
-        if command in self.todo:
-            self.todo.remove(command)
-        self.log.append({"step": name, "command": command, "seconds": round(seconds, 1), "cached": cached})
-        print(f"[compress] {name}: {'cached' if cached else f'{seconds:.0f} s'}; "
-              f"{self.clock.left_text(self.elapsed(), self.planned())}", flush=True)
-        return folder
-
-    def failed(self, name: str, error: PlmkitError) -> None:
-        self.log.append({"step": name, "failed": str(error)})
-        print(f"[compress] {name}: failed, left out: {error}", flush=True)
-
-
-def _initial_plan(cfg: Config, req: _Request) -> list[str]:
+def _initial_plan(cfg: Config, req: _Request, data: _Data) -> list[str]:
     """The kinds of step a run is expected to take (the search usually measures two ratios)."""
     model = ["bench"] + ["quantize", "bench"] * len(req.engines)
     students = (len(LOSSES) if cfg.search_loss else 1)
-    return (model + ["distill"] * students + ["bench"] * (students if cfg.search_loss else 0) + model
-            + (["prune"] + model) * min(2, len(req.ratios)))
+    return (["finetune"] * data.info["teacher_saw_dev"] + model + ["distill"] * students
+            + ["bench"] * (students if cfg.search_loss else 0) + model + (["prune"] + model) * min(2, len(req.ratios)))
+
+
+# ----------------------------------------------------------------------------- a teacher that saw the dev slice
+
+def _reference(steps: Steps, cfg: Config, data: _Data) -> _Data:
+    """A teacher fine-tuned on --train has seen the slice carved from it, so its dev score is partly a
+    training score (SST-2: 0.925 on such a slice vs 0.896 on unseen sentences) and every drop would be
+    measured against that. The search then runs against a reference: the teacher's own recipe (its
+    plmkit.json config) fine-tuned on the rest of --train, every candidate distilled from that
+    reference, so that no model of the search has seen the slice; the chosen recipe is then run again
+    from the teacher (_rebuild). Measuring drops against such a reference while distilling from the
+    teacher was tried and over-corrects (RESULTS.md, compress run B: the students inherit part of what
+    the teacher learned on the slice). Where the recipe cannot run here (its base model is not a local
+    folder, or its options are not this plmkit's), that is said and the search runs against the teacher."""
+    recorded = dict(read_meta(cfg.model).get("config") or {})
+    base = recorded.get("model")
+    if not base or not Path(base).is_dir():
+        print(f"note: the teacher's base model {base!r} is not a folder here: drops are measured against the "
+              "teacher itself (a high bar: often a larger model than needed)")
+        return data
+    values = {**recorded, "train": str(data.train), "eval": None, "resume": False, "overwrite": False}
+    try:
+        folder = steps.run("reference", "finetune", values, [], [Path(base), data.train])
+    except PlmkitError as e:
+        steps.failed("reference", e)
+        print("note: drops are measured against the teacher itself (a high bar: often a larger model than needed)")
+        return data
+    steps.tail = ["distill", "prune", "bench", "quantize", "bench"]     # the rebuild, kept for the end
+    info = {"path": str(folder), "trained_on": str(data.train), "teacher_dev_score": data.teacher_score,
+            "why": "the teacher saw the dev slice: every drop is measured against its recipe fine-tuned without it"}
+    return replace(data, teacher=folder, teacher_step="reference", reference=info)
+
+
+def _rebuild(steps: Steps, cfg: Config, data: _Data, req: _Request, chosen: P.Candidate,
+             loss: dict[str, Any]) -> dict[str, Any]:
+    """The chosen candidate's recipe run again from the user's teacher (same student, ratio, engine,
+    data and seed): the model compress writes. Its dev score is not comparable (its teacher saw the
+    slice); the chosen candidate's drop against the reference is the estimate of its own."""
+    ratio = next((r for r in req.ratios if _pruned_label(r) == chosen.model), None)
+    engines = [e for e in req.engines if e.name == chosen.engine]
+    steps.tail = []
+    steps.todo = (["distill"] * (chosen.model != data.teacher_step) + ["prune"] * (ratio is not None) + ["bench"]
+                  + ["quantize", "bench"] * len(engines))
+    final = replace(data, teacher=Path(_teacher_dir(cfg)), teacher_step=None)
+    path, dep, label = final.teacher, None, "final-teacher"
+    if chosen.model != data.teacher_step:
+        path = _distil_step(steps, cfg, final, "final-student", loss["hidden_weight"], loss["attention_weight"])
+        dep = label = path.name
+    if ratio is not None:
+        label = f"final-{chosen.model}"
+        path = _prune_step(steps, cfg, final, label, path, ratio, loss["hidden_weight"])
+        dep = label
+    built = _measure(steps, cfg, final, engines, label, path, dep)
+    mine = next((c for c in built if c.engine == chosen.engine), None)
+    if mine is None:
+        raise PlmkitError(f"{chosen.engine} failed on the rebuilt {label} (see {steps.work / recipe.STATE_DIR})")
+    name = chosen.name.replace(f"{data.teacher_step}/", "teacher/")
+    return {**mine.as_dict(), "name": name, "dev_score_seen": True,
+            "why": f"rebuilt from the teacher: {chosen.name}'s recipe (distilled from the reference) run again "
+                   f"from {cfg.model}; its dev score ({mine.score:.4f}) is not comparable, its teacher saw the slice"}
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -397,7 +408,7 @@ def _row(bench_dir: Path) -> dict[str, Any]:
     return read_json(bench_dir / "bench.json")["rows"][0]
 
 
-def _measure(steps: _Steps, cfg: Config, data: _Data, req: _Request, label: str, path: Path,
+def _measure(steps: Steps, cfg: Config, data: _Data, engines: list[Candidate], label: str, path: Path,
              dep: str | None) -> list[P.Candidate]:
     """``path`` in PyTorch and quantized by every engine, each benched on the dev slice: its candidates,
     PyTorch first. ``dep``: the step that made ``path`` (None: the teacher, an input). An engine that
@@ -406,7 +417,7 @@ def _measure(steps: _Steps, cfg: Config, data: _Data, req: _Request, label: str,
     torch_row = _row(steps.run(f"{label}-torch", "bench", _bench_values(cfg, data, path), deps, inputs))
     params = int(torch_row["params"])       # the model's size in every engine: its parameters
     cands = [_candidate(label, "torch", path, torch_row, params, data.paired)]
-    for engine in req.engines:
+    for engine in engines:
         name = f"{label}-{engine.name}"
         values: dict[str, Any] = {"model": str(path), **engine.settings}
         if engine.calibrated:
@@ -430,21 +441,16 @@ def _candidate(label: str, engine: str, path: Path, row: dict[str, Any], params:
                        float(row["latency_p50_ms"]), float(row["throughput"]), round(se, 4))
 
 
-def _distil(steps: _Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, Any]]:
+def _distil(steps: Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, Any]]:
     """The student (its folder) and how its loss was chosen: the task's measured weights, or the best
     of LOSSES on the dev slice (--search-loss; an equal score keeps the earlier, simpler loss)."""
     given = cfg.hidden_weight is not None
     default = (cfg.hidden_weight if given else measured.hidden_weight(data.task), cfg.attention_weight)
     losses = list(LOSSES) if cfg.search_loss else [default]
-    layers = None if cfg.student_size else (cfg.student_layers or ",".join(map(str, range(0, data.layers, 2))))
     tried = []
     for hidden, attention in losses:
         name = f"student-h{hidden:g}-a{attention:g}"
-        values = {"teacher": _teacher_dir(cfg), "task": data.task, "train": str(data.train), "student_layers": layers,
-                  "student_size": cfg.student_size, "hidden_weight": hidden, "attention_weight": attention,
-                  "cache_teacher": not (hidden or attention), "epochs": cfg.distill_epochs, "lr": cfg.distill_lr,
-                  "temperature": cfg.temperature, "alpha": cfg.alpha, "batch_size": cfg.batch_size, "seed": cfg.seed}
-        path = steps.run(name, "distill", values, [], [Path(cfg.model), data.train])
+        path = _distil_step(steps, cfg, data, name, hidden, attention)
         score = None
         if cfg.search_loss:
             score = _row(steps.run(f"{name}-torch", "bench", _bench_values(cfg, data, path), [name], [data.dev]))
@@ -460,9 +466,38 @@ def _distil(steps: _Steps, cfg: Config, data: _Data) -> tuple[Path, dict[str, An
     return steps.work / best["step"], {**best, "chosen_by": how, "tried": tried}
 
 
+def _distil_step(steps: Steps, cfg: Config, data: _Data, name: str, hidden: float, attention: float) -> Path:
+    """The student distilled from ``data.teacher`` with these loss weights: the step's folder."""
+    layers = None if cfg.student_size else (cfg.student_layers or ",".join(map(str, range(0, data.layers, 2))))
+    values = {"teacher": str(data.teacher), "task": data.task, "train": str(data.train), "student_layers": layers,
+              "student_size": cfg.student_size, "hidden_weight": hidden, "attention_weight": attention,
+              "cache_teacher": not (hidden or attention), "epochs": cfg.distill_epochs, "lr": cfg.distill_lr,
+              "temperature": cfg.temperature, "alpha": cfg.alpha, "batch_size": cfg.batch_size, "seed": cfg.seed}
+    deps = [data.teacher_step] if data.teacher_step else []
+    return steps.run(name, "distill", values, deps, [data.teacher, data.train])
+
+
+def _prune_step(steps: Steps, cfg: Config, data: _Data, label: str, student: Path, ratio: measured.Ratio,
+                hidden: float) -> Path:
+    """``student`` pruned at ``ratio`` and recovered by distillation from ``data.teacher``: the step's folder.
+    The hidden-state loss pairs each layer with the teacher's: only when the widths agree."""
+    width = read_json(student / "config.json")["model"]["hidden_size"]
+    values = {"model": str(student), "task": data.task, "train": str(data.train), "heads": ratio[0], "ffn": ratio[1],
+              "importance_batches": cfg.importance_batches, "max_steps": cfg.recover_steps,
+              "lr": cfg.recover_lr, "distill": True, "teacher": str(data.teacher), "temperature": cfg.temperature,
+              "alpha": cfg.alpha, "hidden_weight": hidden if width == data.hidden_size else 0.0,
+              "batch_size": cfg.batch_size, "seed": cfg.seed}
+    deps = [student.name, *([data.teacher_step] if data.teacher_step else [])]
+    return steps.run(label, "prune", values, deps, [data.teacher, data.train])
+
+
+def _pruned_label(ratio: measured.Ratio) -> str:
+    return f"pruned-h{ratio[0]:g}-f{ratio[1]:g}"
+
+
 # ----------------------------------------------------------------------------- the pruning schedule
 
-def _walk(steps: _Steps, cfg: Config, data: _Data, req: _Request, student: Path, teacher: P.Candidate,
+def _walk(steps: Steps, cfg: Config, data: _Data, req: _Request, student: Path, teacher: P.Candidate,
           cands: list[P.Candidate], hidden: float) -> list[dict[str, Any]]:
     """Prune, recover, measure along the chain of ratios (``plan.next_ratio``) while the budget lasts;
     the candidates join ``cands``. Returns the schedule: each ratio and what became of it."""
@@ -474,28 +509,19 @@ def _walk(steps: _Steps, cfg: Config, data: _Data, req: _Request, student: Path,
             entry["status"] = reason
         steps.todo = []
         return schedule
-    # the hidden-state loss pairs each layer with the teacher's: only when the widths agree
-    width = read_json(student / "config.json")["model"]["hidden_size"]
-    recovery_hidden = hidden if width == data.hidden_size else 0.0
     passed: dict[int, bool] = {}
     while (i := P.next_ratio(passed, req.start, len(req.ratios), cfg.target_speedup is not None)) is not None:
         if "prune" not in steps.todo:
             steps.todo += ["prune", "bench"] + ["quantize", "bench"] * len(req.engines)
         cost = steps.estimate("prune") + sum(steps.estimate(k) for k in ["bench"] + ["quantize", "bench"] * len(
             req.engines))
-        if not steps.clock.fits(steps.elapsed(), cost):
+        if not steps.clock.fits(steps.elapsed(), cost + steps.reserved()):
             schedule[i]["status"] = (f"skipped: about {P.fmt_duration(cost)} more would pass the --budget "
                                      f"{cfg.budget}")
             break
-        heads, ffn = req.ratios[i]
-        label = f"pruned-h{heads:g}-f{ffn:g}"
-        values = {"model": str(student), "task": data.task, "train": str(data.train), "heads": heads, "ffn": ffn,
-                  "importance_batches": cfg.importance_batches, "max_steps": cfg.recover_steps,
-                  "lr": cfg.recover_lr, "distill": True, "teacher": _teacher_dir(cfg), "temperature": cfg.temperature,
-                  "alpha": cfg.alpha, "hidden_weight": recovery_hidden, "batch_size": cfg.batch_size,
-                  "seed": cfg.seed}
-        path = steps.run(label, "prune", values, [student.name], [Path(cfg.model), data.train])
-        mine = _measure(steps, cfg, data, req, label, path, label)
+        label = _pruned_label(req.ratios[i])
+        path = _prune_step(steps, cfg, data, label, student, req.ratios[i], hidden)
+        mine = _measure(steps, cfg, data, req.engines, label, path, label)
         cands.extend(mine)
         passed[i] = _passes(cfg, teacher, mine)
         best = max(mine, key=lambda c: c.score)
@@ -523,54 +549,3 @@ def _no_pruning(cfg: Config, teacher: P.Candidate, student: list[P.Candidate]) -
     if fast:
         return f"skipped: the unpruned student reaches {cfg.target_speedup:g}x already ({fast[0].name})"
     return None
-
-
-# ----------------------------------------------------------------------------- the output
-
-def _summary(cfg: Config, data: _Data, cands: list[P.Candidate], teacher: P.Candidate, choice: P.Choice,
-             loss: dict[str, Any], schedule: list[dict[str, Any]], steps: _Steps) -> dict[str, Any]:
-    """compress.json: every candidate, the rule and the choice, the schedule, the steps."""
-    front = P.pareto(cands, cfg.speed)
-    rows = [{**c.as_dict(), "drop_points": round(P.drop(teacher, c), 3),
-             "speedup": round(P.speedup(teacher, c, cfg.speed), 3), "pareto": f,
-             "chosen": c is choice.candidate} for c, f in zip(cands, front)]
-    return {"teacher": _teacher_dir(cfg), "task": data.task, "metric": data.metric,
-            "teacher_score": teacher.score, "dev": data.info,
-            "rule": {"max_drop": cfg.max_drop, "margin": cfg.margin, "target_speedup": cfg.target_speedup,
-                     "speed": cfg.speed,
-                     "text": ("the most accurate at the target speedup within --max-drop; equal scores to the "
-                              "faster" if cfg.target_speedup else
-                              "the smallest within --max-drop; equal sizes to the faster")
-                             + f" (within: dev drop + {cfg.margin:g} x its paired standard error <= --max-drop)"},
-            "choice": {"name": choice.candidate.name, "path": choice.candidate.path, "met": choice.met,
-                       "reasons": choice.reasons},
-            "candidates": rows, "loss": loss, "schedule": schedule, "steps": steps.log,
-            "seconds": round(steps.clock.spent_s + steps.elapsed(), 1), "budget_s": steps.clock.budget_s,
-            "work": str(steps.work), "config": to_dict(cfg)}
-
-
-def _write_output(out: Path, cfg: Config, chosen: P.Candidate, summary: dict[str, Any]) -> None:
-    """The chosen model's files, compress.json and report.html, all or nothing."""
-    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
-        shutil.copytree(chosen.path, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(recipe.STAMP, "bench.json"))
-        write_json(tmp / "compress.json", summary)
-        page = collect(tmp)
-        page.path = out
-        for stage in page.stages:
-            stage.path, stage.name = (out, out.name) if stage.path == tmp else (stage.path, stage.name)
-        atomic_write_text(tmp / "report.html", render(page))
-
-
-def _print_result(summary: dict[str, Any], out: Path) -> None:
-    metric, rows = summary["metric"], sorted(summary["candidates"], key=lambda r: (r["params"], -r["throughput"]))
-    print(f"\n{'candidate':<34} {'params':>11} {'MB':>7} {metric:>9} {'pts':>6} {'±se':>5} {'p50 ms':>8} "
-          f"{'ex/s':>9} {'speedup':>7}")
-    for r in rows:
-        mark = " <- chosen" if r["chosen"] else (" *" if r["pareto"] else "")
-        points = 0.0 - r["drop_points"] + 0.0
-        print(f"{r['name']:<34} {r['params']:>11,} {r['size_mb']:>7.1f} {r['score']:>9.4f} {points:>+6.2f} "
-              f"{r['se']:>5.2f} {r['latency_ms']:>8.3f} {r['throughput']:>9.1f} {r['speedup']:>6.2f}x{mark}")
-    print("(* on the Pareto front of dev score and speed)")
-    for reason in summary["choice"]["reasons"]:
-        print(f"  {reason}")
-    print(f"compressed model in {out} (compress.json, report.html); cached steps in {summary['work']}")
