@@ -238,3 +238,49 @@ def test_cpu_dropout_rate_scale_gradient_and_seeding(p):
     assert torch.equal(drop(x) != 0, kept)                  # the seeded generator reproduces the mask
     assert not torch.equal(drop(x) != 0, kept)              # and the next call draws a new one
     assert torch.equal(drop.eval()(x), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_vocabulary_cross_entropy_in_chunks_is_fp32_cross_entropy(monkeypatch, dtype, reduction):
+    """Half-precision logits over a vocabulary: the chunked loss (models/cross_entropy.py) is
+    F.cross_entropy of the fp32 logits, ignored positions left out, and so is its gradient; small
+    chunks so that several are taken, a last one partial."""
+    from plmkit.models import cross_entropy as CE
+
+    monkeypatch.setattr(CE, "CHUNK_BYTES", 4 * 2048 * 3)          # 3 rows a chunk
+    torch.manual_seed(0)
+    z0 = (torch.randn(11, 2048) * 4).to(dtype)
+    y = torch.randint(0, 2048, (11,))
+    y[[2, 7]] = CE.IGNORE
+
+    def run(loss_fn):
+        z = z0.clone().requires_grad_(True)
+        loss = loss_fn(z)
+        loss.backward()
+        return loss, z.grad
+
+    got, got_grad = run(lambda z: CE.cross_entropy(z, y, reduction))
+    want, want_grad = run(lambda z: F.cross_entropy(z.float(), y, ignore_index=CE.IGNORE, reduction=reduction))
+    assert _in_graph(got, "ChunkedCrossEntropy")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert got_grad.dtype == dtype and got_grad[[2, 7]].eq(0).all()
+    torch.testing.assert_close(got_grad.float(), want_grad.float(), rtol=1e-2, atol=1e-6)   # one half-precision ulp
+    assert (got_grad == want_grad).float().mean() > 0.99
+    # narrow outputs (tags, classes) and fp32 logits take F.cross_entropy itself
+    assert not _in_graph(CE.cross_entropy(z0[:, :8].float().requires_grad_(), y % 8), "Chunked")
+    assert not _in_graph(CE.cross_entropy(z0.float().requires_grad_(), y), "Chunked")
+
+
+def _in_graph(t: torch.Tensor, name: str) -> bool:
+    """Whether a node of ``t``'s autograd graph is named ``name``."""
+    todo, seen = [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if name in type(node).__name__:
+            return True
+        todo += [n for n, _ in node.next_functions]
+    return False

@@ -15,12 +15,11 @@ from torch import Tensor, nn
 
 from ..errors import PlmkitError, a_or_an
 from .config import ModelConfig
+from .cross_entropy import IGNORE, cross_entropy
 from .dropout import Dropout
 from .config import POOLINGS
 from .layers import Transform, activation, make_norm
 from .transformer import BackboneOutput
-
-IGNORE = -100
 
 
 def token_loss(logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> Tensor:
@@ -29,8 +28,8 @@ def token_loss(logits: Tensor, labels: Tensor, batch: dict[str, Tensor]) -> Tens
     their sum over that dataset-wide mean count, so each token weighs the same in every batch."""
     norm = batch.get("label_norm")
     if norm is None:
-        return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE)
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum") / norm
+        return cross_entropy(logits, labels)
+    return cross_entropy(logits, labels, reduction="sum") / norm
 
 
 @dataclass
@@ -137,7 +136,7 @@ class MLMHead(nn.Module):
         if target.numel() == 0:                                  # nothing masked in this batch
             loss = h.sum() * 0.0
             return ModelOutput(loss=loss, logits=logits, aux={"mlm_loss": loss.detach()})
-        loss = F.cross_entropy(logits.float(), target)
+        loss = cross_entropy(logits, target)
         aux = {"mlm_loss": loss.detach()}
         if not self.training:  # the argmax over N x V costs ~5% of a training step; report it in eval
             aux["mlm_acc"] = (logits.argmax(-1) == target).float().mean()
