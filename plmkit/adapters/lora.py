@@ -91,7 +91,9 @@ class LoraLinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: Tensor) -> Tensor:       # x: [..., in] -> [..., out]
-        return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        # The scaling multiplies the rank-r activation, not the out-wide update (B is linear): the same
+        # product, on r instead of `out` numbers per token, forward and backward.
+        return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x)) * self.scaling)
 
     def delta_weight(self) -> Tensor:
         """The update as a dense [out, in] matrix: scaling * B @ A."""
