@@ -180,7 +180,7 @@ def run(cfg: Config) -> int:
     schedule = _walk(steps, cfg, data, req, student, teacher, cands, loss["hidden_weight"])
     choice = P.select(cands, teacher, cfg.max_drop, cfg.target_speedup, cfg.speed, cfg.margin)
     final = _rebuild(steps, cfg, data, req, choice.candidate, loss) if data.reference else None
-    summary = output.summary(cfg, data, cands, teacher, choice, final, loss, schedule, steps)
+    summary = output.summary(cfg, data, _teacher_dir(cfg), cands, teacher, choice, final, loss, schedule, steps)
     output.write_output(out, cfg.overwrite, summary["choice"]["path"], summary)
     output.print_result(summary, out)
     return 0
@@ -348,18 +348,18 @@ def _reference(steps: Steps, cfg: Config, data: _Data) -> _Data:
     teacher was tried and over-corrects (RESULTS.md, compress run B: the students inherit part of what
     the teacher learned on the slice). Where the recipe cannot run here (its base model is not a local
     folder, or its options are not this plmkit's), that is said and the search runs against the teacher."""
+    as_is = "drops are measured against the teacher itself (a high bar: often a larger model than needed)"
     recorded = dict(read_meta(cfg.model).get("config") or {})
     base = recorded.get("model")
     if not base or not Path(base).is_dir():
-        print(f"note: the teacher's base model {base!r} is not a folder here: drops are measured against the "
-              "teacher itself (a high bar: often a larger model than needed)")
+        print(f"note: the teacher's base model {base!r} is not a folder here: {as_is}")
         return data
     values = {**recorded, "train": str(data.train), "eval": None, "resume": False, "overwrite": False}
     try:
         folder = steps.run("reference", "finetune", values, [], [Path(base), data.train])
     except PlmkitError as e:
         steps.failed("reference", e)
-        print("note: drops are measured against the teacher itself (a high bar: often a larger model than needed)")
+        print(f"note: {as_is}")
         return data
     steps.tail = ["distill", "prune", "bench", "quantize", "bench"]     # the rebuild, kept for the end
     info = {"path": str(folder), "trained_on": str(data.train), "teacher_dev_score": data.teacher_score,

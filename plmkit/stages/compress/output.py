@@ -15,17 +15,18 @@ from .. import recipe
 from .steps import Steps
 
 
-def summary(cfg: Any, data: Any, cands: list[P.Candidate], teacher: P.Candidate, choice: P.Choice,
-            final: dict[str, Any] | None, loss: dict[str, Any], schedule: list[dict[str, Any]],
+def summary(cfg: Any, data: Any, teacher_dir: str, cands: list[P.Candidate], teacher: P.Candidate,
+            choice: P.Choice, final: dict[str, Any] | None, loss: dict[str, Any], schedule: list[dict[str, Any]],
             steps: Steps) -> dict[str, Any]:
-    """compress.json. ``teacher`` is the candidate every drop is measured against (the reference when
-    the teacher saw the dev slice); ``final``: the chosen recipe rebuilt from the teacher, or None."""
+    """compress.json. ``teacher_dir``: the user's teacher; ``teacher``: the candidate every drop is
+    measured against (the reference when the teacher saw the dev slice); ``final``: the chosen recipe
+    rebuilt from the teacher, or None."""
     front = P.pareto(cands, cfg.speed)
     rows = [{**c.as_dict(), "drop_points": round(P.drop(teacher, c), 3),
              "speedup": round(P.speedup(teacher, c, cfg.speed), 3), "pareto": f,
              "chosen": c is choice.candidate} for c, f in zip(cands, front)]
     path = final["path"] if final else choice.candidate.path
-    return {"teacher": str(Path(cfg.model).resolve()), "task": data.task, "metric": data.metric,
+    return {"teacher": teacher_dir, "task": data.task, "metric": data.metric,
             "teacher_score": teacher.score, "dev": data.info, "reference": data.reference,
             "rule": {"max_drop": cfg.max_drop, "margin": cfg.margin, "target_speedup": cfg.target_speedup,
                      "speed": cfg.speed,
