@@ -1,6 +1,12 @@
-"""The causal LM head on labelled positions only, against the head on every position (issue 28, item 3).
+"""The LoRA step's parts, each against what it replaced (issue 28, item 3), in-process A/B.
 
-    python benchmarks/clm_sparse_head.py [PAIRS]      # default 6 interleaved pairs
+    python benchmarks/clm_sparse_head.py [PAIRS] [ARM]      # default 6 interleaved pairs, ARM head
+    python benchmarks/clm_sparse_head.py 5 loss             # the chunked vocabulary cross-entropy
+    python benchmarks/clm_sparse_head.py 5 scaling          # LoRA's alpha / r on the rank-r activation
+
+ARM ``head`` (the default): the causal LM head on labelled positions only against the head on every
+position; ``loss``: models/cross_entropy.py's chunked loss against ``F.cross_entropy`` of the fp32
+logits; ``scaling``: ``LoraLinear.forward`` scaling ``A x`` against scaling the out-wide ``B A x``.
 
 In one process: a SmolLM2-135M-shaped random Llama (lora_vs_peft.py's model, tokenizer and chat data:
 "Continue: <first sentence>" -> the rest of a WikiText-2 paragraph, loss on the assistant turn only),
@@ -19,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -27,9 +34,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 import lora_vs_peft as L  # noqa: E402  (the model, tokenizer and chat data of the LoRA benchmark)
 
+from plmkit.adapters import lora as LM  # noqa: E402
 from plmkit.adapters.lora import inject_lora  # noqa: E402
 from plmkit.data.features import collate  # noqa: E402
 from plmkit.loading import load  # noqa: E402
+from plmkit.models import cross_entropy as CE  # noqa: E402
 from plmkit.models import heads as H  # noqa: E402
 from plmkit.models.heads import ModelOutput, token_loss  # noqa: E402
 
@@ -44,6 +53,24 @@ def dense_forward(self, out, batch):
     return ModelOutput(loss=loss, logits=logits, aux={"clm_loss": loss.detach()})
 
 
+def wide_scaling_forward(self, x):
+    """LoraLinear.forward before 2026-12-08: the scaling on the out-wide update."""
+    return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+
+def arms_of(arm: str) -> dict[str, Callable[[], None]]:
+    """(old, plmkit): each a function that puts that implementation in place."""
+    sparse, rank, wide = H.CLMHead.forward, LM.LoraLinear.forward, CE.WIDE
+    table = {"head": (lambda: setattr(H.CLMHead, "forward", dense_forward),
+                      lambda: setattr(H.CLMHead, "forward", sparse)),
+             "loss": (lambda: setattr(CE, "WIDE", 1 << 62), lambda: setattr(CE, "WIDE", wide)),
+             "scaling": (lambda: setattr(LM.LoraLinear, "forward", wide_scaling_forward),
+                         lambda: setattr(LM.LoraLinear, "forward", rank))}
+    if arm not in table:
+        sys.exit(f"unknown arm {arm!r}: choose {', '.join(table)}")
+    return {"old": table[arm][0], "plmkit": table[arm][1]}
+
+
 def batches_of(encoded: Path, size: int = 8) -> list[dict[str, torch.Tensor]]:
     """Length-sorted batches of ``size``, padded by plmkit's own collate (labels with -100)."""
     feats = sorted(({**f, "attention_mask": [1] * len(f["input_ids"])}
@@ -53,6 +80,7 @@ def batches_of(encoded: Path, size: int = 8) -> list[dict[str, torch.Tensor]]:
 
 def main() -> None:
     pairs = int(sys.argv[1]) if len(sys.argv) > 1 else 6
+    arms = arms_of(sys.argv[2] if len(sys.argv) > 2 else "head")
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "plmkit-clm-sparse-head"
     work.mkdir(parents=True, exist_ok=True)
     model_dir = work / "model"
@@ -69,10 +97,9 @@ def main() -> None:
     for name, p in model.named_parameters():
         p.requires_grad = "lora" in name
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    sparse = H.CLMHead.forward
 
-    def timed(impl, bs) -> float:
-        H.CLMHead.forward = impl
+    def timed(put, bs) -> float:
+        put()
         model.train()
         t = time.perf_counter()
         for b in bs:
@@ -85,21 +112,21 @@ def main() -> None:
 
     model.eval()
     losses = {}
-    with torch.no_grad():
-        for name, impl in (("dense", dense_forward), ("plmkit", sparse)):
-            H.CLMHead.forward = impl
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, put in arms.items():
+            put()
             losses[name] = float(model(**batches[3]).loss)
-    print(f"eval loss of one batch: dense {losses['dense']:.6f}, plmkit {losses['plmkit']:.6f}", flush=True)
+    print(f"eval loss of one batch: old {losses['old']:.6f}, plmkit {losses['plmkit']:.6f}", flush=True)
     timed_batches = batches[::max(1, len(batches) // 6)][:6]       # 6 batches of all lengths per pass
-    timed(sparse, timed_batches[:2])                                 # warm-up
+    timed(arms["plmkit"], timed_batches[:2])                         # warm-up
     ratios = []
     for i in range(pairs):
-        arms = [("dense", dense_forward), ("plmkit", sparse)]
-        t = {name: timed(impl, timed_batches) for name, impl in (arms if i % 2 == 0 else arms[::-1])}
-        ratios.append(t["dense"] / t["plmkit"])
-        print(f"pair {i}: dense {t['dense']:.2f} s, plmkit {t['plmkit']:.2f} s -> {ratios[-1]:.3f}x", flush=True)
-    H.CLMHead.forward = sparse
-    print(f"dense / plmkit: median {statistics.median(ratios):.3f}x, range {min(ratios):.3f}-{max(ratios):.3f}")
+        order = list(arms) if i % 2 == 0 else list(arms)[::-1]
+        t = {name: timed(arms[name], timed_batches) for name in order}
+        ratios.append(t["old"] / t["plmkit"])
+        print(f"pair {i}: old {t['old']:.2f} s, plmkit {t['plmkit']:.2f} s -> {ratios[-1]:.3f}x", flush=True)
+    arms["plmkit"]()
+    print(f"old / plmkit: median {statistics.median(ratios):.3f}x, range {min(ratios):.3f}-{max(ratios):.3f}")
 
 
 if __name__ == "__main__":
